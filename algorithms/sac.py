@@ -1,0 +1,246 @@
+"""SAC — Soft Actor-Critic (Haarnoja et al., 2018), online, on Gymnasium MuJoCo.
+
+A tanh-Gaussian actor maximizes E[min_i Q_i(s, a) - alpha log pi(a|s)]; twin critics regress on the
+soft Bellman target r + gamma (1 - terminal) (min_i Q'_i(s', a') - alpha log pi(a'|s')), a' ~ pi(s'),
+with Polyak-averaged target critics; the temperature alpha is tuned so that the policy's entropy
+tracks -|A| (the "automatic entropy" version of the second SAC paper).
+
+How it runs here: one env per seed on the host. Every `update_every` env steps the new transitions
+are written to a device-resident replay buffer and the same number of updates run in one jitted
+`lax.scan` (one update per env step on average, as in the paper; the host sees the device once per
+block). Seeds are a vmapped axis of the whole training state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+
+from rlzoo import buffers, networks
+from rlzoo.checkpoint import save_params
+from rlzoo.errors import RlzooError, run_cli
+from rlzoo.evaluation import Evaluator
+from rlzoo.logging import RunLogger
+from rlzoo.run import RunConfig, finish, seed_keys, start_run, train_loop
+from rlzoo.wrappers import HostVectorEnv
+
+
+@dataclass
+class Config(RunConfig):
+    env: str = "HalfCheetah-v5"
+    """Gymnasium env id (MuJoCo v5)."""
+    total_steps: int = 1_000_000
+    """Environment steps per seed."""
+    checkpoint_every: int = 50_000
+    """Checkpoint interval (the replay buffer is part of the checkpoint, so not too often)."""
+    learning_starts: int = 5_000
+    """Uniform-random actions and no updates for this many initial steps."""
+    update_every: int = 50
+    """Env steps collected between blocks of as many updates (1 update per env step)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity per seed."""
+    batch_size: int = 256
+    """Minibatch size."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature."""
+    autotune: bool = True
+    """Tune alpha toward the target entropy -|A| (else alpha stays init_alpha)."""
+    hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden layers of actor and critics."""
+    num_critics: int = 2
+    """Critics in the ensemble (the minimum is used)."""
+    save_policy_every: int = 0
+    """If > 0, also write the actor's parameters every this many steps to run_dir/policies (for
+    building offline datasets from intermediate policies)."""
+
+
+def make_networks(config: Config, act_dim: int):
+    actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims))
+    critic = networks.Ensemble(networks.Critic, config.num_critics, {"hidden_dims": tuple(config.hidden_dims)})
+    return actor, critic
+
+
+def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> dict:
+    """The whole training state of one seed: networks, optimizers, temperature, replay, RNG."""
+    actor, critic = make_networks(config, act_dim)
+    k_actor, k_critic, k_rest = jax.random.split(key, 3)
+    obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim))
+    critic_params = critic.init(k_critic, obs, act)
+    example = {"observations": jnp.zeros(obs_dim), "actions": jnp.zeros(act_dim), "rewards": jnp.float32(0),
+               "next_observations": jnp.zeros(obs_dim), "dones": jnp.float32(0)}
+    return {
+        "actor": TrainState.create(apply_fn=actor.apply, params=actor.init(k_actor, obs),
+                                   tx=optax.adam(config.actor_lr)),
+        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.critic_lr)),
+        "target_params": jax.tree_util.tree_map(lambda x: x.copy(), critic_params),
+        "log_alpha": TrainState.create(apply_fn=None, params={"log_alpha": jnp.log(jnp.float32(config.init_alpha))},
+                                       tx=optax.adam(config.alpha_lr)),
+        "replay": buffers.replay_init(example, config.buffer_size),
+        "key": k_rest,
+    }
+
+
+def make_update(config: Config, act_dim: int):
+    """One SAC gradient step on a minibatch, for one seed."""
+    target_entropy = -float(act_dim)
+
+    def update(state: dict, batch: dict) -> tuple[dict, dict]:
+        actor, critic, log_alpha = state["actor"], state["critic"], state["log_alpha"]
+        key, k_next, k_pi = jax.random.split(state["key"], 3)
+        alpha = jnp.exp(log_alpha.params["log_alpha"])
+
+        # Critic: soft Bellman target from the target critics, min over the ensemble.
+        next_a, next_logp = networks.sample_tanh_gaussian(k_next, *actor.apply_fn(actor.params,
+                                                                                   batch["next_observations"]))
+        next_q = critic.apply_fn(state["target_params"], batch["next_observations"], next_a).min(0)
+        target = batch["rewards"] + config.gamma * (1.0 - batch["dones"]) * (next_q - alpha * next_logp)
+
+        def critic_loss(params):
+            q = critic.apply_fn(params, batch["observations"], batch["actions"])
+            return ((q - jax.lax.stop_gradient(target)) ** 2).mean(1).sum(), q.mean()
+
+        (q_loss, q_mean), grads = jax.value_and_grad(critic_loss, has_aux=True)(critic.params)
+        critic = critic.apply_gradients(grads=grads)
+
+        # Actor: maximize min-Q minus the entropy cost, through the reparameterized sample.
+        def actor_loss(params):
+            a, logp = networks.sample_tanh_gaussian(k_pi, *actor.apply_fn(params, batch["observations"]))
+            q = critic.apply_fn(critic.params, batch["observations"], a).min(0)
+            return (alpha * logp - q).mean(), logp.mean()
+
+        (pi_loss, logp_mean), grads = jax.value_and_grad(actor_loss, has_aux=True)(actor.params)
+        actor = actor.apply_gradients(grads=grads)
+
+        # Temperature: push the policy entropy toward the target.
+        def alpha_loss(params):
+            return -(jnp.exp(params["log_alpha"]) * jax.lax.stop_gradient(logp_mean + target_entropy))
+
+        a_loss, grads = jax.value_and_grad(alpha_loss)(log_alpha.params)
+        if config.autotune:
+            log_alpha = log_alpha.apply_gradients(grads=grads)
+
+        target_params = optax.incremental_update(critic.params, state["target_params"], config.tau)
+        new_state = {**state, "actor": actor, "critic": critic, "target_params": target_params,
+                     "log_alpha": log_alpha, "key": key}
+        metrics = {"critic_loss": q_loss, "actor_loss": pi_loss, "alpha_loss": a_loss, "alpha": alpha,
+                   "q_mean": q_mean, "entropy": -logp_mean}
+        return new_state, metrics
+
+    return update
+
+
+def make_train(config: Config, act_dim: int):
+    """Returns jitted, seed-vmapped functions: `act` (one env step) and `learn` (add + scanned updates)."""
+    update = make_update(config, act_dim)
+
+    actor, _ = make_networks(config, act_dim)
+
+    def act(params, key: jax.Array, obs: jax.Array, step: jax.Array) -> jax.Array:
+        """Exploration action for one env step; the key is derived from (seed key, step), so resumable."""
+        k_uniform, k_pi = jax.random.split(jax.random.fold_in(key, step))
+        mean, log_std = actor.apply(params, obs)
+        a, _ = networks.sample_tanh_gaussian(k_pi, mean, log_std)
+        uniform = jax.random.uniform(k_uniform, a.shape, minval=-1.0, maxval=1.0)
+        return jnp.where(step < config.learning_starts, uniform, a)
+
+    def learn(state: dict, transitions: dict, do_update: jax.Array) -> tuple[dict, dict]:
+        state = {**state, "replay": buffers.replay_add(state["replay"], transitions)}
+        n = jax.tree_util.tree_leaves(transitions)[0].shape[0]
+
+        def one(state, _):
+            key, k_sample = jax.random.split(state["key"])
+            batch = buffers.replay_sample(state["replay"], k_sample, config.batch_size)
+            return update({**state, "key": key}, batch)
+
+        def run(state):
+            return jax.lax.scan(one, state, None, length=n)
+
+        def skip(state):
+            return state, jax.tree_util.tree_map(lambda x: jnp.zeros((n,), x.dtype),
+                                                 jax.eval_shape(lambda s: run(s)[1], state))
+
+        return jax.lax.cond(do_update, run, skip, state)
+
+    return jax.jit(jax.vmap(act, in_axes=(0, 0, 0, None))), jax.jit(jax.vmap(learn, in_axes=(0, 0, None)),
+                                                                 donate_argnums=0)
+
+
+def main(config: Config) -> dict:
+    run = start_run(config, "sac")
+    config = run.config
+    if config.update_every <= 0 or config.chunk % config.update_every or config.learning_starts % config.update_every:
+        raise RlzooError(f"--chunk ({config.chunk}) and --learning-starts ({config.learning_starts}) must be "
+                         f"multiples of --update-every ({config.update_every})")
+    envs = HostVectorEnv(config.env, run.seeds)
+    if not np.allclose(np.abs(envs.low), np.abs(envs.high)):
+        print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
+    actor, _ = make_networks(config, envs.act_dim)
+    state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(seed_keys(run.seeds))
+    start_step = 0
+    if run.resuming:
+        state, meta = run.checkpointer.restore(state)
+        start_step = meta["step"]
+        envs.set_state(meta["host"]["envs"])
+        print(f"[rlzoo] resumed at step {start_step}")
+    act, learn = make_train(config, envs.act_dim)
+    low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
+    policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
+    evaluator = Evaluator(config.env, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed)
+    logger = RunLogger(run.run_dir, f"sac-{config.env}", config.num_seeds, run.seeds, config.total_steps,
+                       start_step, "return", config=vars(config), use_wandb=config.wandb,
+                       wandb_project=config.wandb_project, wandb_mode=config.wandb_mode, quiet=config.quiet)
+    step = start_step
+    act_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(run.seeds))
+    policy_dir = run.run_dir / "policies"
+
+    def chunk(state):
+        nonlocal step
+        blocks = []
+        for _ in range(config.chunk // config.update_every):
+            rows = []
+            for _ in range(config.update_every):
+                rows.append(envs.step(np.asarray(act(state["actor"].params, act_keys, envs.obs, step))))
+                step += 1
+            transitions = {k: np.stack([r[k] for r in rows], axis=1) for k in rows[0]}
+            state, metrics = learn(state, transitions, step >= config.learning_starts)
+            blocks.append(metrics)
+        if config.save_policy_every and step % config.save_policy_every == 0:
+            save_params(policy_dir / f"step_{step}.npz", state["actor"].params)
+        metrics = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1), *blocks)
+        metrics["episode_return"] = jnp.asarray(np.nan_to_num(envs.last_return))[:, None]
+        return state, metrics
+
+    def evaluate(state):
+        returns = evaluator(state["actor"].params)
+        return returns, returns.mean(1)
+
+    t0 = time.perf_counter()
+    state = train_loop(run, state, chunk, evaluate, logger, start_step,
+                       host_state=lambda: {"envs": envs.get_state()})
+    save_params(run.run_dir / "policy.npz", state["actor"].params,
+                meta={"env": config.env, "hidden_dims": list(config.hidden_dims), "seeds": run.seeds,
+                      "step": config.total_steps, "algorithm": "sac"})
+    envs.close()
+    evaluator.close()
+    return finish(run, logger, "return", config.env, "online", time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    run_cli(main, Config)

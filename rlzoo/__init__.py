@@ -1,0 +1,18 @@
+"""rlzoo: a small jitted core for single-file deep-RL algorithms on JAX."""
+
+import os as _os
+
+# Small-batch RL updates on CPU run faster with XLA's intra-op threading off (one core per program;
+# seeds are vmapped instead). Only the CPU backend reads these flags. Set RLZOO_CPU_THREADS=1 to skip.
+if not _os.environ.get("RLZOO_CPU_THREADS") and "xla_cpu_multi_thread_eigen" not in _os.environ.get(
+    "XLA_FLAGS", ""
+):
+    _os.environ["XLA_FLAGS"] = (
+        _os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    ).strip()
+
+from rlzoo.errors import RlzooError  # noqa: E402
+
+__all__ = ["RlzooError"]
+__version__ = "0.1.0"

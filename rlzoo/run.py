@@ -1,0 +1,187 @@
+"""The plumbing every algorithm shares: run options, run directory, the chunked training loop.
+
+An algorithm supplies `chunk(state) -> (state, metrics)` (K steps, usually one jitted `lax.scan`,
+metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], scores [seeds])`;
+`train_loop` does the rest: progress, CSV/wandb logging, NaN detection, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rlzoo import provenance
+from rlzoo.checkpoint import Checkpointer, has_checkpoint
+from rlzoo.errors import NonFiniteLossError, RlzooError
+from rlzoo.logging import RunLogger
+
+
+@dataclass
+class RunConfig:
+    """Options every algorithm shares (seeds, length, evaluation, logging, checkpoints)."""
+
+    env: str = "halfcheetah-medium"
+    """Task: a dataset name (offline) or a Gymnasium env id (online)."""
+    seed: int = 0
+    """First seed; seeds are seed, seed+1, ..., seed+num_seeds-1."""
+    num_seeds: int = 1
+    """Independent seeds trained together in one vmapped program."""
+    total_steps: int = 1_000_000
+    """Training steps (gradient steps offline, env steps online)."""
+    chunk: int = 1000
+    """Steps per compiled chunk (one lax.scan); the host is touched once per chunk."""
+    eval_every: int = 5000
+    """Evaluate every this many steps (a multiple of chunk)."""
+    eval_episodes: int = 10
+    """Evaluation episodes per seed."""
+    checkpoint_every: int = 5000
+    """Checkpoint every this many steps (a multiple of chunk); the last one is always written."""
+    run_dir: str | None = None
+    """Where logs and checkpoints go (default: runs/<algorithm>-<env>-<time>)."""
+    resume: str | None = None
+    """Resume the run in this directory from its newest checkpoint (its saved config is used)."""
+    wandb: bool = False
+    """Log to Weights & Biases, one run per seed grouped by run name."""
+    wandb_project: str = "rlzoo"
+    """Weights & Biases project."""
+    wandb_mode: str = "auto"
+    """online, offline or disabled; auto = online if WANDB_API_KEY is set, else offline."""
+    scores_csv: str | None = None
+    """If set, append the final per-seed scores to this CSV (the results/scores.csv schema)."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    algorithm: str
+    run_dir: Path
+    seeds: list[int]
+    checkpointer: Checkpointer
+    resuming: bool
+
+
+def start_run(config: RunConfig, algorithm: str) -> Run:
+    """Create (or reopen with --resume) the run directory and validate the loop options."""
+    if config.resume:
+        run_dir = Path(config.resume)
+        if not has_checkpoint(run_dir):
+            raise RlzooError(
+                f"--resume {config.resume}: no checkpoint found in {run_dir.resolve()}/checkpoints. Point "
+                "--resume at the run directory printed at the start of an earlier run, or start a new run "
+                "without --resume."
+            )
+        saved = json.loads((run_dir / "config.json").read_text())
+        fields = {f.name for f in dataclasses.fields(config)}
+        config = dataclasses.replace(config, **{k: v for k, v in saved.items() if k in fields and k != "resume"})
+        config = dataclasses.replace(config, resume=str(run_dir))
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = config.env.replace("/", "_")
+        run_dir = Path(config.run_dir or f"runs/{algorithm}-{name}-{stamp}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    for option in ("eval_every", "checkpoint_every", "total_steps"):
+        value = getattr(config, option)
+        if value <= 0 or value % config.chunk:
+            raise RlzooError(f"--{option.replace('_', '-')} {value} must be a positive multiple of --chunk "
+                             f"{config.chunk}; change one of them.")
+    if config.num_seeds < 1:
+        raise RlzooError(f"--num-seeds {config.num_seeds} must be at least 1")
+    seeds = list(range(config.seed, config.seed + config.num_seeds))
+    print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
+    return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume))
+
+
+def seed_keys(seeds: list[int]) -> jax.Array:
+    """One PRNG key per seed, stacked on a leading axis: the seed axis every state carries."""
+    return jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
+
+
+def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[int], run: Run) -> None:
+    """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays)."""
+    for name, values in sorted(metrics.items()):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            seed_idx, k = np.argwhere(bad)[np.argmin(np.argwhere(bad)[:, 1])]
+            last = run.checkpointer.latest_step()
+            kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume "
+                    f"from it with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"training stopped: loss '{name}' became {values[seed_idx, k]} at step {first_step + k + 1} "
+                f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme "
+                "values before resuming."
+            )
+
+
+def train_loop(
+    run: Run,
+    state,
+    chunk: Callable,
+    evaluate: Callable,
+    logger: RunLogger,
+    start_step: int = 0,
+    host_state: Callable[[], dict] | None = None,
+):
+    """Advance `state` chunk by chunk to `total_steps`, evaluating, logging and checkpointing."""
+    cfg = run.config
+    step = start_step
+    meta = lambda: {"step": step, "host": host_state() if host_state else {}}
+    while step < cfg.total_steps:
+        state, metrics = chunk(state)
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, step, run.seeds, run)
+        step += cfg.chunk
+        logger.log_train(step, {k: v.mean(axis=-1) for k, v in metrics.items()})
+        if step % cfg.eval_every == 0 or step == cfg.total_steps:
+            returns, scores = evaluate(state)
+            logger.log_eval(step, returns, scores)
+        if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+            run.checkpointer.save(step, state, meta())
+        logger.advance(step)
+    run.checkpointer.wait()
+    return state
+
+
+def final_scores(eval_csv: Path, score_name: str, seeds: list[int], last_n: int = 1) -> dict[int, float]:
+    """Mean of each seed's last `last_n` evaluation scores."""
+    data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
+    return {s: float(data["score"][data["seed"] == s][-last_n:].mean()) for s in seeds}
+
+
+def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
+    """Print one line per seed, write summary.json, append to --scores-csv if asked."""
+    logger.close()
+    run.checkpointer.close()
+    scores = final_scores(run.run_dir / "eval.csv", score_name, run.seeds)
+    info = provenance.info()
+    for seed, score in scores.items():
+        print(f"[rlzoo] {run.algorithm} {task} seed {seed}: final {score_name} {score:.2f}")
+    summary = {"algorithm": run.algorithm, "task": task, "data_source": data_source, "score_name": score_name,
+               "final_scores": scores, "steps": run.config.total_steps, "wall_s": wall_s,
+               "steps_per_s": logger.steps_per_second(), **info}
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.config.scores_csv:
+        path = Path(run.config.scores_csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s",
+                  "device", "commit", "date", "config"]
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(header)
+            for seed, score in scores.items():
+                writer.writerow([run.algorithm, task, data_source, seed, run.config.total_steps,
+                                 round(score, 3), "last", round(wall_s, 1), info["device"], info["commit"],
+                                 info["date"], str(run.run_dir / "config.json")])
+    return summary
