@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated Minari store and a tiny Pendulum dataset from a competent controller."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+PENDULUM_ID = "rlzoo-test/pendulum/controller-v0"
+
+
+def pendulum_controller(obs: np.ndarray) -> float:
+    """Energy-pumping swing-up plus a PD balancer: a competent Pendulum-v1 policy (return ~ -150)."""
+    c, s, w = obs
+    theta = np.arctan2(s, c)
+    if c > 0.9:
+        return float(np.clip(-(12.0 * theta + 2.5 * w), -2, 2))
+    energy = w**2 / 6.0 + 5.0 * (c - 1.0)  # relative to upright, uniform rod with m = l = 1, g = 10
+    if abs(w) < 1e-3:
+        return 2.0
+    return float(2.0 * np.sign(w) if energy < 0 else -0.5 * np.sign(w))
+
+
+def build_pendulum_dataset(dataset_id: str = PENDULUM_ID, episodes: int = 20, noise: float = 0.3,
+                           seed: int = 0) -> str:
+    """Write `episodes` noisy-controller episodes of Pendulum-v1 into the Minari store; returns the id."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    rng = np.random.default_rng(seed)
+    env = gym.make("Pendulum-v1")
+    buffers = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        o, a, r, te, tr = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = np.clip(pendulum_controller(obs) + noise * 2.0 * rng.standard_normal(), -2, 2)
+            obs, reward, terminated, truncated, _ = env.step(np.array([action], np.float32))
+            o.append(obs), a.append([action]), r.append(reward), te.append(terminated), tr.append(truncated)
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(id=ep, observations=np.asarray(o, np.float32),
+                                     actions=np.asarray(a, np.float32), rewards=np.asarray(r),
+                                     terminations=np.asarray(te), truncations=np.asarray(tr), infos={}))
+    minari.create_dataset_from_buffers(dataset_id, buffers, env="Pendulum-v1", ref_min_score=-1200.0,
+                                       ref_max_score=-140.0, algorithm_name="swing-up controller + noise")
+    return dataset_id
+
+
+@pytest.fixture
+def minari_store(tmp_path, monkeypatch):
+    """A fresh, empty Minari store for one test."""
+    path = tmp_path / "minari"
+    path.mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pendulum_store(tmp_path_factory):
+    """A Minari store holding the Pendulum controller dataset (built once per session)."""
+    path = tmp_path_factory.mktemp("minari-pendulum")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        build_pendulum_dataset()
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return path
