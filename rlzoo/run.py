@@ -109,18 +109,24 @@ def seed_keys(seeds: list[int]) -> jax.Array:
 
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[int], run: Run) -> None:
     """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays)."""
+    first = None  # (update index, seed index, loss name) of the earliest non-finite value
     for name, values in sorted(metrics.items()):
-        bad = ~np.isfinite(values)
-        if bad.any():
-            seed_idx, k = np.argwhere(bad)[np.argmin(np.argwhere(bad)[:, 1])]
-            last = run.checkpointer.latest_step()
-            kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume "
-                    f"from it with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
-            raise NonFiniteLossError(
-                f"training stopped: loss '{name}' became {values[seed_idx, k]} at step {first_step + k + 1} "
-                f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme "
-                "values before resuming."
-            )
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            seed_idx, k = bad[np.argmin(bad[:, 1])]
+            if first is None or k < first[0]:
+                first = (int(k), int(seed_idx), name)
+    if first is None:
+        return
+    k, seed_idx, name = first
+    last = run.checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
+            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+    raise NonFiniteLossError(
+        f"training stopped: loss '{name}' became {metrics[name][seed_idx, k]} at step {first_step + k + 1} "
+        f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme values "
+        "before resuming."
+    )
 
 
 def train_loop(
