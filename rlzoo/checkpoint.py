@@ -22,9 +22,12 @@ class Checkpointer:
         )
 
     def save(self, step: int, state, meta: dict) -> None:
+        """Write and wait: the next chunk donates the state's buffers, so the save must be complete first.
+        Orbax writes to a temporary folder and renames it, so a kill mid-save leaves the previous one."""
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
+        self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
