@@ -1,0 +1,838 @@
+"""Build D4RL-style offline datasets locally, in the Minari format, on Gymnasium v5 MuJoCo.
+
+    python envs/build_dataset.py halfcheetah-random hopper-random      # two datasets
+    python envs/build_dataset.py all                                   # every recipe whose policy exists
+    python envs/build_dataset.py halfcheetah-medium --force            # rebuild one
+
+A recipe (the table `RECIPES` below) names the environment, the behaviour policy, the number of
+transitions and the seed. The behaviour policy is either `random` (uniform random actions) or a SAC actor
+saved with `rlzoo.checkpoint.save_params` under envs/policies/ (trained with algorithms/sac.py); as in
+D4RL, its actions are *sampled*: a = tanh(mean + std * noise). `E` environments (`--num-envs`) are
+stepped in lockstep with one jitted policy call per step; every env's episodes become Minari
+`EpisodeBuffer`s, with true terminations and truncations (time limit, or the cut at the end of the
+step budget) kept apart. The dataset is written atomically into the local Minari store
+($MINARI_DATASETS_PATH, default ~/.minari/datasets) as `rlzoo-local/<task>/<kind>-v0`, together with
+`rlzoo_build.json`, the full build record. Reference scores (random policy; expert policy
+envs/policies/<task>-expert.npz, or D4RL's published expert score while that file does not exist) are
+computed once per task and cached in envs/reference_scores.json. A full-recipe build also upserts its
+row of results/datasets.csv.
+
+medium-expert needs no recipe of its own: `rlzoo.datasets` concatenates medium + expert when loading,
+so building it builds its two parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import tyro
+
+import rlzoo
+from rlzoo.datasets import (
+    BUILD_SCRIPT,
+    COMPOSITES,
+    KINDS,
+    MUJOCO_ENVS,
+    aliases,
+    build_command,
+    datasets_root,
+    local_id,
+    on_disk,
+    split_alias,
+)
+from rlzoo.errors import RlzooError, close_matches, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY_DIR = ROOT / "envs" / "policies"
+REFS_PATH = ROOT / "envs" / "reference_scores.json"
+RESULTS_CSV = ROOT / "results" / "datasets.csv"
+STAGING = ".rlzoo-staging"  # hidden folder of the Minari store where datasets are built before the rename
+
+RANDOM = "random"  # behaviour: uniform random actions
+REPLAY = "replay"  # behaviour: the replay buffer of the SAC run that trained the medium policy
+
+# Reference scores: random policy over REF_EPISODES episodes (seeds REF_SEED + i, REF_ENVS envs in
+# lockstep, independent of --num-envs so the numbers do not move), expert policy likewise if it exists.
+REF_EPISODES = 100
+REF_SEED = 1_000_000
+REF_ENVS = 20
+# D4RL's published reference scores (d4rl/infos.py, MuJoCo v2 tasks), used for ref_max_score while
+# envs/policies/<task>-expert.npz does not exist; the random ones are kept for comparison only.
+D4RL_REF_MAX = {"halfcheetah": 12135.0, "hopper": 3234.3, "walker2d": 4592.3, "ant": 3879.7}
+D4RL_REF_MIN = {"halfcheetah": -280.178953, "hopper": -20.272305, "walker2d": 1.629008, "ant": -325.6}
+DATASET_COLUMNS = [
+    "dataset",
+    "env_id",
+    "kind",
+    "source",
+    "policy",
+    "seed",
+    "episodes",
+    "steps",
+    "return_mean",
+    "return_std",
+    "ref_min_score",
+    "ref_max_score",
+    "normalized_mean",
+]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one dataset is made (the D4RL recipe: 1M transitions of one behaviour policy)."""
+
+    env_id: str
+    behaviour: str  # RANDOM, REPLAY, or a save_params file relative to the repository root
+    steps: int = 1_000_000
+    seed: int = 0
+
+
+def _recipes() -> dict[str, Recipe]:
+    # One row per dataset. A policy-driven kind is one line, e.g. for every task:
+    #   table[f"{task}-expert"] = Recipe(env_id, f"envs/policies/{task}-expert.npz")
+    # medium-replay rows use REPLAY; medium-expert needs no row (built as its parts medium + expert).
+    table = {f"{task}-random": Recipe(env_id, RANDOM) for task, env_id in MUJOCO_ENVS.items()}
+    table["halfcheetah-medium"] = Recipe("HalfCheetah-v5", "envs/policies/halfcheetah-medium.npz")
+    table["halfcheetah-expert"] = Recipe("HalfCheetah-v5", "envs/policies/halfcheetah-expert.npz")
+    table["halfcheetah-medium-replay"] = Recipe("HalfCheetah-v5", REPLAY)
+    return table
+
+
+RECIPES: dict[str, Recipe] = _recipes()
+
+
+# ---------------------------------------------------------------- behaviour policies
+@dataclass
+class Behaviour:
+    """A jitted batch policy `act(params, key, t, obs[E, obs_dim]) -> actions[E, act_dim] in [-1, 1]`."""
+
+    name: str  # "random" or the policy file relative to the repository root
+    act: Callable
+    params: object = None
+    sha256: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def random_behaviour(act_dim: int) -> Behaviour:
+    import jax
+
+    @jax.jit
+    def act(params, key, t, obs):
+        return jax.random.uniform(jax.random.fold_in(key, t), (obs.shape[0], act_dim), minval=-1.0, maxval=1.0)
+
+    return Behaviour(RANDOM, act)
+
+
+def policy_behaviour(
+    path: Path, obs_dim: int, act_dim: int, deterministic: bool = False, seed_index: int = 0
+) -> Behaviour:
+    """A SAC `TanhGaussianActor` from a save_params file. Files written during training have a leading
+    seed axis on every parameter (seed `seed_index` is taken); hidden sizes come from the file's meta or,
+    when it is empty, from the parameter shapes."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlzoo.checkpoint import load_params
+    from rlzoo.networks import TanhGaussianActor, sample_tanh_gaussian
+
+    params, meta = load_params(path)
+    try:
+        mlp = params["params"]["MLP_0"]
+        hidden = meta.get("hidden_dims") or [mlp[f"Dense_{i}"]["kernel"].shape[-1] for i in range(len(mlp))]
+    except (KeyError, TypeError) as err:
+        raise RlzooError(
+            f"{path} does not hold TanhGaussianActor parameters (no {err} entry); it must be an "
+            "actor saved by algorithms/sac.py (policy.npz or policies/step_*.npz)"
+        ) from err
+    actor = TanhGaussianActor(act_dim, tuple(int(h) for h in hidden))
+    template = jax.eval_shape(actor.init, jax.random.key(0), jnp.zeros((1, obs_dim), jnp.float32))
+
+    def pick(path_, like, leaf):
+        leaf = np.asarray(leaf, np.float32)
+        if leaf.shape == like.shape:
+            return leaf
+        if leaf.shape[1:] == like.shape and seed_index < leaf.shape[0]:
+            return leaf[seed_index]
+        name = "/".join(str(getattr(k, "key", k)) for k in path_)
+        raise RlzooError(
+            f"{path}: parameter {name} has shape {leaf.shape}, expected {like.shape} (or with a "
+            f"leading seed axis holding seed {seed_index}) for a TanhGaussianActor({act_dim}, "
+            f"{tuple(hidden)}) on observations of size {obs_dim}; is it a policy for another env?"
+        )
+
+    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(params):
+        raise RlzooError(
+            f"{path} does not have the layout of a TanhGaussianActor{tuple(hidden)}; it must be an "
+            "actor saved by algorithms/sac.py"
+        )
+    params = jax.tree_util.tree_map_with_path(pick, template, params)
+
+    @jax.jit
+    def act(params, key, t, obs):
+        mean, log_std = actor.apply(params, obs)
+        if deterministic:
+            return jnp.tanh(mean)
+        return sample_tanh_gaussian(jax.random.fold_in(key, t), mean, log_std)[0]
+
+    return Behaviour(_rel(path), act, params, sha256(path), meta)
+
+
+def _policy_path(behaviour: str) -> Path:
+    return ROOT / behaviour
+
+
+def unavailable(alias: str) -> str | None:
+    """Why `alias` cannot be built now (one paragraph), or None when it can."""
+    recipe = RECIPES[alias]
+    if recipe.behaviour == RANDOM:
+        return None
+    if recipe.behaviour == REPLAY:
+        return (
+            f"'{alias}' is a medium-replay dataset: every episode in the replay buffer of the SAC run that "
+            "trained the medium policy, up to the point where the policy reached medium level (the D4RL "
+            "recipe). Building it is not implemented yet: it is added by the next issue (it needs the "
+            "SAC run's replay, which envs/ does not hold yet)."
+        )
+    path = _policy_path(recipe.behaviour)
+    if not path.is_file():
+        task, kind = split_alias(alias)
+        level = {
+            "medium": "about one third of the expert's return (D4RL: a policy stopped early)",
+            "expert": "fully trained",
+        }.get(kind, kind)
+        return (
+            f"the behaviour policy of '{alias}' is missing: {_rel(path)} does not exist. It is a SAC actor "
+            f"saved by rlzoo.checkpoint.save_params, trained with algorithms/sac.py (e.g. `python "
+            f"algorithms/sac.py --env {recipe.env_id} --save-policy-every 10000`; the run writes "
+            f"policy.npz and policies/step_*.npz); copy the one whose return is {level} to {_rel(path)} "
+            "and run this command again."
+        )
+    return None
+
+
+def make_behaviour(alias: str, obs_dim: int, act_dim: int) -> Behaviour:
+    reason = unavailable(alias)
+    if reason is not None:
+        raise RlzooError(reason)
+    recipe = RECIPES[alias]
+    if recipe.behaviour == RANDOM:
+        return random_behaviour(act_dim)
+    return policy_behaviour(_policy_path(recipe.behaviour), obs_dim, act_dim)
+
+
+# ---------------------------------------------------------------- collection
+@dataclass
+class Collected:
+    episodes: list  # minari EpisodeBuffers (empty when not recorded)
+    returns: np.ndarray  # undiscounted return of every episode, in the order of `episodes`
+    lengths: np.ndarray
+    cut: np.ndarray  # True where the episode was cut by the step budget (not a natural end)
+    terminated: np.ndarray  # True where the episode ended in a true termination
+
+    @property
+    def complete_returns(self) -> np.ndarray:
+        """Returns of the episodes that ended by themselves; all of them if none did (a tiny budget)."""
+        return self.returns[~self.cut] if (~self.cut).any() else self.returns
+
+
+def env_info(env_id: str) -> tuple[int, int]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    dims = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    return dims
+
+
+def collect(
+    env_id: str,
+    behaviour: Behaviour,
+    *,
+    seed: int,
+    num_envs: int,
+    steps: int | None = None,
+    episodes: int | None = None,
+    record: bool = True,
+) -> Collected:
+    """Run `behaviour` in `num_envs` envs (env i reset with seed + i, JAX key from `seed`) in lockstep until
+    exactly `steps` transitions, or `episodes` episodes, are collected in total (split evenly over the
+    envs). In step mode, an episode still running when its env's share is used up is cut there and marked
+    truncated."""
+    import gymnasium as gym
+    import jax
+    from minari.data_collector import EpisodeBuffer
+
+    if (steps is None) == (episodes is None):
+        raise ValueError("give exactly one of steps and episodes")
+    total = steps if steps is not None else episodes
+    if total <= 0:
+        raise RlzooError(f"the number of steps/episodes must be positive, got {total}")
+    n = max(1, min(num_envs, total))
+    quota = [total // n + (i < total % n) for i in range(n)]
+    envs = [gym.make(env_id) for _ in range(n)]
+    space = envs[0].action_space
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    key = jax.random.key(seed)
+    counted = [0] * n
+    active = [True] * n
+    # The episode running in each env: [observations, actions, rewards, terminations, truncations, seed].
+    current = [[[obs[i]], [], [], [], [], seed + i] for i in range(n)]
+    buffers, returns, lengths, cut, terminated = [], [], [], [], []
+
+    def finish(i: int, was_cut: bool) -> None:
+        o, a, r, te, tr, ep_seed = current[i]
+        if was_cut:
+            tr[-1] = True
+        returns.append(float(np.sum(r)))
+        lengths.append(len(r))
+        cut.append(was_cut)
+        terminated.append(bool(te[-1]))
+        if record:
+            buffers.append(
+                EpisodeBuffer(
+                    seed=ep_seed,
+                    observations=np.stack(o),
+                    actions=np.stack(a),
+                    rewards=np.asarray(r, np.float64),
+                    terminations=np.asarray(te, bool),
+                    truncations=np.asarray(tr, bool),
+                )
+            )
+
+    t = 0
+    while any(active):
+        unit = np.asarray(behaviour.act(behaviour.params, key, t, obs))
+        actions = low + (np.clip(unit, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+        for i in range(n):
+            if not active[i]:
+                continue
+            o, r, te, tr, _ = envs[i].step(actions[i])
+            o = o.astype(np.float32)
+            ep = current[i]
+            ep[0].append(o)
+            ep[1].append(actions[i])
+            ep[2].append(float(r))
+            ep[3].append(bool(te))
+            ep[4].append(bool(tr))
+            if steps is not None:
+                counted[i] += 1
+            if te or tr:
+                finish(i, was_cut=False)
+                if episodes is not None:
+                    counted[i] += 1
+                if counted[i] >= quota[i]:
+                    active[i] = False
+                    continue
+                o = envs[i].reset()[0].astype(np.float32)
+                current[i] = [[o], [], [], [], [], None]
+            elif counted[i] >= quota[i]:
+                finish(i, was_cut=True)
+                active[i] = False
+                continue
+            obs[i] = o
+        t += 1
+    for env in envs:
+        env.close()
+    return Collected(
+        buffers, np.asarray(returns), np.asarray(lengths), np.asarray(cut, bool), np.asarray(terminated, bool)
+    )
+
+
+# ---------------------------------------------------------------- reference scores
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RlzooError(f"{path} is not valid JSON ({err}); delete it or rebuild with --force-refs") from err
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+_REFS_DONE: set[str] = set()  # tasks whose references this process recomputed already (--force-refs)
+
+
+def stale_siblings(task: str, kind: str, refs: dict) -> list[str]:
+    """Other locally built datasets of `task` whose recorded reference scores differ from `refs`."""
+    out = []
+    for other in KINDS:
+        path = datasets_root() / local_id(task, other) / "rlzoo_build.json"
+        if other == kind or not path.is_file():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            rec = json.loads(path.read_text())
+            if (rec.get("ref_min_score"), rec.get("ref_max_score")) != (refs["ref_min_score"], refs["ref_max_score"]):
+                out.append(f"{task}-{other}")
+    return out
+
+
+def reference_scores(task: str, refs_path: Path = REFS_PATH, force: bool = False, quiet: bool = False) -> dict:
+    """ref_min_score / ref_max_score of `task` and where they come from, cached in `refs_path`.
+
+    The cache entry is recomputed when missing, with `force`, or when the expert policy file appeared,
+    disappeared or changed since it was computed."""
+    import gymnasium
+    import mujoco
+
+    env_id = MUJOCO_ENVS[task]
+    cache = _read_json(refs_path)
+    entry = dict(cache.get(task) or {})
+    if entry.get("env_id") != env_id:
+        entry = {}
+    expert = POLICY_DIR / f"{task}-expert.npz"
+    expert_sha = sha256(expert) if expert.is_file() else None
+    obs_dim, act_dim = env_info(env_id)
+    changed = False
+    if force or "ref_min_score" not in entry:
+        if not quiet:
+            print(
+                f"[build_dataset] {task}: ref_min_score = mean return of the uniform random policy over "
+                f"{REF_EPISODES} episodes ...",
+                flush=True,
+            )
+        got = collect(
+            env_id, random_behaviour(act_dim), seed=REF_SEED, num_envs=REF_ENVS, episodes=REF_EPISODES, record=False
+        )
+        entry.update(
+            ref_min_score=float(got.returns.mean()),
+            ref_min_std=float(got.returns.std()),
+            ref_min_source=(
+                f"uniform random policy, mean over {REF_EPISODES} episodes (env seeds {REF_SEED}+i, {REF_ENVS} envs)"
+            ),
+            ref_min_episodes=REF_EPISODES,
+        )
+        changed = True
+    if force or "ref_max_score" not in entry or entry.get("ref_max_policy_sha256") != expert_sha:
+        if expert_sha is not None:
+            if not quiet:
+                print(
+                    f"[build_dataset] {task}: ref_max_score = mean return of {_rel(expert)} (deterministic "
+                    f"actions tanh(mean)) over {REF_EPISODES} episodes ...",
+                    flush=True,
+                )
+            policy = policy_behaviour(expert, obs_dim, act_dim, deterministic=True)
+            got = collect(env_id, policy, seed=REF_SEED, num_envs=REF_ENVS, episodes=REF_EPISODES, record=False)
+            entry.update(
+                ref_max_score=float(got.returns.mean()),
+                ref_max_std=float(got.returns.std()),
+                ref_max_source=(
+                    f"expert policy {_rel(expert)}, deterministic actions, mean over {REF_EPISODES} episodes "
+                    f"(env seeds {REF_SEED}+i, {REF_ENVS} envs)"
+                ),
+                ref_max_policy=_rel(expert),
+                ref_max_policy_sha256=expert_sha,
+                ref_max_episodes=REF_EPISODES,
+            )
+        else:
+            entry.update(
+                ref_max_score=D4RL_REF_MAX[task],
+                ref_max_std=None,
+                ref_max_source=(
+                    f"published D4RL reference expert score for {task} (d4rl/infos.py REF_MAX_SCORE, MuJoCo "
+                    f"v2), used because {_rel(expert)} does not exist"
+                ),
+                ref_max_policy=None,
+                ref_max_policy_sha256=None,
+                ref_max_episodes=None,
+            )
+        changed = True
+    if changed:
+        entry.update(
+            env_id=env_id,
+            d4rl_ref_min_score=D4RL_REF_MIN[task],
+            d4rl_ref_max_score=D4RL_REF_MAX[task],
+            gymnasium=gymnasium.__version__,
+            mujoco=mujoco.__version__,
+            date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        cache[task] = dict(sorted(entry.items()))
+        _write_atomic(refs_path, json.dumps(dict(sorted(cache.items())), indent=2) + "\n")
+    return entry
+
+
+# ---------------------------------------------------------------- writing
+@contextlib.contextmanager
+def _minari_root(path: Path):
+    """Point Minari at another store for the duration (Minari reads MINARI_DATASETS_PATH on every call)."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(root: Path) -> None:
+    """Delete what crashed builds left in the store's staging folder (folders named <pid>-<hex>)."""
+    staging = root / STAGING
+    if not staging.is_dir():
+        return
+    for d in staging.iterdir():
+        pid = d.name.split("-", 1)[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def write_dataset(
+    dataset_id: str,
+    env_id: str,
+    collected: Collected,
+    *,
+    ref_min: float,
+    ref_max: float,
+    description: str,
+    algorithm_name: str,
+    record: dict,
+) -> Path:
+    """Write the episodes as Minari dataset `dataset_id`, atomically: it is built in a staging store inside
+    the real one and renamed into place, so a crash never leaves a dataset that looks complete."""
+    import gymnasium as gym
+    import minari
+    from minari.namespace import create_namespace, list_local_namespaces
+
+    root = datasets_root()
+    remove_stale_staging(root)
+    stage = root / STAGING / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir(parents=True)
+    final = root / dataset_id
+    try:
+        env = gym.make(env_id)
+        obs_space = env.observation_space
+        obs_space = gym.spaces.Box(
+            obs_space.low.astype(np.float32), obs_space.high.astype(np.float32), dtype=np.float32
+        )
+        with _minari_root(stage), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*author_email.*")
+            ds = minari.create_dataset_from_buffers(
+                dataset_id,
+                collected.episodes,
+                env=env,
+                eval_env=env_id,
+                algorithm_name=algorithm_name,
+                author="rlzoo envs/build_dataset.py (locally built)",
+                code_permalink=record["code"],
+                observation_space=obs_space,
+                action_space=env.action_space,
+                ref_min_score=float(ref_min),
+                ref_max_score=float(ref_max),
+                description=description,
+            )
+            ds.storage.update_metadata({"rlzoo_build": record})
+        env.close()
+        staged = stage / dataset_id
+        (staged / "rlzoo_build.json").write_text(json.dumps(record, indent=2) + "\n")
+        namespace = dataset_id.rsplit("/", 1)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if namespace not in list_local_namespaces():
+                create_namespace(namespace, description="rlzoo: LOCALLY BUILT D4RL-style stand-in datasets")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # --force: move the old one aside first; the rename of the new one is atomic
+            os.rename(final, stage / "old")
+        os.rename(staged, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (root / STAGING).rmdir()
+    return final
+
+
+def upsert_row(path: Path, row: dict) -> None:
+    """Replace the row of `row["dataset"]` in the CSV at `path` (or append it), keeping the other rows."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("dataset") != row["dataset"]]
+    rows.append({k: row.get(k, "") for k in DATASET_COLUMNS})
+    rows.sort(key=lambda r: r["dataset"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=DATASET_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the build
+def check_alias(alias: str) -> None:
+    """Raise a one-paragraph RlzooError unless `alias` has a recipe (or is a composite of recipes)."""
+    parsed = split_alias(alias)
+    if parsed is not None and parsed[1] in COMPOSITES:
+        for part in COMPOSITES[parsed[1]]:
+            check_alias(f"{parsed[0]}-{part}")
+        return
+    if alias in RECIPES:
+        return
+    buildable = sorted(RECIPES)
+    if parsed is not None:
+        raise RlzooError(
+            f"{BUILD_SCRIPT} has no recipe for '{alias}' yet; it can build: {', '.join(buildable)}. Add a "
+            f"Recipe(env id, behaviour policy file under envs/policies/, trained with algorithms/sac.py) to "
+            f"RECIPES in {BUILD_SCRIPT}."
+        )
+    matches = close_matches(alias, buildable + aliases() + ["all"])
+    raise RlzooError(
+        f"unknown dataset '{alias}'. "
+        + (f"Close matches: {', '.join(matches)}. " if matches else "")
+        + f"Give D4RL-style names <task>-<kind> with task in {{{', '.join(MUJOCO_ENVS)}}} and kind in "
+        f"{{{', '.join(KINDS)}}}, or 'all'; recipes exist for: {', '.join(buildable)}."
+    )
+
+
+def build(
+    alias: str,
+    *,
+    force: bool = False,
+    steps: int | None = None,
+    seed: int | None = None,
+    num_envs: int = 20,
+    force_refs: bool = False,
+    refs_path: Path = REFS_PATH,
+    results_csv: Path | None = RESULTS_CSV,
+    quiet: bool = False,
+) -> dict | None:
+    """Build one dataset; returns its build record, or None when it was already on disk (and not `force`).
+
+    `results_csv` gets a row only for a full-recipe build (no `steps` override)."""
+    check_alias(alias)
+    parsed = split_alias(alias)
+    task, kind = parsed
+    if kind in COMPOSITES:
+        for part in COMPOSITES[kind]:
+            build(
+                f"{task}-{part}",
+                force=force,
+                steps=steps,
+                seed=seed,
+                num_envs=num_envs,
+                force_refs=force_refs,
+                refs_path=refs_path,
+                results_csv=results_csv,
+                quiet=quiet,
+            )
+        return None
+    recipe = RECIPES[alias]
+    dataset_id = local_id(task, kind)
+    log = (lambda *a: None) if quiet else (lambda msg: print(f"[build_dataset] {msg}", flush=True))
+    if on_disk(dataset_id) and not force:
+        log(
+            f"{alias}: already built at {datasets_root() / dataset_id}; skipped (rebuild with "
+            f"{build_command(alias)} --force)"
+        )
+        return None
+    if num_envs < 1:
+        raise RlzooError(f"--num-envs must be at least 1, got {num_envs}")
+    steps_n = recipe.steps if steps is None else int(steps)
+    seed_n = recipe.seed if seed is None else int(seed)
+    full = steps is None or steps_n == recipe.steps
+    obs_dim, act_dim = env_info(recipe.env_id)
+    behaviour = make_behaviour(alias, obs_dim, act_dim)
+    refs = reference_scores(task, Path(refs_path), force=force_refs and task not in _REFS_DONE, quiet=quiet)
+    _REFS_DONE.add(task)
+    for other in stale_siblings(task, kind, refs):
+        log(
+            f"WARNING: {other} on disk was built with other reference scores than {alias} now gets, so "
+            f"composites such as {task}-medium-expert will not load; rebuild it: {build_command(other)} --force"
+        )
+
+    log(
+        f"{alias}: collecting {steps_n:,} transitions on {recipe.env_id} with {behaviour.name} "
+        f"({num_envs} envs, seed {seed_n}) ..."
+    )
+    t0 = time.perf_counter()
+    got = collect(recipe.env_id, behaviour, seed=seed_n, num_envs=num_envs, steps=steps_n)
+    collect_s = time.perf_counter() - t0
+    assert int(got.lengths.sum()) == steps_n, (got.lengths.sum(), steps_n)
+
+    import gymnasium
+    import minari
+    import mujoco
+
+    from rlzoo.provenance import commit
+
+    rets = got.complete_returns
+    ref_min, ref_max = float(refs["ref_min_score"]), float(refs["ref_max_score"])
+    normalized = 100.0 * (float(rets.mean()) - ref_min) / (ref_max - ref_min)
+    cmd = (
+        build_command(alias)
+        + ("" if steps is None else f" --steps {steps_n}")
+        + ("" if seed is None else f" --seed {seed_n}")
+        + ("" if num_envs == 20 else f" --num-envs {num_envs}")
+    )
+    code = f"{BUILD_SCRIPT} at rlzoo commit {commit()}"
+    policy_desc = (
+        "uniform random actions"
+        if behaviour.name == RANDOM
+        else f"the SAC actor {behaviour.name} (sha256 {behaviour.sha256[:12]}), actions sampled "
+        "a = tanh(mean + std * noise)"
+    )
+    record = {
+        "dataset": alias,
+        "dataset_id": dataset_id,
+        "kind": kind,
+        "source": "local",
+        "env_id": recipe.env_id,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "minari": minari.__version__,
+        "rlzoo": rlzoo.__version__,
+        "code": code,
+        "policy": behaviour.name,
+        "policy_sha256": behaviour.sha256,
+        "policy_meta": behaviour.meta,
+        "seed": seed_n,
+        "env_seeds": f"{seed_n}+i for env i (first reset only)",
+        "num_envs": num_envs,
+        "steps": steps_n,
+        "full_recipe": full,
+        "recipe_steps": recipe.steps,
+        "episodes": len(got.lengths),
+        "episodes_cut_by_budget": int(got.cut.sum()),
+        "episodes_terminated": int(got.terminated.sum()),
+        "return_mean": float(rets.mean()),
+        "return_std": float(rets.std()),
+        "return_min": float(rets.min()),
+        "return_max": float(rets.max()),
+        "returns_over": "episodes that ended by themselves (termination or time limit), not those cut by the budget",
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "normalized_mean": normalized,
+        "ref_min_source": refs.get("ref_min_source"),
+        "ref_max_source": refs.get("ref_max_source"),
+        "ref_max_policy_sha256": refs.get("ref_max_policy_sha256"),
+        "build_command": cmd,
+        "collect_seconds": round(collect_s, 2),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    description = (
+        f"LOCALLY BUILT stand-in following the D4RL recipe, not the official D4RL/Minari data. {kind} dataset "
+        f"on {recipe.env_id}: {steps_n} transitions from {policy_desc}, {num_envs} envs stepped in lockstep, "
+        f"seed {seed_n}. ref_min_score: {refs.get('ref_min_source')}; ref_max_score: "
+        f"{refs.get('ref_max_source')}. Built with: {cmd} ({code})."
+    )
+    algorithm = "uniform random policy" if behaviour.name == RANDOM else f"SAC (algorithms/sac.py), {behaviour.name}"
+    t1 = time.perf_counter()
+    path = write_dataset(
+        dataset_id,
+        recipe.env_id,
+        got,
+        ref_min=ref_min,
+        ref_max=ref_max,
+        description=description,
+        algorithm_name=algorithm,
+        record=record,
+    )
+    write_s = time.perf_counter() - t1
+    log(
+        f"{alias}: wrote {dataset_id} to {path} ({len(got.lengths)} episodes, return {rets.mean():.1f} +- "
+        f"{rets.std():.1f}, normalized {normalized:.1f}; collect {collect_s:.0f}s, write {write_s:.0f}s)"
+    )
+    if full and results_csv is not None:
+        upsert_row(Path(results_csv), record)
+        log(f"{alias}: row written to {_rel(Path(results_csv))}")
+    return record
+
+
+def expand(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Aliases in order, 'all' replaced by every recipe whose behaviour policy exists; all checked first."""
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [a for a in RECIPES if unavailable(a) is None and a not in out]
+            continue
+        check_alias(name)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+@dataclass
+class Config:
+    datasets: Annotated[tuple[str, ...], tyro.conf.Positional]
+    """D4RL-style aliases <task>-<kind> (halfcheetah-random, halfcheetah-medium, ...), or 'all'."""
+    force: bool = False
+    """Rebuild datasets that are already on disk."""
+    steps: int | None = None
+    """Transitions per dataset (default: the recipe's, 1M). An override is not written to results/."""
+    seed: int | None = None
+    """Seed (default: the recipe's): env i is reset with seed + i, the JAX key comes from it."""
+    num_envs: int = 20
+    """Environments stepped in lockstep, one jitted policy call per step for all of them."""
+    force_refs: bool = False
+    """Recompute the cached reference scores in envs/reference_scores.json."""
+
+
+def main(config: Config) -> list[dict]:
+    if not config.datasets:
+        raise RlzooError(
+            f"name the datasets to build, e.g. `python {BUILD_SCRIPT} halfcheetah-random`, or `all`; "
+            f"recipes exist for: {', '.join(sorted(RECIPES))}"
+        )
+    names = expand(config.datasets)
+    if "all" in config.datasets:
+        for alias in RECIPES:
+            if alias not in names:
+                print(f"[build_dataset] skipping {alias}: {unavailable(alias)}", flush=True)
+    records = []
+    for alias in names:
+        record = build(
+            alias,
+            force=config.force,
+            steps=config.steps,
+            seed=config.seed,
+            num_envs=config.num_envs,
+            force_refs=config.force_refs,
+        )
+        if record is not None:
+            records.append(record)
+    return records
+
+
+if __name__ == "__main__":
+    run_cli(main, Config)

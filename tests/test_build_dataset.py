@@ -1,0 +1,240 @@
+"""envs/build_dataset.py: locally built D4RL-style Minari datasets (small builds into a temporary store)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlzoo import datasets
+from rlzoo.errors import RlzooError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("build_dataset", ROOT / "envs" / "build_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_dataset"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+bd = _load_builder()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh Minari store, policy folder and reference-score cache; nothing outside tmp_path is touched."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setattr(bd, "POLICY_DIR", tmp_path / "policies")
+    (tmp_path / "policies").mkdir()
+    return tmp_path
+
+
+def _build(store, alias="hopper-random", **kw):
+    kw = {"steps": 3000, "num_envs": 4, "refs_path": store / "refs.json", "results_csv": None, "quiet": True, **kw}
+    return bd.build(alias, **kw)
+
+
+def _save_actor(path, obs_dim, act_dim, seed=0, mean_scale=1.0):
+    """Random SAC-actor parameters saved like algorithms/sac.py does during training (a leading seed axis of
+    1, empty meta); `mean_scale` > 1 makes the mean action large (a Hopper that falls at once, so a
+    100-episode evaluation is fast). Drawn with numpy: flax's eager init would compile every op."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlzoo.checkpoint import save_params
+    from rlzoo.networks import TanhGaussianActor
+
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(TanhGaussianActor(act_dim, (256, 256)).init, jax.random.key(0), jnp.zeros((1, obs_dim)))
+
+    def draw(path, leaf):
+        if path[-1].key == "bias":
+            return np.zeros((1, *leaf.shape), np.float32)
+        scale = mean_scale if path[-2].key == "Dense_0" and len(path) == 3 else 1.0
+        return (rng.normal(size=(1, *leaf.shape)) * scale / np.sqrt(leaf.shape[0])).astype(np.float32)
+
+    save_params(path, jax.tree_util.tree_map_with_path(draw, shapes))
+
+
+def test_hopper_random_arrays_boundaries_and_metadata(store):
+    record = _build(store)
+    ds = datasets.load("hopper-random", download=False)
+    n = 3000
+    assert ds.source == "local" and ds.env_id == "Hopper-v5" and len(ds) == n
+    assert ds.observations.shape == ds.next_observations.shape == (n, 11)
+    assert ds.actions.shape == (n, 3) and ds.rewards.shape == ds.terminals.shape == ds.timeouts.shape == (n,)
+    for a in (ds.observations, ds.actions, ds.rewards, ds.next_observations, ds.terminals, ds.timeouts):
+        assert a.dtype == np.float32
+    assert np.all(np.abs(ds.actions) <= 1.0)
+    # Random Hopper episodes end by falling: true terminations inside the data, never bootstrapped.
+    ends = np.flatnonzero((ds.terminals + ds.timeouts) > 0)
+    assert ds.terminals.sum() > 10 and ends[0] < n // 2
+    # The step budget cuts each env's last episode: a truncation, not a termination, and not a time limit.
+    raw = list(__import__("minari").load_dataset(datasets.local_id("hopper", "random")).iterate_episodes())
+    assert sum(len(ep.rewards) for ep in raw) == n == record["steps"]
+    for ep in raw:  # exactly one end flag per episode, on its last step
+        flags = np.asarray(ep.terminations) | np.asarray(ep.truncations)
+        assert flags[-1] and not flags[:-1].any()
+        assert np.asarray(ep.observations).dtype == np.float32
+    cut = [ep for ep in raw if ep.truncations[-1] and not ep.terminations[-1]]
+    assert 1 <= len(cut) <= 4 and all(len(ep.rewards) < 1000 for ep in cut)
+    assert record["episodes_cut_by_budget"] == len(cut) and record["episodes"] == len(raw)
+    # Within an episode, s'_i is s_{i+1}.
+    inside = np.flatnonzero((ds.terminals + ds.timeouts)[:-1] == 0)
+    np.testing.assert_array_equal(ds.next_observations[inside], ds.observations[inside + 1])
+
+    # Reference scores and metadata: random reference from the cache, D4RL expert score (no expert file).
+    refs = json.loads((store / "refs.json").read_text())["hopper"]
+    assert ds.ref_min_score == pytest.approx(refs["ref_min_score"]) and ds.ref_max_score == 3234.3
+    assert "D4RL" in refs["ref_max_source"] and refs["ref_min_episodes"] == 100
+    meta = ds.metadata["parts"][0]
+    assert "LOCALLY BUILT" in meta["description"] and meta["rlzoo_build"]["seed"] == 0
+    build_json = datasets.datasets_root() / datasets.local_id("hopper", "random") / "rlzoo_build.json"
+    saved = json.loads(build_json.read_text())
+    for key in (
+        "env_id",
+        "gymnasium",
+        "policy",
+        "policy_sha256",
+        "seed",
+        "episodes",
+        "steps",
+        "return_mean",
+        "return_std",
+        "ref_min_score",
+        "ref_max_score",
+        "ref_min_source",
+        "ref_max_source",
+        "build_command",
+        "date",
+        "rlzoo",
+    ):
+        assert key in saved, key
+    assert saved["build_command"] == "python envs/build_dataset.py hopper-random --steps 3000 --num-envs 4"
+    # The random policy scores ~0 on its own reference.
+    assert abs(float(ds.normalized_score(ds.episode_returns.mean()))) < 10
+    assert abs(record["normalized_mean"]) < 10
+    # Nothing is left in the staging folder; an existing dataset is skipped without --force.
+    assert not (datasets.datasets_root() / bd.STAGING).exists()
+    assert _build(store) is None
+
+
+def test_same_seed_same_data_other_seed_other_data(store, monkeypatch):
+    _build(store, steps=1500, seed=3)
+    first = datasets.load("hopper-random", download=False)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store / "store2"))
+    _build(store, steps=1500, seed=3)
+    second = datasets.load("hopper-random", download=False)
+    for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+        np.testing.assert_array_equal(getattr(first, key), getattr(second, key))
+    _build(store, steps=1500, seed=4, force=True)
+    third = datasets.load("hopper-random", download=False)
+    assert not np.array_equal(first.actions, third.actions)
+
+
+def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, monkeypatch):
+    import minari
+
+    real = minari.create_dataset_from_buffers
+
+    def crash(*args, **kwargs):
+        real(*args, **kwargs)  # the files are written, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _build(store, steps=500)
+    assert not datasets.on_disk(datasets.local_id("hopper", "random"))
+    assert not (datasets.datasets_root() / bd.STAGING).exists()
+    with pytest.raises(RlzooError, match="python envs/build_dataset.py hopper-random"):
+        datasets.load("hopper-random", download=False)
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
+    _build(store, steps=500)
+    path = datasets.datasets_root() / datasets.local_id("hopper", "random")
+    h5 = path / "data" / "main_data.hdf5"
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    with pytest.raises(RlzooError) as err:
+        datasets.load("hopper-random", download=False)
+    assert str(path) in str(err.value) and "python envs/build_dataset.py hopper-random --force" in str(err.value)
+
+
+def test_missing_dataset_and_unknown_or_unbuildable_names(store, monkeypatch):
+    with pytest.raises(RlzooError, match="python envs/build_dataset.py walker2d-random"):
+        datasets.load("walker2d-random", download=False)
+    with pytest.raises(RlzooError, match="Close matches: .*hopper-random"):
+        bd.build("hopper-randm")
+    with pytest.raises(RlzooError, match="medium-replay.*next issue"):
+        _build(store, "halfcheetah-medium-replay")
+    with pytest.raises(RlzooError, match="no recipe for 'ant-expert'"):
+        bd.build("ant-expert")
+    missing = store / "policies" / "halfcheetah-medium.npz"
+    monkeypatch.setitem(bd.RECIPES, "halfcheetah-medium", bd.Recipe("HalfCheetah-v5", str(missing)))
+    with pytest.raises(RlzooError) as err:
+        _build(store, "halfcheetah-medium")
+    assert str(missing) in str(err.value) and "algorithms/sac.py" in str(err.value)
+    assert "halfcheetah-medium" not in bd.expand(["all"]) and "hopper-random" in bd.expand(["all"])
+    # medium-expert is built as its two parts, so a missing part is reported.
+    with pytest.raises(RlzooError, match="halfcheetah-medium"):
+        _build(store, "halfcheetah-medium-expert")
+
+
+def test_policy_behaviour_and_expert_reference(store, monkeypatch):
+    # A SAC checkpoint written during training (leading seed axis, empty meta) drives halfcheetah-medium.
+    policy = store / "policies" / "step_10000.npz"
+    _save_actor(policy, 17, 6)
+    monkeypatch.setitem(bd.RECIPES, "halfcheetah-medium", bd.Recipe("HalfCheetah-v5", str(policy)))
+    refs = {
+        "halfcheetah": {
+            "env_id": "HalfCheetah-v5",
+            "ref_min_score": -280.0,
+            "ref_max_score": 12135.0,
+            "ref_max_policy_sha256": None,
+        }
+    }
+    (store / "refs.json").write_text(json.dumps(refs))  # cached: no 100-episode evaluation here
+    record = _build(store, "halfcheetah-medium", steps=1200, num_envs=3)
+    assert record["policy_sha256"] == bd.sha256(policy) and record["ref_min_score"] == -280.0
+    ds = datasets.load("halfcheetah-medium", download=False)
+    assert len(ds) == 1200 and ds.timeouts.sum() == 3 and ds.terminals.sum() == 0
+    assert ds.actions.std(0).min() > 0.01  # sampled, not the (near-zero) mean of a fresh actor
+
+    # With envs/policies/hopper-expert.npz present, ref_max_score is that policy's mean return.
+    _save_actor(bd.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
+    entry = bd.reference_scores("hopper", store / "refs.json", quiet=True)
+    assert entry["ref_max_policy_sha256"] == bd.sha256(bd.POLICY_DIR / "hopper-expert.npz")
+    assert "expert policy" in entry["ref_max_source"] and entry["ref_max_episodes"] == 100
+    assert json.loads((store / "refs.json").read_text())["hopper"]["ref_max_score"] == entry["ref_max_score"]
+
+
+def test_results_csv_upsert(tmp_path):
+    path = tmp_path / "datasets.csv"
+    bd.upsert_row(path, {"dataset": "hopper-random", "steps": 1, "return_mean": 1.0})
+    bd.upsert_row(path, {"dataset": "ant-random", "steps": 2})
+    bd.upsert_row(path, {"dataset": "hopper-random", "steps": 3})
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["dataset"] for r in rows] == ["ant-random", "hopper-random"] and rows[1]["steps"] == "3"
+    assert list(rows[0]) == bd.DATASET_COLUMNS
+
+
+def test_cli_error_is_one_paragraph(tmp_path):
+    env = {"MINARI_DATASETS_PATH": str(tmp_path), "PATH": "", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "envs" / "build_dataset.py"), "halfcheetah-randon"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "halfcheetah-random" in out.stderr
