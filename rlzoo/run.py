@@ -47,7 +47,7 @@ class RunConfig:
     run_dir: str | None = None
     """Where logs and checkpoints go (default: runs/<algorithm>-<env>-<time>)."""
     resume: str | None = None
-    """Resume the run in this directory from its newest checkpoint (its saved config is used)."""
+    """Resume the run in this directory from its newest checkpoint (its saved hyperparameters are used)."""
     wandb: bool = False
     """Log to Weights & Biases, one run per seed grouped by run name."""
     wandb_project: str = "rlzoo"
@@ -82,7 +82,9 @@ def start_run(config: RunConfig, algorithm: str) -> Run:
             )
         saved = json.loads((run_dir / "config.json").read_text())
         fields = {f.name for f in dataclasses.fields(config)}
-        config = dataclasses.replace(config, **{k: v for k, v in saved.items() if k in fields and k != "resume"})
+        # Hyperparameters come from the saved config; how this invocation reports comes from the CLI.
+        keep = {"resume", "quiet", "scores_csv", "wandb", "wandb_mode", "wandb_project"}
+        config = dataclasses.replace(config, **{k: v for k, v in saved.items() if k in fields and k not in keep})
         config = dataclasses.replace(config, resume=str(run_dir))
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,104 @@
+"""SAC learning check on Gymnasium MuJoCo v5: launch long runs, then collect their curves into results/.
+
+    python benchmarks/online.py launch --envs HalfCheetah-v5 Hopper-v5 --runs-root ~/rlzoo-runs
+    python benchmarks/online.py collect --runs-root ~/rlzoo-runs
+
+`launch` starts one background process per env (one CPU core each, XLA intra-op threading off),
+each a plain `algorithms/sac.py` run with checkpoints, logging to <runs-root>/<name>.log; an
+interrupted run is continued with `launch` again (it resumes from the newest checkpoint).
+Finished runs append their final return to results/scores.csv themselves (`--scores-csv`).
+`collect` copies each run's eval.csv into results/curves/<name>.csv, plots every run into
+results/curves/<name>.png, and records runs that have not finished yet in
+results/curves/in_progress.csv (steps reached, latest return) so that partial curves are never
+mistaken for final numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CURVES = ROOT / "results" / "curves"
+
+
+def run_name(env: str, seed: int) -> str:
+    return f"sac-{env}-s{seed}"
+
+
+def launch(args) -> None:
+    root = Path(args.runs_root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    for env in args.envs:
+        name = run_name(env, args.seed)
+        run_dir = root / name
+        cmd = [sys.executable, str(ROOT / "algorithms" / "sac.py")]
+        if (run_dir / "checkpoints").is_dir():
+            cmd += ["--resume", str(run_dir)]
+        else:
+            cmd += ["--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps),
+                    "--eval-every", "10000", "--checkpoint-every", "20000", "--save-policy-every", "10000",
+                    "--run-dir", str(run_dir), "--scores-csv", str(ROOT / "results" / "scores.csv")]
+        cmd.append("--quiet")
+        log = open(root / f"{name}.log", "a")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        print(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
+
+
+def collect(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(args.runs_root).expanduser()
+    CURVES.mkdir(parents=True, exist_ok=True)
+    progress = []
+    for run_dir in sorted(p for p in root.iterdir() if (p / "eval.csv").exists()):
+        name = run_dir.name
+        shutil.copy(run_dir / "eval.csv", CURVES / f"{name}.csv")
+        data = np.atleast_1d(np.genfromtxt(run_dir / "eval.csv", delimiter=",", names=True))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(data["step"], data["return_mean"])
+        ax.fill_between(data["step"], data["return_mean"] - data["return_std"],
+                        data["return_mean"] + data["return_std"], alpha=0.2)
+        done = (run_dir / "summary.json").exists()
+        ax.set_title(f"{name}" + ("" if done else f" (in progress: {int(data['step'][-1]):,} steps)"))
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval return (10 episodes, mean action)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(CURVES / f"{name}.png", dpi=110)
+        plt.close(fig)
+        if not done:
+            progress.append([name, int(data["step"][-1]), round(float(data["return_mean"][-1]), 1)])
+        print(f"{name}: {int(data['step'][-1]):,} steps, latest return {data['return_mean'][-1]:.0f}"
+              + ("" if done else " (in progress)"))
+    with (CURVES / "in_progress.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "steps_reached", "latest_return"])
+        writer.writerows(progress)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("launch", help="start (or resume) one background SAC run per env")
+    p.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--total-steps", type=int, default=1_000_000)
+    p.add_argument("--runs-root", default="~/rlzoo-runs")
+    c = sub.add_parser("collect", help="copy curves of the runs under --runs-root into results/curves")
+    c.add_argument("--runs-root", default="~/rlzoo-runs")
+    args = parser.parse_args()
+    launch(args) if args.command == "launch" else collect(args)
+
+
+if __name__ == "__main__":
+    main()
