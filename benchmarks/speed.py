@@ -1,0 +1,298 @@
+"""Steady-state update throughput of an algorithm file's real update, seeds vmapped, on synthetic data.
+
+    python benchmarks/speed.py --algorithm iql --num-seeds 1 --updates 1000 --repeats 5
+    python benchmarks/speed.py --algorithm sac --num-seeds 4 --updates 1000 --out /tmp/speed.csv
+    python benchmarks/speed.py --algorithm iql --updates 1000 \
+        --baseline-name corl-iql-torch2.13-cpu-1thread --baseline-value 40  # see corl_baseline.md
+
+What is timed is exactly what training runs: `algorithms/<name>.py` is imported by path, its `Config`,
+`init_state` and `make_train` are used as its `main` uses them, seeds are `jax.vmap`ped, and one call is
+one jitted `lax.scan` of K updates with the batch sampled on the device. Data is synthetic with the
+shapes of HalfCheetah (obs 17, act 6): a 1M-row dataset for offline algorithms (`make_train(config)` ->
+`train_chunk(state, data)`), or, for replay-based online algorithms (`make_train(config, act_dim)` ->
+`(act, learn)`, e.g. SAC), a replay buffer filled with `buffers.replay_add`; each timed `learn` call then
+adds a block of K transitions and runs K scanned updates (no env steps, no acting).
+
+The first call (trace + compile + one run) is reported separately from the steady state (median of
+--repeats calls, each blocked until its outputs are ready). In the same run it measures a plain float32
+matmul's GFLOP/s and takes the FLOPs of one update from XLA's cost analysis, so the achieved GFLOP/s can
+be read as a fraction of what a matmul reaches on this machine. One row is appended to --out (the
+results/speed.csv schema of shared DESIGN.md plus extra columns at the end) and one line is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import inspect
+import os
+import statistics
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
+COLUMNS = ["benchmark", "algorithm", "device", "num_seeds", "batch_size", "unit", "value", "baseline",
+           "ratio_to_baseline", "commit", "date", "jax",
+           "compile_s", "flops_per_update", "gflops_achieved", "matmul_gflops", "fraction_of_matmul", "notes"]
+SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--algorithm", required=True, help="name of algorithms/<name>.py (e.g. iql, sac)")
+    p.add_argument("--num-seeds", type=int, default=1, help="seeds vmapped in one program")
+    p.add_argument("--updates", type=int, default=1000, help="updates per seed per timed call (scan length)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
+    p.add_argument("--out", default="results/speed.csv", help="CSV to append one row to ('' or - for none)")
+    p.add_argument("--baseline-name", default="", help="e.g. corl-iql-torch-cpu-1thread (measured apart)")
+    p.add_argument("--baseline-value", type=float, default=None, help="the baseline's updates/s")
+    p.add_argument("--dataset-size", type=int, default=1_000_000, help="rows of the synthetic offline data")
+    p.add_argument("--replay-fill", type=int, default=None,
+                   help="rows written into each seed's replay before timing (default: the whole buffer)")
+    p.add_argument("--replay-capacity", type=int, default=None,
+                   help="override the algorithm's Config.buffer_size (default: keep the paper's)")
+    p.add_argument("--matmul-size", type=int, default=1024, help="n of the n x n @ n x n reference matmul")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--xla-multithread", action="store_true",
+                   help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
+    args = p.parse_args(argv)
+    if args.num_seeds < 1 or args.updates < 1 or args.repeats < 1 or args.batch_size < 1:
+        p.error("--num-seeds, --updates, --repeats and --batch-size must be positive")
+    if (args.baseline_value is None) != (not args.baseline_name):
+        p.error("--baseline-name and --baseline-value go together")
+    if args.baseline_value is not None and args.baseline_value <= 0:
+        p.error("--baseline-value must be positive")
+    return args
+
+
+def load_algorithm(name: str):
+    """Import algorithms/<name>.py by path (algorithms/ is not a package)."""
+    path = ROOT / "algorithms" / f"{name}.py"
+    if not path.is_file():
+        have = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py"))
+        raise SystemExit(f"no {path}; available: {', '.join(have)}")
+    module_name = f"rlzoo_bench_algorithm_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_transitions(key, n: int, lead: tuple[int, ...] = ()) -> dict:
+    """HalfCheetah-shaped float32 transitions (the keys and dtypes of `Dataset.transitions()`)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def make(key):
+        k_obs, k_next, k_act, k_rew, k_done = jax.random.split(key, 5)
+        shape = (*lead, n)
+        return {
+            "observations": jax.random.normal(k_obs, (*shape, OBS_DIM), jnp.float32),
+            "actions": jax.random.uniform(k_act, (*shape, ACT_DIM), jnp.float32, -1.0, 1.0),
+            "rewards": jax.random.normal(k_rew, shape, jnp.float32),
+            "next_observations": jax.random.normal(k_next, (*shape, OBS_DIM), jnp.float32),
+            "dones": (jax.random.uniform(k_done, shape) < 1e-3).astype(jnp.float32),
+        }
+
+    return make(key)
+
+
+def xla_flops(jitted, *args) -> float:
+    """FLOPs of the compiled program, from XLA's cost analysis (NaN where the backend gives none)."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def time_calls(call, state, repeats: int):
+    """(first call seconds, [steady call seconds]); `call(state) -> (state, out)`, donated state threaded."""
+    import jax
+
+    t0 = time.perf_counter()
+    state, out = call(state)
+    jax.block_until_ready((state, out))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, out = call(state)
+        jax.block_until_ready((state, out))
+        times.append(time.perf_counter() - t0)
+    return first, times, state
+
+
+def bench_offline(mod, args, keys, notes: list[str]):
+    """`make_train(config)` -> jitted `train_chunk(states, data)`: one call = K updates per seed."""
+    import jax
+
+    config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size)
+    data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
+    state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
+    train_chunk = mod.make_train(config)
+    first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
+    # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
+    # update come from the same program built with a 1-update scan.
+    one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=1, batch_size=args.batch_size))
+    flops = xla_flops(one, state, data) / args.num_seeds
+    notes.append(f"synthetic dataset {args.dataset_size} rows (obs {OBS_DIM}, act {ACT_DIM}) on device; "
+                 "call = make_train(config)(states, data), batch sampled in the scan")
+    return first, times, flops
+
+
+def bench_replay(mod, args, keys, notes: list[str]):
+    """`make_train(config, act_dim)` -> (act, learn); one call = learn(states, K new transitions, True)."""
+    import jax
+
+    from rlzoo import buffers
+
+    extra = {} if args.replay_capacity is None else {"buffer_size": args.replay_capacity}
+    config = mod.Config(num_seeds=args.num_seeds, batch_size=args.batch_size, **extra)
+    state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
+    capacity = jax.tree_util.tree_leaves(state["replay"].data)[0].shape[1]  # leaves are [seeds, capacity, ...]
+    fill = capacity if args.replay_fill is None else min(args.replay_fill, capacity)
+    if fill > 0:
+        rows = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), fill)
+        add = jax.jit(jax.vmap(buffers.replay_add, in_axes=(0, None)), donate_argnums=0)
+        state = {**state, "replay": add(state["replay"], rows)}
+        del rows
+    _, learn = mod.make_train(config, ACT_DIM)
+    block = synthetic_transitions(jax.random.PRNGKey(args.seed + 777), args.updates, (args.num_seeds,))
+    first, times, state = time_calls(lambda s: learn(s, block, True), state, args.repeats)
+    one = synthetic_transitions(jax.random.PRNGKey(args.seed + 778), 1, (args.num_seeds,))
+    flops = xla_flops(learn, state, one, True) / args.num_seeds
+    notes.append(f"replay capacity {capacity} filled with {fill} synthetic rows via buffers.replay_add; "
+                 f"call = learn(states, {args.updates} new transitions, True): replay_add of the block "
+                 f"(cheap) + {args.updates} scanned updates, no env steps or acting")
+    return first, times, flops
+
+
+def matmul_gflops(n: int, repeats: int) -> float:
+    """Median GFLOP/s of a jitted float32 n x n @ n x n matmul."""
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    for _ in range(2):
+        f(a, b).block_until_ready()
+    times = []
+    for _ in range(max(repeats, 10)):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append `row`; a file whose header lacks some columns is rewritten with the union of both."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = list(COLUMNS)
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old_header = list(reader.fieldnames or [])
+            old_rows = list(reader)
+        header = old_header + [c for c in COLUMNS if c not in old_header]
+        if header != old_header:
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, header)
+                writer.writeheader()
+                writer.writerows(old_rows)
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, header).writerow(row)
+    else:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, header)
+            writer.writeheader()
+            writer.writerow(row)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.xla_multithread:
+        os.environ["RLZOO_CPU_THREADS"] = "1"
+    load = os.getloadavg()
+    # rlzoo first: importing it sets the single-threaded CPU XLA_FLAGS, read when jax's backend starts.
+    import rlzoo  # noqa: F401
+
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    import jax
+
+    from rlzoo import provenance
+    from rlzoo.run import seed_keys
+
+    warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+    mod = load_algorithm(args.algorithm)
+    platform = jax.devices()[0].platform
+    single = SINGLE_THREAD_FLAG in xla_flags
+    notes = [f"XLA CPU single-thread flags {'on' if single else 'off'}"
+             + ("" if platform == "cpu" else f" (unused on {platform})") + f" (XLA_FLAGS='{xla_flags}')"]
+    keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))
+    params = list(inspect.signature(mod.make_train).parameters)
+    bench = bench_replay if "act_dim" in params else bench_offline
+    first, times, flops = bench(mod, args, keys, notes)
+
+    median = statistics.median(times)
+    value = args.num_seeds * args.updates / median
+    compile_s = max(first - median, 0.0)
+    mm = matmul_gflops(args.matmul_size, args.repeats)
+    achieved = flops * value / 1e9
+    per_seed = [args.updates / t for t in times]
+    notes += [
+        f"steady = median of {args.repeats} calls x {args.updates} updates x {args.num_seeds} seeds "
+        f"(per-seed updates/s min {min(per_seed):.1f} max {max(per_seed):.1f})",
+        f"compile_s = first call {first:.2f}s minus one steady call",
+        "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
+        "(XLA counts a while-loop body once)",
+        f"matmul {args.matmul_size}^2 float32 jitted, median",
+        f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
+    ]
+    info = provenance.info()
+    ratio = value / args.baseline_value if args.baseline_value else None
+    row = {
+        "benchmark": "update_throughput",
+        "algorithm": args.algorithm,
+        "device": info["device"],
+        "num_seeds": args.num_seeds,
+        "batch_size": args.batch_size,
+        "unit": "updates/s",
+        "value": f"{value:.2f}",
+        "baseline": f"{args.baseline_name}={args.baseline_value:g}" if args.baseline_name else "",
+        "ratio_to_baseline": f"{ratio:.3f}" if ratio is not None else "",
+        "commit": info["commit"],
+        "date": info["date"],
+        "jax": info["jax"],
+        "compile_s": f"{compile_s:.2f}",
+        "flops_per_update": f"{flops:.4g}",
+        "gflops_achieved": f"{achieved:.2f}",
+        "matmul_gflops": f"{mm:.2f}",
+        "fraction_of_matmul": f"{achieved / mm:.3f}",
+        "notes": "; ".join(notes),
+    }
+    if args.out and args.out != "-":
+        append_row(Path(args.out), row)
+    vs = f", {ratio:.2f}x {args.baseline_name}" if ratio is not None else ""
+    print(f"[speed] {args.algorithm} x{args.num_seeds} seeds, batch {args.batch_size}, "
+          f"{args.updates} updates/call on {info['device']}: {value:.1f} updates/s total "
+          f"({value / args.num_seeds:.1f}/seed{vs}); "
+          f"compile {compile_s:.1f}s; {flops / 1e9:.3f} GFLOP/update -> {achieved:.1f} GFLOP/s = "
+          f"{achieved / mm:.2f} of a {args.matmul_size}^2 matmul ({mm:.1f} GFLOP/s); "
+          f"XLA single-thread {'on' if single else 'off'}; load {load[0]:.2f}"
+          + (f"; row appended to {args.out}" if args.out and args.out != "-" else ""))
+    return row
+
+
+if __name__ == "__main__":
+    main()
