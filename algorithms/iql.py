@@ -176,7 +176,8 @@ def main(config: Config) -> dict:
     actor, _, _ = make_networks(config, act_dim)
     mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
     policy = lambda params, obs: actor.apply(params, (obs - mean_j) / std_j)[0]
-    evaluator = Evaluator(dataset.env_id, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed)
+    evaluator = Evaluator(dataset.env_id, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed,
+                          evals_done=start_step // config.eval_every)
     logger = RunLogger(run.run_dir, f"iql-{config.env}", config.num_seeds, run.seeds, config.total_steps,
                        start_step, "normalized score", config={**vars(config), **dataset.summary},
                        use_wandb=config.wandb, wandb_project=config.wandb_project, wandb_mode=config.wandb_mode,

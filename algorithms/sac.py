@@ -202,7 +202,8 @@ def main(config: Config) -> dict:
     act, learn = make_train(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
-    evaluator = Evaluator(config.env, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed)
+    evaluator = Evaluator(config.env, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed,
+                          evals_done=start_step // config.eval_every)
     logger = RunLogger(run.run_dir, f"sac-{config.env}", config.num_seeds, run.seeds, config.total_steps,
                        start_step, "return", config=vars(config), use_wandb=config.wandb,
                        wandb_project=config.wandb_project, wandb_mode=config.wandb_mode, quiet=config.quiet)

@@ -31,14 +31,17 @@ class Evaluator:
     vmapped over the seed axis of `params` and jitted once.
     """
 
-    def __init__(self, env_id: str, policy: Callable, num_seeds: int, episodes: int, seed: int = 0):
+    def __init__(self, env_id: str, policy: Callable, num_seeds: int, episodes: int, seed: int = 0,
+                 evals_done: int = 0):
+        """`evals_done`: evaluations an interrupted run already made, so that a resumed run continues with
+        the same episode seeds as an uninterrupted one (the k-th evaluation always plays the same episodes)."""
         check_env_id(env_id)
         self.num_seeds, self.episodes, self.seed = num_seeds, episodes, seed
         self.envs = gym.make_vec(env_id, num_envs=num_seeds * episodes, vectorization_mode="sync")
         space = self.envs.single_action_space
         self.low, self.high = space.low, space.high
         self._act = jax.jit(jax.vmap(policy))
-        self.calls = 0
+        self.calls = evals_done
 
     def __call__(self, params) -> np.ndarray:
         """Undiscounted returns of the first episode in every env, shape [num_seeds, episodes]."""

@@ -193,3 +193,20 @@ def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source:
                                  round(score, 3), "last", round(wall_s, 1), info["device"], info["commit"],
                                  info["date"], str(run.run_dir / "config.json")])
     return summary
+
+
+def shard_seeds(state, data=None):
+    """Spread the seed axis over the local devices when there are several and they divide the seeds;
+    `data` (shared by all seeds) is replicated. On one device this returns its inputs unchanged."""
+    devices = jax.local_devices()
+    num_seeds = jax.tree_util.tree_leaves(state)[0].shape[0]
+    if len(devices) == 1 or num_seeds % len(devices):
+        return state, data
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("seed",))
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec("seed")))
+    if data is not None:
+        data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
+    print(f"[rlzoo] {num_seeds} seeds sharded over {len(devices)} devices")
+    return state, data

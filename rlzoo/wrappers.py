@@ -62,7 +62,7 @@ class HostVectorEnv:
         self.obs = reset_obs
         return batch
 
-    # ---- exact save / restore (MuJoCo envs) ----
+    # ---- exact save / restore (MuJoCo physics, or a classic-control env's `state`) ----
     def get_state(self) -> dict:
         import mujoco
 
@@ -76,6 +76,8 @@ class HostVectorEnv:
                 physics = np.empty(mujoco.mj_stateSize(u.model, spec))
                 mujoco.mj_getState(u.model, u.data, physics, spec)
                 entry["physics"] = physics.tolist()
+            elif getattr(u, "state", None) is not None:  # classic control (Pendulum, CartPole, ...)
+                entry["state"] = np.asarray(u.state).tolist()
             envs.append(entry)
         return {"envs": envs, "obs": self.obs.tolist(), "episode_return": self.episode_return.tolist(),
                 "episode_length": self.episode_length.tolist(), "last_return": self.last_return.tolist()}
@@ -91,6 +93,8 @@ class HostVectorEnv:
                 limit._elapsed_steps = entry["elapsed"]
             if "physics" in entry:
                 mujoco.mj_setState(u.model, u.data, np.asarray(entry["physics"]), mujoco.mjtState.mjSTATE_INTEGRATION)
+            elif "state" in entry:
+                u.state = np.asarray(entry["state"], dtype=np.asarray(u.state).dtype)
         self.obs = np.asarray(state["obs"], np.float32)
         self.episode_return = np.asarray(state["episode_return"], np.float64)
         self.episode_length = np.asarray(state["episode_length"], np.int64)

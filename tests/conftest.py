@@ -75,3 +75,12 @@ def pendulum_store(tmp_path_factory):
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
     return path
+
+
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+    """A JAX persistent-compilation-cache folder shared by this session's command-line runs.
+
+    The first run of a configuration compiles; later runs of the same programs (a repeat, a resume)
+    load the same executables instead of recompiling, which on a 2-core CPU saves ~20 s per run."""
+    return tmp_path_factory.mktemp("jax-cache")

@@ -1,0 +1,367 @@
+"""Behavioural tests of the shared core: networks, sampling, replay, checkpoints, the run loop, errors."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+import rlzoo  # noqa: F401  (sets the CPU XLA flags before the first computation)
+from rlzoo import buffers, datasets, networks
+from rlzoo.checkpoint import Checkpointer, load_params, save_params
+from rlzoo.errors import NonFiniteLossError, RlzooError
+from rlzoo.evaluation import check_env_id
+from rlzoo.logging import RunLogger
+from rlzoo.run import RunConfig, seed_keys, start_run, train_loop
+
+ALGORITHMS = Path(__file__).resolve().parents[1] / "algorithms"
+
+
+def _import_iql():
+    if str(ALGORITHMS) not in sys.path:
+        sys.path.insert(0, str(ALGORITHMS))
+    import iql
+
+    return iql
+
+
+# ---------------------------------------------------------------------------------------------- networks
+
+
+def test_ensemble_matches_separate_critics():
+    n, hidden = 3, (8, 8)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+    act = jax.random.uniform(jax.random.PRNGKey(2), (5, 2), minval=-1, maxval=1)
+    ensemble = networks.Ensemble(networks.Critic, n, {"hidden_dims": hidden})
+    params = ensemble.init(jax.random.PRNGKey(0), obs, act)
+    for leaf in jax.tree_util.tree_leaves(params):
+        assert leaf.shape[0] == n
+    out = ensemble.apply(params, obs, act)
+    assert out.shape == (n, 5)
+
+    critic = networks.Critic(hidden_dims=hidden)
+    (member_tree,) = params["params"].values()  # the one vmapped submodule
+    single_like = critic.init(jax.random.PRNGKey(9), obs, act)["params"]
+    assert jax.tree_util.tree_structure(member_tree) == jax.tree_util.tree_structure(single_like)
+    for i in range(n):
+        member = jax.tree_util.tree_map(lambda x, i=i: x[i], member_tree)
+        np.testing.assert_allclose(critic.apply({"params": member}, obs, act), out[i], rtol=1e-6, atol=1e-6)
+    # Members are initialized independently, so they disagree.
+    assert not np.allclose(out[0], out[1])
+
+    # The other direction: n separately initialized Critics, stacked, give the ensemble's outputs.
+    separate = [critic.init(jax.random.PRNGKey(100 + i), obs, act)["params"] for i in range(n)]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *separate)
+    name = next(iter(params["params"]))
+    out2 = ensemble.apply({"params": {name: stacked}}, obs, act)
+    for i in range(n):
+        np.testing.assert_allclose(critic.apply({"params": separate[i]}, obs, act), out2[i], rtol=1e-6,
+                                   atol=1e-6)
+
+
+def _tanh_gaussian_logpdf64(a, mean, log_std):
+    """log density of a = tanh(u), u ~ N(mean, std), by change of variables, in float64 numpy."""
+    a, mean, std = np.asarray(a, np.float64), np.asarray(mean, np.float64), np.exp(np.asarray(log_std, np.float64))
+    u = np.arctanh(a)
+    return np.sum(stats.norm.logpdf(u, mean, std) - np.log1p(-a**2), axis=-1)
+
+
+@pytest.mark.parametrize("act_dim", [1, 3])
+def test_sample_tanh_gaussian_log_prob_and_range(act_dim):
+    n = 4096
+    mean = jnp.broadcast_to(jnp.linspace(-0.8, 0.6, act_dim), (n, act_dim))
+    log_std = jnp.broadcast_to(jnp.linspace(-1.0, -0.3, act_dim), (n, act_dim))
+    a, logp = networks.sample_tanh_gaussian(jax.random.PRNGKey(0), mean, log_std)
+    a, logp = np.asarray(a), np.asarray(logp)
+    assert a.shape == (n, act_dim) and logp.shape == (n,)
+    assert np.all(np.abs(a) < 1.0)
+    # arctanh in float64 is only accurate away from +-1; these parameters keep almost all samples there.
+    ok = np.max(np.abs(a), axis=-1) < 0.995
+    assert ok.mean() > 0.95
+    expected = _tanh_gaussian_logpdf64(a[ok], mean[ok], log_std[ok])
+    np.testing.assert_allclose(logp[ok], expected, rtol=2e-3, atol=2e-3)
+    # The samples follow the distribution: bin frequencies of the first dimension match the CDF.
+    edges = np.array([-1.0, -0.9, -0.6, -0.3, 0.0, 0.3, 0.6, 0.9, 1.0])
+    m, s = float(mean[0, 0]), float(np.exp(log_std[0, 0]))
+    cdf = stats.norm.cdf((np.arctanh(np.clip(edges, -1 + 1e-12, 1 - 1e-12)) - m) / s)
+    expected_counts = np.diff(cdf) * n
+    counts = np.histogram(a[:, 0], edges)[0]
+    keep = expected_counts > 5
+    chi2 = np.sum((counts[keep] - expected_counts[keep]) ** 2 / expected_counts[keep])
+    assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3
+
+
+def test_sample_tanh_gaussian_is_stable_for_saturated_actions():
+    # Far in the tails tanh rounds to +-1 in float32; the log-prob (computed from u) must stay finite
+    # and match the change of variables in float64.
+    mean = jnp.array([[6.0, -6.0]])
+    log_std = jnp.array([[-3.0, -3.0]])
+    key = jax.random.PRNGKey(3)
+    a, logp = networks.sample_tanh_gaussian(key, mean, log_std)
+    assert np.all(np.abs(np.asarray(a)) <= 1.0)
+    assert np.isfinite(logp).all()
+    u = np.asarray(mean, np.float64) + np.exp(-3.0) * np.asarray(jax.random.normal(key, mean.shape), np.float64)
+    log_jac = np.log(4.0) - 2 * np.abs(u) - 2 * np.log1p(np.exp(-2 * np.abs(u)))  # log(1 - tanh(u)^2)
+    expected = np.sum(stats.norm.logpdf(u, np.asarray(mean, np.float64), np.exp(-3.0)) - log_jac)
+    np.testing.assert_allclose(float(logp[0]), expected, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- replay
+
+
+def _rows(start: int, n: int) -> dict:
+    values = np.arange(start, start + n, dtype=np.float32)
+    return {"x": jnp.asarray(values), "y": jnp.asarray(np.stack([values, -values], 1))}
+
+
+def test_replay_add_wraps_around_fifo():
+    buf = buffers.replay_init({"x": jnp.float32(0), "y": jnp.zeros(2)}, capacity=5)
+    assert int(buf.size) == 0 and int(buf.ptr) == 0 and buf.capacity == 5
+    buf = buffers.replay_add(buf, _rows(1, 3))  # rows 1, 2, 3
+    assert int(buf.size) == 3 and int(buf.ptr) == 3
+    buf = buffers.replay_add(buf, _rows(4, 4))  # rows 4..7: 6 and 7 overwrite 1 and 2
+    assert int(buf.size) == 5 and int(buf.ptr) == 2
+    np.testing.assert_array_equal(buf.data["x"], [6, 7, 3, 4, 5])
+    np.testing.assert_array_equal(buf.data["y"][:, 1], [-6, -7, -3, -4, -5])
+    assert buf.data["x"].dtype == jnp.float32 and buf.size.dtype == jnp.int32 and buf.ptr.dtype == jnp.int32
+
+
+def test_replay_sample_is_uniform_over_added_rows():
+    buf = buffers.replay_init({"x": jnp.float32(0), "y": jnp.zeros(2)}, capacity=64)
+    buf = buffers.replay_add(buf, _rows(1, 10))  # values 1..10; rows 10..63 stay zero
+    n = 50_000
+    batch = jax.jit(buffers.replay_sample, static_argnums=2)(buf, jax.random.PRNGKey(0), n)
+    x = np.asarray(batch["x"])
+    assert set(np.unique(x)) <= set(range(1, 11))
+    np.testing.assert_array_equal(np.asarray(batch["y"])[:, 1], -x)  # rows stay aligned across keys
+    counts = np.bincount(x.astype(int), minlength=11)[1:]
+    assert np.all(np.abs(counts - n / 10) < 0.05 * n / 10)
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_replay_works_inside_scan_under_jit():
+    capacity, steps = 4, 7
+
+    @jax.jit
+    def run(key):
+        buf = buffers.replay_init({"x": jnp.float32(0), "y": jnp.zeros(2)}, capacity)
+
+        def body(buf, inp):
+            t, k = inp
+            v = t.astype(jnp.float32) + 1.0
+            buf = buffers.replay_add(buf, {"x": v[None], "y": jnp.stack([v, -v])[None]})
+            sample = buffers.replay_sample(buf, k, 32)["x"]
+            return buf, (sample, buf.size, buf.ptr)
+
+        return jax.lax.scan(body, buf, (jnp.arange(steps), jax.random.split(key, steps)))
+
+    buf, (samples, sizes, ptrs) = run(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(sizes, [1, 2, 3, 4, 4, 4, 4])
+    np.testing.assert_array_equal(ptrs, [1, 2, 3, 0, 1, 2, 3])
+    np.testing.assert_array_equal(buf.data["x"], [5, 6, 7, 4])
+    for t in range(steps):  # every sample is one of the rows present at that time
+        present = set(range(max(1, t + 2 - capacity), t + 2))
+        assert set(np.asarray(samples[t]).astype(int)) <= present
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@functools.cache
+def _iql_state(num_seeds=2, updates=3):
+    """An IQL training state (seed axis `num_seeds`) after `updates` updates, and a fresh-state factory.
+
+    The shapes (3-d observations, 1-d actions, 32x32 nets, 2 seeds) and the eager `vmap(init_state)` are those
+    of the Pendulum IQL runs in test_iql.py, so the compiled initialization ops are shared with them."""
+    iql = _import_iql()
+    config = iql.Config(hidden_dims=(32, 32), batch_size=8, chunk=updates, total_steps=100)
+    obs_dim, act_dim = 3, 1
+    rng = np.random.default_rng(0)
+    data = {"observations": rng.normal(size=(50, obs_dim)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, size=(50, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=50).astype(np.float32),
+            "next_observations": rng.normal(size=(50, obs_dim)).astype(np.float32),
+            "dones": np.zeros(50, np.float32)}
+
+    def fresh():
+        return jax.vmap(lambda k: iql.init_state(config, k, obs_dim, act_dim))(seed_keys(list(range(num_seeds))))
+
+    state, _ = iql.make_train(config)(fresh(), jax.device_put(data))
+    return state, fresh
+
+
+def test_checkpoint_roundtrip_of_iql_state_is_bit_exact(tmp_path):
+    state, fresh = _iql_state()
+    # Sanity: the optimizer state is not the initial one.
+    assert int(state["actor"].step[0]) == 3
+    assert float(jnp.abs(state["critic"].opt_state[0].mu["params"]["VmapCritic_0"]["MLP_0"]["Dense_0"]
+                         ["kernel"]).max()) > 0
+    ckpt = Checkpointer(tmp_path)
+    meta = {"step": 3, "host": {"big": 2**100, "list": [1.5, -2.0]}}
+    ckpt.save(3, state, meta)
+    ckpt.wait()
+    ckpt.close()
+
+    like = fresh()
+    restored, meta2 = Checkpointer(tmp_path).restore(like)
+    assert meta2 == meta
+    # Same containers as the template (TrainState, Adam states, ...) and the same leaves as the original;
+    # the static fields (apply_fn, tx) are the template's, freshly built, so compare paths, not treedefs.
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(like)
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert [p for p, _ in jax.tree_util.tree_flatten_with_path(restored)[0]] == paths
+    leaves, restored_leaves = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)
+    assert len(leaves) == len(restored_leaves) > 20
+    for a, b in zip(leaves, restored_leaves):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert not isinstance(b, np.ndarray)  # restored onto the device as jax arrays
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(restored["key"], state["key"])
+    assert restored["key"].dtype == jnp.uint32
+    for name in ("actor", "critic", "value"):
+        opt, opt2 = state[name].opt_state, restored[name].opt_state
+        assert [type(s) for s in opt] == [type(s) for s in opt2]
+        assert isinstance(opt2[0], optax.ScaleByAdamState)
+    # The restored state trains on exactly like the original (same apply_fn / tx).
+    assert restored["actor"].tx is not None and restored["actor"].apply_fn is not None
+
+
+def test_checkpoint_restore_without_checkpoint_raises(tmp_path):
+    _, fresh = _iql_state()
+    with pytest.raises(RlzooError, match="no checkpoint"):
+        Checkpointer(tmp_path).restore(fresh())
+
+
+def test_save_and_load_params_roundtrip(tmp_path):
+    state, _ = _iql_state()
+    params = jax.tree_util.tree_map(lambda x: x[0], state["actor"].params)
+    save_params(tmp_path / "sub" / "policy.npz", params, meta={"env": "Pendulum-v1", "hidden_dims": [16, 16]})
+    loaded, meta = load_params(tmp_path / "sub" / "policy.npz")
+    assert meta == {"env": "Pendulum-v1", "hidden_dims": [16, 16]}
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(jax.device_get(params))
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(RlzooError, match="cannot read parameters"):
+        load_params(tmp_path / "missing.npz")
+
+
+# ---------------------------------------------------------------------------------------------- run loop
+
+
+def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
+    chunk_len = 10
+    config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=50, chunk=chunk_len, eval_every=10,
+                       checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
+    run = start_run(config, "fake")
+    logger = RunLogger(run.run_dir, "fake", 2, run.seeds, config.total_steps, quiet=True)
+    calls = []
+
+    def chunk(state):
+        calls.append(1)
+        good = np.ones((2, chunk_len), np.float32)
+        metrics = {"actor_loss": good.copy(), "critic_loss": good.copy()}
+        if len(calls) == 2:
+            # The first non-finite value overall is critic_loss at update 3 of seed 1 (step 10 + 4);
+            # actor_loss (alphabetically first) only breaks later, at update 7 (step 18).
+            metrics["critic_loss"][1, 3] = np.nan
+            metrics["critic_loss"][0, 5] = np.inf
+            metrics["actor_loss"][0, 7] = np.nan
+        return {"w": state["w"] + 1.0}, metrics
+
+    evaluate = lambda state: (np.zeros((2, 1)), np.zeros(2))
+    with pytest.raises(NonFiniteLossError) as info:
+        train_loop(run, {"w": jnp.zeros((2, 3))}, chunk, evaluate, logger)
+    message = str(info.value)
+    assert "'critic_loss'" in message
+    assert "at step 14 " in message
+    assert "seed 1" in message
+    assert "(step 10)" in message  # the last good checkpoint
+    assert str(run.run_dir) in message  # how to resume
+    assert len(calls) == 2
+    steps = sorted(int(p.name) for p in (run.run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [10]
+    assert [p.name for p in (run.run_dir / "checkpoints").iterdir()] == ["10"]  # nothing half-written
+    restored, meta = Checkpointer(run.run_dir).restore({"w": jnp.zeros((2, 3))})
+    assert meta["step"] == 10
+    np.testing.assert_array_equal(restored["w"], np.ones((2, 3)))
+    logger.close()
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_env_id_lists_close_matches():
+    check_env_id("Pendulum-v1")  # a registered id passes
+    with pytest.raises(RlzooError) as info:
+        check_env_id("HalfCheetah-v4x")
+    message = str(info.value)
+    assert "unknown environment 'HalfCheetah-v4x'" in message
+    assert "Close matches:" in message and "HalfCheetah-v4" in message and "HalfCheetah-v5" in message
+
+
+def test_dataset_typo_suggests_alias(minari_store):
+    with pytest.raises(RlzooError) as info:
+        datasets.resolve("halfcheeta-medium", download=False)
+    message = str(info.value)
+    assert "unknown dataset 'halfcheeta-medium'" in message
+    matches = message.split("Close matches:")[1].split(".")[0]
+    assert matches.split(",")[0].strip() == "halfcheetah-medium"
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_missing_dataset_fails_fast_with_build_command(minari_store, monkeypatch, download):
+    if download and _online():  # simulate having no network
+        def refuse(*args, **kwargs):
+            raise OSError("network is unreachable")
+
+        monkeypatch.setattr(socket, "create_connection", refuse)
+    t0 = time.perf_counter()
+    with pytest.raises(RlzooError) as info:
+        datasets.load("halfcheetah-medium", download=download)
+    assert time.perf_counter() - t0 < 10.0
+    message = str(info.value)
+    assert "python envs/build_dataset.py halfcheetah-medium" in message
+    assert "mujoco/halfcheetah/medium-v0" in message  # says what was tried
+    assert "rlzoo-local/halfcheetah/medium-v0" in message
+    if download:
+        assert "remote unreachable" in message
+
+
+def test_resume_from_empty_dir_raises(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RlzooError, match="no checkpoint found"):
+        start_run(RunConfig(resume=str(empty)), "iql")
+    with pytest.raises(RlzooError, match="no checkpoint found"):
+        start_run(RunConfig(resume=str(tmp_path / "does-not-exist")), "iql")
+
+
+def test_start_run_rejects_chunk_mismatch(tmp_path):
+    with pytest.raises(RlzooError, match="multiple of --chunk"):
+        start_run(RunConfig(run_dir=str(tmp_path / "r"), chunk=300, eval_every=1000, total_steps=3000,
+                            checkpoint_every=3000), "iql")
+
+
+def test_seed_keys_are_distinct_and_match_prngkey():
+    keys = seed_keys([0, 1, 5])
+    assert keys.shape[0] == 3
+    np.testing.assert_array_equal(keys[2], jax.random.PRNGKey(5))
+    assert len({tuple(np.asarray(k).tolist()) for k in keys}) == 3
