@@ -27,7 +27,7 @@ from rlzoo import buffers, datasets, networks
 from rlzoo.errors import run_cli
 from rlzoo.evaluation import Evaluator
 from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, finish, seed_keys, start_run, train_loop
+from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
 
 
 @dataclass
@@ -172,6 +172,7 @@ def main(config: Config) -> dict:
         state, meta = run.checkpointer.restore(state)
         start_step = meta["step"]
         print(f"[rlzoo] resumed at step {start_step}")
+    state, data = shard_seeds(state, data)
 
     actor, _, _ = make_networks(config, act_dim)
     mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)

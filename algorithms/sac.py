@@ -28,7 +28,7 @@ from rlzoo.checkpoint import save_params
 from rlzoo.errors import RlzooError, run_cli
 from rlzoo.evaluation import Evaluator
 from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, finish, seed_keys, start_run, train_loop
+from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
 from rlzoo.wrappers import HostVectorEnv
 
 
@@ -199,6 +199,7 @@ def main(config: Config) -> dict:
         start_step = meta["step"]
         envs.set_state(meta["host"]["envs"])
         print(f"[rlzoo] resumed at step {start_step}")
+    state, _ = shard_seeds(state)
     act, learn = make_train(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)

@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override the algorithm's Config.buffer_size (default: keep the paper's)")
     p.add_argument("--matmul-size", type=int, default=1024, help="n of the n x n @ n x n reference matmul")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="split the CPU into N XLA devices and shard the seed axis over them (one core each)")
     p.add_argument("--xla-multithread", action="store_true",
                    help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
     args = p.parse_args(argv)
@@ -135,15 +137,20 @@ def bench_offline(mod, args, keys, notes: list[str]):
     """`make_train(config)` -> jitted `train_chunk(states, data)`: one call = K updates per seed."""
     import jax
 
+    from rlzoo.run import shard_seeds
+
     config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size)
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
+    state, data = shard_seeds(state, data)
     train_chunk = mod.make_train(config)
     first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
     # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
     # update come from the same program built with a 1-update scan.
     one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=1, batch_size=args.batch_size))
-    flops = xla_flops(one, state, data) / args.num_seeds
+    # Sharded over several devices, the cost analysis describes one device's share of the seeds.
+    seeds_per_program = args.num_seeds / len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
+    flops = xla_flops(one, state, data) / seeds_per_program
     notes.append(f"synthetic dataset {args.dataset_size} rows (obs {OBS_DIM}, act {ACT_DIM}) on device; "
                  "call = make_train(config)(states, data), batch sampled in the scan")
     return first, times, flops
@@ -223,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.xla_multithread:
         os.environ["RLZOO_CPU_THREADS"] = "1"
+    if args.cpu_devices > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.cpu_devices}").strip()
     load = os.getloadavg()
     # rlzoo first: importing it sets the single-threaded CPU XLA_FLAGS, read when jax's backend starts.
     import rlzoo  # noqa: F401

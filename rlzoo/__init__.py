@@ -9,8 +9,13 @@ if not _os.environ.get("RLZOO_CPU_THREADS") and "xla_cpu_multi_thread_eigen" not
 ):
     _os.environ["XLA_FLAGS"] = (
         _os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
+
+# RLZOO_CPU_DEVICES=N splits the CPU into N XLA devices; the seed axis is then sharded over them
+# (rlzoo.run.shard_seeds), one core per device. On GPU/TPU hosts the real devices are used instead.
+if _os.environ.get("RLZOO_CPU_DEVICES"):
+    _os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={int(_os.environ['RLZOO_CPU_DEVICES'])}"
 
 from rlzoo.errors import RlzooError  # noqa: E402
 

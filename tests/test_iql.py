@@ -312,3 +312,23 @@ def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
     proc = run_iql(["--env", "hopper-medium", "--run-dir", str(minari_store.parent / "run")], env, timeout=60)
     assert_clean_failure(proc, "python envs/build_dataset.py hopper-medium", "dataset 'hopper-medium' is not available")
     assert time.perf_counter() - t0 < 60
+
+
+def test_seeds_shard_over_several_devices(pendulum_store, jax_cache_dir, tmp_path):
+    """RLZOO_CPU_DEVICES=2 splits the CPU into two XLA devices; two seeds are sharded one per device and
+    train to the same parameters as the unsharded program (up to float reassociation)."""
+    args = SMALL + ["--num-seeds", "2", "--total-steps", "400", "--chunk", "200", "--eval-every", "400",
+                    "--checkpoint-every", "400"]
+    sharded = run_iql(args + ["--run-dir", str(tmp_path / "sharded")],
+                      cli_env(pendulum_store, jax_cache_dir, RLZOO_CPU_DEVICES="2"))
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert "2 seeds sharded over 2 devices" in sharded.stdout
+    single = run_iql(args + ["--run-dir", str(tmp_path / "single")], cli_env(pendulum_store, jax_cache_dir))
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "sharded" not in single.stdout
+    # Compare the logged losses per chunk and seed (the checkpoint of the sharded run names two devices).
+    a = np.genfromtxt(tmp_path / "sharded" / "train.csv", delimiter=",", names=True)
+    b = np.genfromtxt(tmp_path / "single" / "train.csv", delimiter=",", names=True)
+    assert a.dtype.names == b.dtype.names and len(a) == len(b) == 4
+    for name in a.dtype.names:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-5, err_msg=name)
