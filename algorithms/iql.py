@@ -156,9 +156,8 @@ def make_train(config: Config):
 
 
 def main(config: Config) -> dict:
-    run = start_run(config, "iql")
-    config = run.config
-    dataset = datasets.load(config.env, download=config.download)
+    run = start_run(config, "iql", prepare=lambda c: datasets.load(c.env, download=c.download))
+    config, dataset = run.config, run.prepared
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
     obs_mean, obs_std = dataset.observation_stats() if config.normalize_obs else (0.0, 1.0)

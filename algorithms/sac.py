@@ -26,7 +26,7 @@ from flax.training.train_state import TrainState
 from rlzoo import buffers, networks
 from rlzoo.checkpoint import save_params
 from rlzoo.errors import RlzooError, run_cli
-from rlzoo.evaluation import Evaluator
+from rlzoo.evaluation import Evaluator, check_env_id
 from rlzoo.logging import RunLogger
 from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
 from rlzoo.wrappers import HostVectorEnv
@@ -183,7 +183,7 @@ def make_train(config: Config, act_dim: int):
 
 
 def main(config: Config) -> dict:
-    run = start_run(config, "sac")
+    run = start_run(config, "sac", prepare=lambda c: check_env_id(c.env))
     config = run.config
     if config.update_every <= 0 or config.chunk % config.update_every or config.learning_starts % config.update_every:
         raise RlzooError(f"--chunk ({config.chunk}) and --learning-starts ({config.learning_starts}) must be "

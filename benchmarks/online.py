@@ -60,7 +60,7 @@ def collect(args) -> None:
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
     progress = []
-    for run_dir in sorted(p for p in root.iterdir() if (p / "eval.csv").exists()):
+    for run_dir in sorted(p for p in root.glob("sac-*") if (p / "eval.csv").exists()):
         name = run_dir.name
         shutil.copy(run_dir / "eval.csv", CURVES / f"{name}.csv")
         data = np.atleast_1d(np.genfromtxt(run_dir / "eval.csv", delimiter=",", names=True))

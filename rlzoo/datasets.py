@@ -116,7 +116,7 @@ def resolve(name: str, download: bool = True) -> Resolved:
             + "Use a D4RL-style name <task>-<kind> with task in "
             f"{{{', '.join(MUJOCO_ENVS)}}} and kind in {{{', '.join(KINDS)}}}, a Minari id such as "
             "mujoco/hopper/medium-v0, or the path of a Minari dataset directory. Build a local dataset "
-            f"with: {build_command('halfcheetah-medium')}"
+            f"with: {build_command(next((m for m in matches if split_alias(m)), 'halfcheetah-medium'))}"
         )
     task, kind = parsed
     env_id = MUJOCO_ENVS[task]

@@ -68,10 +68,12 @@ class Run:
     seeds: list[int]
     checkpointer: Checkpointer
     resuming: bool
+    prepared: object = None  # what `start_run(..., prepare=...)` returned (e.g. the loaded dataset)
 
 
-def start_run(config: RunConfig, algorithm: str) -> Run:
-    """Create (or reopen with --resume) the run directory and validate the loop options."""
+def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], object] | None = None) -> Run:
+    """Validate the options, run `prepare(config)` (e.g. load the dataset, check the env id), then create
+    (or reopen with --resume) the run directory: bad input never leaves an empty run directory behind."""
     if config.resume:
         run_dir = Path(config.resume)
         if not has_checkpoint(run_dir):
@@ -90,8 +92,6 @@ def start_run(config: RunConfig, algorithm: str) -> Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = config.env.replace("/", "_")
         run_dir = Path(config.run_dir or f"runs/{algorithm}-{name}-{stamp}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     for option in ("eval_every", "checkpoint_every", "total_steps"):
         value = getattr(config, option)
         if value <= 0 or value % config.chunk:
@@ -99,9 +99,13 @@ def start_run(config: RunConfig, algorithm: str) -> Run:
                              f"{config.chunk}; change one of them.")
     if config.num_seeds < 1:
         raise RlzooError(f"--num-seeds {config.num_seeds} must be at least 1")
+    prepared = prepare(config) if prepare is not None else None
+    if not config.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     seeds = list(range(config.seed, config.seed + config.num_seeds))
     print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
-    return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume))
+    return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
 
 
 def seed_keys(seeds: list[int]) -> jax.Array:
