@@ -155,9 +155,17 @@ def make_train(config: Config):
     return jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
 
 
+def load_dataset(config: Config) -> datasets.OfflineDataset:
+    """Load the dataset before the run directory exists, so that a bad name leaves nothing behind."""
+    dataset = datasets.load(config.env, download=config.download)
+    dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
+    return dataset
+
+
 def main(config: Config) -> dict:
-    run = start_run(config, "iql", prepare=lambda c: datasets.load(c.env, download=c.download))
+    run = start_run(config, "iql", prepare=load_dataset)
     config, dataset = run.config, run.prepared
+    datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
     obs_mean, obs_std = dataset.observation_stats() if config.normalize_obs else (0.0, 1.0)
@@ -176,7 +184,7 @@ def main(config: Config) -> dict:
     actor, _, _ = make_networks(config, act_dim)
     mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
     policy = lambda params, obs: actor.apply(params, (obs - mean_j) / std_j)[0]
-    evaluator = Evaluator(dataset.env_id, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed,
+    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes,
                           evals_done=start_step // config.eval_every)
     logger = RunLogger(run.run_dir, f"iql-{config.env}", config.num_seeds, run.seeds, config.total_steps,
                        start_step, "normalized score", config={**vars(config), **dataset.summary},

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,12 +183,23 @@ def make_train(config: Config, act_dim: int):
                                                                  donate_argnums=0)
 
 
-def main(config: Config) -> dict:
-    run = start_run(config, "sac", prepare=lambda c: check_env_id(c.env))
-    config = run.config
+def check_config(config: Config) -> None:
+    """Reject bad options before the run directory is created."""
+    check_env_id(config.env)
     if config.update_every <= 0 or config.chunk % config.update_every or config.learning_starts % config.update_every:
         raise RlzooError(f"--chunk ({config.chunk}) and --learning-starts ({config.learning_starts}) must be "
                          f"multiples of --update-every ({config.update_every})")
+    if config.save_policy_every % config.chunk:
+        raise RlzooError(f"--save-policy-every {config.save_policy_every} must be a multiple of --chunk {config.chunk}")
+    space = gym.make(config.env).action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise RlzooError(f"SAC needs a continuous (Box) action space; {config.env} has {space}. Use a MuJoCo "
+                         "task such as HalfCheetah-v5 (discrete-action algorithms: PQN, planned).")
+
+
+def main(config: Config) -> dict:
+    run = start_run(config, "sac", prepare=check_config)
+    config = run.config
     envs = HostVectorEnv(config.env, run.seeds)
     if not np.allclose(np.abs(envs.low), np.abs(envs.high)):
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
@@ -203,7 +215,7 @@ def main(config: Config) -> dict:
     act, learn = make_train(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
-    evaluator = Evaluator(config.env, policy, config.num_seeds, config.eval_episodes, seed=10_000 + config.seed,
+    evaluator = Evaluator(config.env, policy, run.seeds, config.eval_episodes,
                           evals_done=start_step // config.eval_every)
     logger = RunLogger(run.run_dir, f"sac-{config.env}", config.num_seeds, run.seeds, config.total_steps,
                        start_step, "return", config=vars(config), use_wandb=config.wandb,

@@ -10,6 +10,7 @@ Any Minari id or a path to a Minari dataset directory is accepted as well.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -135,8 +136,6 @@ def resolve(name: str, download: bool = True) -> Resolved:
                         _download(i)
                 return Resolved(name, ids, "official", env_id, tried)
             tried[-1] += " (remote unreachable)"
-        else:
-            tried[-1] = tried[-1]
     lid = local_id(task, kind)
     tried.append(f"{lid} (locally built)")
     if on_disk(lid):
@@ -251,7 +250,8 @@ def load(name: str, download: bool = True) -> OfflineDataset:
         raise RlzooError(f"dataset '{name}' records no environment id, so it cannot be evaluated")
     refs = [(p["metadata"].get("ref_min_score"), p["metadata"].get("ref_max_score")) for p in parts]
     ref_min, ref_max = refs[0]
-    if len({r for r in refs}) > 1:
+    if any(not np.allclose(np.asarray(r, float), np.asarray(refs[0], float), rtol=1e-3) for r in refs
+           if None not in r and None not in refs[0]):
         raise RlzooError(f"the parts of '{name}' ({resolved.dataset_ids}) disagree on reference scores: {refs}")
     return OfflineDataset(
         name=name,
@@ -280,6 +280,9 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         ds = MinariDataset(path / "data") if os.path.isabs(dataset_id) else minari.load_dataset(dataset_id)
         obs, act, rew, next_obs, term, trunc, returns = [], [], [], [], [], [], []
         for ep in ds.iterate_episodes():
+            if isinstance(ep.observations, dict):
+                raise RlzooError(f"dataset '{dataset_id}' has dictionary observations (goal-conditioned, e.g. "
+                                 "AntMaze); rlzoo's offline algorithms support flat Box observations only so far.")
             o = np.asarray(ep.observations, dtype=np.float32)
             obs.append(o[:-1])
             next_obs.append(o[1:])
@@ -315,3 +318,19 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         if not np.all(np.isfinite(out[key])):
             raise RlzooError(f"dataset '{dataset_id}' at {path} contains NaN or inf in '{key}'. {rebuild}")
     return out
+
+
+def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
+    """Record which data a run trains on (dataset.json); a resumed run must find the same data again,
+    e.g. not switch from the locally built stand-in to an official copy downloaded in between."""
+    path = Path(run_dir) / "dataset.json"
+    if resuming and path.exists():
+        saved = json.loads(path.read_text())
+        if saved["dataset_ids"] != dataset.dataset_ids or saved["transitions"] != len(dataset):
+            raise RlzooError(
+                f"the run in {run_dir} trained on {saved['dataset_ids']} ({saved['data_source']}, "
+                f"{saved['transitions']} transitions) but '{dataset.name}' now resolves to {dataset.dataset_ids} "
+                f"({dataset.source}, {len(dataset)} transitions); resuming would switch data mid-run. Start a new "
+                "run, or restore the original dataset."
+            )
+    path.write_text(json.dumps(dataset.summary, indent=2))

@@ -31,12 +31,15 @@ class Evaluator:
     vmapped over the seed axis of `params` and jitted once.
     """
 
-    def __init__(self, env_id: str, policy: Callable, num_seeds: int, episodes: int, seed: int = 0,
-                 evals_done: int = 0):
-        """`evals_done`: evaluations an interrupted run already made, so that a resumed run continues with
-        the same episode seeds as an uninterrupted one (the k-th evaluation always plays the same episodes)."""
+    def __init__(self, env_id: str, policy: Callable, seeds: list[int], episodes: int, evals_done: int = 0):
+        """`seeds`: the training seeds (one parameter set each); episode e of the k-th evaluation of seed s
+        resets the env with 1e6 + 1e4 k + s * episodes + e, so separate runs with different seeds, or the
+        same seed inside different --num-seeds sweeps, play the same or disjoint episodes as they should.
+        `evals_done`: evaluations an interrupted run already made, so that a resumed run continues with
+        the same episodes as an uninterrupted one."""
         check_env_id(env_id)
-        self.num_seeds, self.episodes, self.seed = num_seeds, episodes, seed
+        self.seeds, self.num_seeds, self.episodes = list(seeds), len(seeds), episodes
+        num_seeds = self.num_seeds
         self.envs = gym.make_vec(env_id, num_envs=num_seeds * episodes, vectorization_mode="sync")
         space = self.envs.single_action_space
         self.low, self.high = space.low, space.high
@@ -46,7 +49,9 @@ class Evaluator:
     def __call__(self, params) -> np.ndarray:
         """Undiscounted returns of the first episode in every env, shape [num_seeds, episodes]."""
         n = self.num_seeds * self.episodes
-        obs, _ = self.envs.reset(seed=[self.seed + 10_000 * self.calls + i for i in range(n)])
+        reset_seeds = [1_000_000 + 10_000 * self.calls + s * self.episodes + e
+                       for s in self.seeds for e in range(self.episodes)]
+        obs, _ = self.envs.reset(seed=reset_seeds)
         self.calls += 1
         returns = np.zeros(n)
         running = np.ones(n, dtype=bool)

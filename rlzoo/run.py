@@ -92,6 +92,8 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = config.env.replace("/", "_")
         run_dir = Path(config.run_dir or f"runs/{algorithm}-{name}-{stamp}")
+    if config.chunk < 1:
+        raise RlzooError(f"--chunk {config.chunk} must be at least 1")
     for option in ("eval_every", "checkpoint_every", "total_steps"):
         value = getattr(config, option)
         if value <= 0 or value % config.chunk:
