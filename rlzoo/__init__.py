@@ -21,3 +21,23 @@ from rlzoo.errors import RlzooError  # noqa: E402
 
 __all__ = ["RlzooError"]
 __version__ = "0.1.0"
+
+
+def _quiet_mujoco_deprecation() -> None:
+    """MuJoCo 4 warns (to stdout and MUJOCO_LOG.TXT) that Gymnasium's HalfCheetah/Ant XML uses the deprecated
+    'settotalmass' attribute, once per env created: hundreds of lines per run. Drop that one message and
+    route every other MuJoCo warning through Python's warnings module."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    import warnings
+
+    def handler(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+
+
+_quiet_mujoco_deprecation()
