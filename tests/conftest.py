@@ -84,3 +84,50 @@ def jax_cache_dir(tmp_path_factory):
     The first run of a configuration compiles; later runs of the same programs (a repeat, a resume)
     load the same executables instead of recompiling, which on a 2-core CPU saves ~20 s per run."""
     return tmp_path_factory.mktemp("jax-cache")
+
+
+def checkpoint_steps(run_dir) -> list[int]:
+    """The steps of the complete checkpoints in a run directory."""
+    from pathlib import Path
+
+    d = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def load_checkpoint(run_dir, step: int | None = None) -> tuple[dict, dict]:
+    """The saved training state of a run as {path: numpy array} (every leaf), and its meta dict."""
+    from pathlib import Path
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(Path(run_dir).resolve() / "checkpoints")
+    step = manager.latest_step() if step is None else step
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                         meta=ocp.args.JsonRestore()))
+    manager.close()
+    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(out["state"])[0]}
+    return flat, out["meta"]
+
+
+def kill_once_checkpointed(command: list[str], run_dir, min_step: int, env: dict, cwd,
+                           timeout: float = 300) -> list[int]:
+    """Start `command`, SIGKILL it as soon as a checkpoint at `min_step` or later exists, and return the
+    checkpoint steps it left behind (fails the test if the run ends by itself first)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(s >= min_step for s in checkpoint_steps(run_dir)):
+            if proc.poll() is not None:
+                pytest.fail("the run ended before it could be killed: " + proc.stdout.read().decode()[-3000:])
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return checkpoint_steps(run_dir)

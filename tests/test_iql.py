@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID
+from conftest import PENDULUM_ID, checkpoint_steps, kill_once_checkpointed, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 IQL_PY = REPO / "algorithms" / "iql.py"
@@ -46,29 +45,11 @@ def run_iql(args: list[str], env: dict, cwd: Path = REPO, script: Path = IQL_PY,
                           timeout=timeout)
 
 
-def load_checkpoint(run_dir: Path, step: int | None = None) -> tuple[dict, dict]:
-    """The saved training state of a run as {path: numpy array} (every leaf), and its meta dict."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(Path(run_dir).resolve() / "checkpoints")
-    step = manager.latest_step() if step is None else step
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                         meta=ocp.args.JsonRestore()))
-    manager.close()
-    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(out["state"])[0]}
-    return flat, out["meta"]
-
-
 def assert_states_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].dtype == b[name].dtype, name
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    d = run_dir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def assert_clean_failure(proc, *needles: str) -> str:
@@ -208,20 +189,9 @@ def test_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_path):
     assert full.returncode == 0, full.stderr[-4000:]
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(IQL_PY), *args, "--run-dir", str(run_dir)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    try:
-        while not any(s >= 600 for s in checkpoint_steps(run_dir)):  # at least one evaluation done
-            if proc.poll() is not None:
-                pytest.fail("the run ended before it could be killed: " + proc.stdout.read().decode()[-3000:])
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = checkpoint_steps(run_dir)
+    # Kill once a checkpoint after the first evaluation exists.
+    killed_at = kill_once_checkpointed([sys.executable, str(IQL_PY), *args, "--run-dir", str(run_dir)], run_dir,
+                                       600, env, REPO)
     assert not (run_dir / "summary.json").exists()
     assert 600 <= max(killed_at) < 4000, killed_at
 

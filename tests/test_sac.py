@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import kill_once_checkpointed, load_checkpoint
 
 from rlzoo.checkpoint import load_params
 
@@ -39,23 +38,6 @@ def cli_env(cache: Path, **extra: str) -> dict:
 def run_sac(args: list[str], env: dict, timeout: float = 300):
     return subprocess.run([sys.executable, str(SAC_PY), *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def load_checkpoint(run_dir: Path) -> tuple[dict, dict]:
-    """The newest saved training state of a run as {path: numpy array} (every leaf), and its meta dict."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(Path(run_dir).resolve() / "checkpoints")
-    out = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                         meta=ocp.args.JsonRestore()))
-    manager.close()
-    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(out["state"])[0]}
-    return flat, out["meta"]
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    d = run_dir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def test_sac_improves_on_pendulum(tmp_path):
@@ -99,21 +81,9 @@ def test_sac_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
     assert full.returncode == 0, full.stderr[-4000:]
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(SAC_PY), *args, "--run-dir", str(run_dir)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    try:
-        # Kill once updates have started and an evaluation has run.
-        while not any(s >= 1000 for s in checkpoint_steps(run_dir)):
-            if proc.poll() is not None:
-                pytest.fail("the run ended before it could be killed: " + proc.stdout.read().decode()[-3000:])
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = checkpoint_steps(run_dir)
+    # Kill once a checkpoint after the first evaluation exists.
+    killed_at = kill_once_checkpointed([sys.executable, str(SAC_PY), *args, "--run-dir", str(run_dir)], run_dir,
+                                       1000, env, REPO)
     assert 1000 <= max(killed_at) < 2000, killed_at
     assert not (run_dir / "summary.json").exists()
 
