@@ -10,27 +10,18 @@ summary.json (written by rlzoo.run.finish), so commit, date, device and wall tim
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
+from rlzoo.run import append_scores
+
 ROOT = Path(__file__).resolve().parent.parent
-HEADER = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device", "commit",
-          "date", "config"]
 
 
 def record(run_dir: Path, name: str | None, scores_csv: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
-    new = not scores_csv.exists()
-    with scores_csv.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(HEADER)
-        for seed, score in summary["final_scores"].items():
-            writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
-                             round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
-                             summary["commit"], summary["date"], f"{name or run_dir.name}/config.json"])
+    append_scores(scores_csv, summary, f"{name or run_dir.name}/config.json")
     curves = ROOT / "results" / "curves" / (name or run_dir.name)
     curves.mkdir(parents=True, exist_ok=True)
     for file in ("eval.csv", "curve.png", "config.json", "summary.json"):

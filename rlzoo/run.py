@@ -166,17 +166,35 @@ def train_loop(
     return state
 
 
-def final_scores(eval_csv: Path, score_name: str, seeds: list[int], last_n: int = 1) -> dict[int, float]:
+def final_scores(eval_csv: Path, seeds: list[int], last_n: int = 1) -> dict[int, float]:
     """Mean of each seed's last `last_n` evaluation scores."""
     data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
     return {s: float(data["score"][data["seed"] == s][-last_n:].mean()) for s in seeds}
+
+
+SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
+                  "commit", "date", "config"]
+
+
+def append_scores(path: Path, summary: dict, config_ref: str) -> None:
+    """Append one results/scores.csv row per seed of a run's summary (header written for a new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(SCORES_COLUMNS)
+        for seed, score in summary["final_scores"].items():
+            writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
+                             round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
+                             summary["commit"], summary["date"], config_ref])
 
 
 def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
     """Print one line per seed, write summary.json, append to --scores-csv if asked."""
     logger.close()
     run.checkpointer.close()
-    scores = final_scores(run.run_dir / "eval.csv", score_name, run.seeds)
+    scores = final_scores(run.run_dir / "eval.csv", run.seeds)
     info = provenance.info()
     for seed, score in scores.items():
         print(f"[rlzoo] {run.algorithm} {task} seed {seed}: final {score_name} {score:.2f}")
@@ -185,19 +203,7 @@ def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source:
                "steps_per_s": logger.steps_per_second(), **info}
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if run.config.scores_csv:
-        path = Path(run.config.scores_csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s",
-                  "device", "commit", "date", "config"]
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(header)
-            for seed, score in scores.items():
-                writer.writerow([run.algorithm, task, data_source, seed, run.config.total_steps,
-                                 round(score, 3), "last", round(wall_s, 1), info["device"], info["commit"],
-                                 info["date"], str(run.run_dir / "config.json")])
+        append_scores(Path(run.config.scores_csv), summary, str(run.run_dir / "config.json"))
     return summary
 
 

@@ -318,17 +318,9 @@ def test_dataset_typo_suggests_alias(minari_store):
     assert matches.split(",")[0].strip() == "halfcheetah-medium"
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("download", [False, True])
 def test_missing_dataset_fails_fast_with_build_command(minari_store, monkeypatch, download):
-    if download and _online():  # simulate having no network
+    if download and datasets.remote_reachable(timeout=2):  # simulate having no network
         def refuse(*args, **kwargs):
             raise OSError("network is unreachable")
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import PENDULUM_ID, checkpoint_steps, kill_once_checkpointed, load_checkpoint
+
+from rlzoo import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 IQL_PY = REPO / "algorithms" / "iql.py"
@@ -266,17 +267,10 @@ def test_wandb_offline_needs_no_network(pendulum_store, jax_cache_dir, tmp_path)
     assert (tmp_path / "run" / "summary.json").exists()
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
     env = cli_env(minari_store, jax_cache_dir)
-    if _online():  # keep the official dataset from being downloaded: a remote rlzoo does not know is never tried
+    # Keep the official dataset from being downloaded: a remote rlzoo does not know is never tried.
+    if datasets.remote_reachable(timeout=2):
         env["MINARI_REMOTE"] = "offline://"
     t0 = time.perf_counter()
     proc = run_iql(["--env", "hopper-medium", "--run-dir", str(minari_store.parent / "run")], env, timeout=60)
