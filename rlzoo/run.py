@@ -173,13 +173,15 @@ def final_scores(eval_csv: Path, seeds: list[int], last_n: int = 1) -> dict[int,
 
 
 SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
-                  "commit", "date", "config"]
+                  "commit", "date", "config", "jax"]
 
 
 def append_scores(path: Path, summary: dict, config_ref: str) -> None:
     """Append one results/scores.csv row per seed of a run's summary (header written for a new file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        _upgrade_header(path, SCORES_COLUMNS)
     with path.open("a", newline="") as f:
         writer = csv.writer(f)
         if new:
@@ -187,7 +189,20 @@ def append_scores(path: Path, summary: dict, config_ref: str) -> None:
         for seed, score in summary["final_scores"].items():
             writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
                              round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
-                             summary["commit"], summary["date"], config_ref])
+                             summary["commit"], summary["date"], config_ref, summary.get("jax", "")])
+
+
+def _upgrade_header(path: Path, columns: list[str]) -> None:
+    """A results CSV written before columns were appended to its schema gets them (empty in old rows)."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else []
+    if header == columns:
+        return
+    if header != columns[: len(header)]:
+        raise RlzooError(f"{path} has columns {header}, expected {columns}: move it aside and re-run")
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([columns] + [r + [""] * (len(columns) - len(r)) for r in rows[1:]])
 
 
 def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
