@@ -70,6 +70,9 @@ class Config(RunConfig):
     save_policy_every: int = 0
     """If > 0, also write the actor's parameters every this many steps to run_dir/policies (for
     building offline datasets from intermediate policies)."""
+    save_replay: bool = False
+    """At the end, write every transition of the replay buffer, in the order collected, to
+    run_dir/replay.npz (envs/build_dataset.py builds medium-replay datasets from it)."""
 
 
 def make_networks(config: Config, act_dim: int):
@@ -197,6 +200,16 @@ def check_config(config: Config) -> None:
                          "task such as HalfCheetah-v5 (discrete-action algorithms: PQN, planned).")
 
 
+def save_replay(path, replay: buffers.Replay, seeds: list[int]) -> None:
+    """The replay buffer's valid rows in the order they were added (oldest first), one array per field
+    with the seed axis first."""
+    replay = jax.device_get(replay)
+    size, ptr = int(np.asarray(replay.size).reshape(-1)[0]), int(np.asarray(replay.ptr).reshape(-1)[0])
+    capacity = next(iter(replay.data.values())).shape[1]
+    order = (np.arange(size) + (ptr if size == capacity else 0)) % capacity
+    np.savez(path, seeds=np.asarray(seeds), **{k: np.asarray(v)[:, order] for k, v in replay.data.items()})
+
+
 def main(config: Config) -> dict:
     run = start_run(config, "sac", prepare=check_config)
     config = run.config
@@ -251,6 +264,8 @@ def main(config: Config) -> dict:
     save_params(run.run_dir / "policy.npz", state["actor"].params,
                 meta={"env": config.env, "hidden_dims": list(config.hidden_dims), "seeds": run.seeds,
                       "step": config.total_steps, "algorithm": "sac"})
+    if config.save_replay:
+        save_replay(run.run_dir / "replay.npz", state["replay"], run.seeds)
     envs.close()
     evaluator.close()
     return finish(run, logger, "return", config.env, "online", time.perf_counter() - t0)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -59,6 +60,8 @@ from rlzoo.errors import RlzooError, close_matches, run_cli
 ROOT = Path(__file__).resolve().parent.parent
 POLICY_DIR = ROOT / "envs" / "policies"
 REFS_PATH = ROOT / "envs" / "reference_scores.json"
+POLICIES_JSON = "policies.json"  # in POLICY_DIR: how each behaviour policy was trained and picked
+SAC_SCRIPT = ROOT / "algorithms" / "sac.py"
 RESULTS_CSV = ROOT / "results" / "datasets.csv"
 STAGING = ".rlzoo-staging"  # hidden folder of the Minari store where datasets are built before the rename
 
@@ -102,13 +105,14 @@ class Recipe:
 
 
 def _recipes() -> dict[str, Recipe]:
-    # One row per dataset. A policy-driven kind is one line, e.g. for every task:
-    #   table[f"{task}-expert"] = Recipe(env_id, f"envs/policies/{task}-expert.npz")
-    # medium-replay rows use REPLAY; medium-expert needs no row (built as its parts medium + expert).
-    table = {f"{task}-random": Recipe(env_id, RANDOM) for task, env_id in MUJOCO_ENVS.items()}
-    table["halfcheetah-medium"] = Recipe("HalfCheetah-v5", "envs/policies/halfcheetah-medium.npz")
-    table["halfcheetah-expert"] = Recipe("HalfCheetah-v5", "envs/policies/halfcheetah-expert.npz")
-    table["halfcheetah-medium-replay"] = Recipe("HalfCheetah-v5", REPLAY)
+    # One row per dataset; medium-expert needs no row (it is built as its parts, medium + expert).
+    # medium-replay (REPLAY) is as long as the SAC run was when the medium policy was taken: `steps` unused.
+    table = {}
+    for task, env_id in MUJOCO_ENVS.items():
+        table[f"{task}-random"] = Recipe(env_id, RANDOM)
+        table[f"{task}-medium"] = Recipe(env_id, f"{task}-medium.npz")  # files in POLICY_DIR
+        table[f"{task}-expert"] = Recipe(env_id, f"{task}-expert.npz")
+        table[f"{task}-medium-replay"] = Recipe(env_id, REPLAY, steps=0)
     return table
 
 
@@ -203,7 +207,8 @@ def policy_behaviour(
 
 
 def _policy_path(behaviour: str) -> Path:
-    return ROOT / behaviour
+    """A recipe's policy file: a name in POLICY_DIR (envs/policies/), or an absolute path."""
+    return POLICY_DIR / behaviour
 
 
 def unavailable(alias: str) -> str | None:
@@ -212,25 +217,28 @@ def unavailable(alias: str) -> str | None:
     if recipe.behaviour == RANDOM:
         return None
     if recipe.behaviour == REPLAY:
-        return (
-            f"'{alias}' is a medium-replay dataset: every episode in the replay buffer of the SAC run that "
-            "trained the medium policy, up to the point where the policy reached medium level (the D4RL "
-            "recipe). Building it is not implemented yet: it is added by the next issue (it needs the "
-            "SAC run's replay, which envs/ does not hold yet)."
-        )
+        task = split_alias(alias)[0]
+        entry = policy_records().get(f"{task}-medium", {})
+        if "sac_config" not in entry or "step" not in entry:
+            return (
+                f"'{alias}' is the replay buffer of the SAC run that trained {task}-medium's behaviour policy, "
+                "up to the step where that policy was taken (the D4RL recipe). The builder regenerates it by "
+                "re-running that training with algorithms/sac.py, so it needs the run's configuration and the "
+                f"step in {_rel(POLICY_DIR / POLICIES_JSON)} (entry '{task}-medium'). Write it by picking the "
+                f"policies from a finished SAC run: python envs/pick_policies.py --task {task} --run-dir "
+                "<SAC run directory>"
+            )
+        return None
     path = _policy_path(recipe.behaviour)
     if not path.is_file():
         task, kind = split_alias(alias)
-        level = {
-            "medium": "about one third of the expert's return (D4RL: a policy stopped early)",
-            "expert": "fully trained",
-        }.get(kind, kind)
+        level = {"medium": "about one third of the expert's return", "expert": "fully trained"}.get(kind, kind)
         return (
             f"the behaviour policy of '{alias}' is missing: {_rel(path)} does not exist. It is a SAC actor "
-            f"saved by rlzoo.checkpoint.save_params, trained with algorithms/sac.py (e.g. `python "
-            f"algorithms/sac.py --env {recipe.env_id} --save-policy-every 10000`; the run writes "
-            f"policy.npz and policies/step_*.npz); copy the one whose return is {level} to {_rel(path)} "
-            "and run this command again."
+            f"({level}) from a SAC run trained with `python algorithms/sac.py --env {recipe.env_id} --save-policy-"
+            f"every 10000` (1M steps, the D4RL recipe); when that run has finished, pick its expert and medium "
+            f"policies with `python envs/pick_policies.py --task {task} --run-dir <SAC run directory>` and run "
+            "this command again."
         )
     return None
 
@@ -362,6 +370,126 @@ def collect(
     return Collected(
         buffers, np.asarray(returns), np.asarray(lengths), np.asarray(cut, bool), np.asarray(terminated, bool)
     )
+
+
+# ---------------------------------------------------------------- medium-replay
+# Hyperparameters of the SAC run that are passed on when it is re-run to regenerate its replay buffer.
+SAC_HYPERPARAMETERS = ("chunk", "learning_starts", "update_every", "buffer_size", "batch_size", "gamma", "tau",
+                       "actor_lr", "critic_lr", "alpha_lr", "init_alpha", "autotune", "hidden_dims", "num_critics")
+
+
+def policy_records(path: Path | None = None) -> dict:
+    """envs/policies/policies.json: per behaviour policy, the SAC run configuration and step it came from."""
+    return _read_json(path or POLICY_DIR / POLICIES_JSON)
+
+
+def sac_command(sac_config: dict, steps: int, seed: int, run_dir: Path) -> list[str]:
+    """The algorithms/sac.py command that repeats a training run for `steps` env steps and saves its replay."""
+    cmd = [sys.executable, str(SAC_SCRIPT), "--env", sac_config["env"], "--seed", str(seed), "--num-seeds", "1",
+           "--total-steps", str(steps), "--eval-every", str(steps), "--eval-episodes", "1",
+           "--checkpoint-every", str(steps), "--run-dir", str(run_dir), "--save-replay"]
+    for name in SAC_HYPERPARAMETERS:
+        if name not in sac_config:
+            continue
+        flag, value = "--" + name.replace("_", "-"), sac_config[name]
+        if isinstance(value, bool):
+            cmd.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            cmd += [flag, *map(str, value)]
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def split_replay(replay: dict[str, np.ndarray], env_id: str, first_seed: int | None) -> Collected:
+    """Cut one seed's replay rows (s, a, r, s', terminal; in collection order) into Minari episodes. An
+    episode ends at a termination or where the next row does not continue from s' (the env was reset after
+    a time-limit truncation); the last one is cut by the budget unless it ended by itself."""
+    from minari.data_collector import EpisodeBuffer
+
+    from rlzoo.wrappers import HostVectorEnv
+
+    obs, unit, rew = replay["observations"], replay["actions"], replay["rewards"]
+    next_obs, done = replay["next_observations"], replay["dones"] > 0
+    n = len(rew)
+    if n == 0:
+        raise RlzooError("the SAC run's replay buffer is empty; nothing to build")
+    ends = done | np.r_[np.any(next_obs[:-1] != obs[1:], axis=1), True]
+    env = HostVectorEnv(env_id, [0])  # the same action scaling the training run applied
+    actions = env.scale_action(unit).astype(np.float32)
+    time_limit = env.envs[0].spec.max_episode_steps
+    env.close()
+    episodes, returns, lengths, cut, terminated = [], [], [], [], []
+    start = 0
+    for end in np.flatnonzero(ends):
+        sl = slice(start, end + 1)
+        length = end + 1 - start
+        was_cut = end == n - 1 and not done[end] and length != time_limit
+        trunc = np.zeros(length, bool)
+        trunc[-1] = not done[end]
+        episodes.append(EpisodeBuffer(
+            seed=first_seed if start == 0 else None,
+            observations=np.concatenate([obs[sl], next_obs[end:end + 1]]),
+            actions=actions[sl],
+            rewards=rew[sl].astype(np.float64),
+            terminations=done[sl].copy(),
+            truncations=trunc,
+        ))
+        returns.append(float(rew[sl].astype(np.float64).sum()))
+        lengths.append(length)
+        cut.append(was_cut)
+        terminated.append(bool(done[end]))
+        start = end + 1
+    return Collected(episodes, np.asarray(returns), np.asarray(lengths), np.asarray(cut, bool),
+                     np.asarray(terminated, bool))
+
+
+def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | None, quiet: bool,
+                   records_path: Path | None = None) -> tuple[Collected, dict]:
+    """Re-run the SAC training that produced `<task>-medium`'s policy up to the step it was taken (or `steps`)
+    and return its replay buffer as episodes, with a record of how it was made and whether the re-run
+    reproduced the committed policy bit-exactly (the proof that this is that run's replay)."""
+    import subprocess
+    import tempfile
+
+    from rlzoo.checkpoint import load_params
+
+    entry = policy_records(records_path)[f"{task}-medium"]
+    sac_config = entry["sac_config"]
+    steps_n = int(entry["step"]) if steps is None else int(steps)
+    seed_n = int(sac_config["seed"]) if seed is None else int(seed)
+    with tempfile.TemporaryDirectory(prefix="rlzoo-replay-") as tmp:
+        run_dir = Path(tmp) / "sac"
+        cmd = sac_command(sac_config, steps_n, seed_n, run_dir)
+        if quiet:
+            cmd.append("--quiet")
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=quiet, text=True)
+        if out.returncode != 0:
+            tail = (out.stderr or "")[-600:] if quiet else "see the output above"
+            raise RlzooError(f"re-running the SAC training for {task}-medium-replay failed (exit "
+                             f"{out.returncode}): {' '.join(cmd[1:])}; {tail}")
+        with np.load(run_dir / "replay.npz") as f:
+            replay = {k: f[k][0] for k in f.files if k != "seeds"}
+        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else c
+                                                     for c in cmd[1:] if "rlzoo-replay-" not in c),
+                "sac_seconds": round(time.perf_counter() - t0, 1), "medium_step": int(entry["step"]),
+                "replay_steps": steps_n, "seed": seed_n, "medium_policy": entry.get("file")}
+        medium = ROOT / entry["file"] if entry.get("file") else None
+        if steps is None and seed is None and medium is not None and medium.is_file():
+            mine, _ = load_params(run_dir / "policy.npz")
+            theirs, _ = load_params(medium)
+            diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
+                     for a, b in zip(jax_leaves(mine), jax_leaves(theirs))]
+            info["reproduces_medium_policy"] = max(diffs) == 0.0
+            info["medium_policy_max_abs_diff"] = max(diffs)
+    return split_replay(replay, env_id, seed_n), info
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
 
 
 # ---------------------------------------------------------------- reference scores
@@ -668,11 +796,14 @@ def build(
         return None
     if num_envs < 1:
         raise RlzooError(f"--num-envs must be at least 1, got {num_envs}")
-    steps_n = recipe.steps if steps is None else int(steps)
-    seed_n = recipe.seed if seed is None else int(seed)
-    full = steps is None or steps_n == recipe.steps
     obs_dim, act_dim = env_info(recipe.env_id)
-    behaviour = make_behaviour(alias, obs_dim, act_dim)
+    replay = recipe.behaviour == REPLAY
+    if replay:
+        reason = unavailable(alias)
+        if reason is not None:
+            raise RlzooError(reason)
+    else:
+        behaviour = make_behaviour(alias, obs_dim, act_dim)
     refs = reference_scores(task, Path(refs_path), force=force_refs and task not in _REFS_DONE, quiet=quiet)
     _REFS_DONE.add(task)
     for other in stale_siblings(task, kind, refs):
@@ -681,12 +812,32 @@ def build(
             f"composites such as {task}-medium-expert will not load; rebuild it: {build_command(other)} --force"
         )
 
-    log(
-        f"{alias}: collecting {steps_n:,} transitions on {recipe.env_id} with {behaviour.name} "
-        f"({num_envs} envs, seed {seed_n}) ..."
-    )
     t0 = time.perf_counter()
-    got = collect(recipe.env_id, behaviour, seed=seed_n, num_envs=num_envs, steps=steps_n)
+    replay_info = None
+    if replay:
+        log(f"{alias}: re-running the SAC training of {task}-medium's policy to regenerate its replay buffer ...")
+        got, replay_info = collect_replay(task, recipe.env_id, steps=steps, seed=seed, quiet=quiet)
+        steps_n, seed_n, full = int(got.lengths.sum()), replay_info["seed"], steps is None and seed is None
+        medium = replay_info["medium_policy"]
+        behaviour = Behaviour(
+            f"replay of the SAC run that trained {medium}", None, sha256=sha256(ROOT / medium) if medium else None,
+            meta=replay_info,
+        )
+        if replay_info.get("reproduces_medium_policy") is False:
+            log(
+                f"WARNING: the re-run's actor at step {replay_info['medium_step']} differs from {medium} "
+                f"(max abs diff {replay_info['medium_policy_max_abs_diff']:.3g}; other code, library versions "
+                "or machine): the replay follows the same recipe but is not bit-identical to that run's"
+            )
+    else:
+        steps_n = recipe.steps if steps is None else int(steps)
+        seed_n = recipe.seed if seed is None else int(seed)
+        full = steps is None or steps_n == recipe.steps
+        log(
+            f"{alias}: collecting {steps_n:,} transitions on {recipe.env_id} with {behaviour.name} "
+            f"({num_envs} envs, seed {seed_n}) ..."
+        )
+        got = collect(recipe.env_id, behaviour, seed=seed_n, num_envs=num_envs, steps=steps_n)
     collect_s = time.perf_counter() - t0
     assert int(got.lengths.sum()) == steps_n, (got.lengths.sum(), steps_n)
 
@@ -706,12 +857,18 @@ def build(
         + ("" if num_envs == 20 else f" --num-envs {num_envs}")
     )
     code = f"{BUILD_SCRIPT} at rlzoo commit {commit()}"
-    policy_desc = (
-        "uniform random actions"
-        if behaviour.name == RANDOM
-        else f"the SAC actor {behaviour.name} (sha256 {behaviour.sha256[:12]}), actions sampled "
-        "a = tanh(mean + std * noise)"
-    )
+    if replay:
+        policy_desc = (
+            f"every transition of the replay buffer of the SAC training run that produced {medium}, in order, "
+            f"up to env step {steps_n} ({replay_info['sac_command']})"
+        )
+    elif behaviour.name == RANDOM:
+        policy_desc = "uniform random actions"
+    else:
+        policy_desc = (
+            f"the SAC actor {behaviour.name} (sha256 {behaviour.sha256[:12]}), actions sampled "
+            "a = tanh(mean + std * noise)"
+        )
     record = {
         "dataset": alias,
         "dataset_id": dataset_id,
@@ -727,11 +884,12 @@ def build(
         "policy_sha256": behaviour.sha256,
         "policy_meta": behaviour.meta,
         "seed": seed_n,
-        "env_seeds": f"{seed_n}+i for env i (first reset only)",
-        "num_envs": num_envs,
+        "env_seeds": f"{seed_n}" + ("" if replay else "+i for env i") + " (first reset only)",
+        "num_envs": 1 if replay else num_envs,
         "steps": steps_n,
         "full_recipe": full,
-        "recipe_steps": recipe.steps,
+        "recipe_steps": replay_info["medium_step"] if replay else recipe.steps,
+        "replay": replay_info,
         "episodes": len(got.lengths),
         "episodes_cut_by_budget": int(got.cut.sum()),
         "episodes_terminated": int(got.terminated.sum()),
@@ -752,8 +910,9 @@ def build(
     }
     description = (
         f"LOCALLY BUILT stand-in following the D4RL recipe, not the official D4RL/Minari data. {kind} dataset "
-        f"on {recipe.env_id}: {steps_n} transitions from {policy_desc}, {num_envs} envs stepped in lockstep, "
-        f"seed {seed_n}. ref_min_score: {refs.get('ref_min_source')}; ref_max_score: "
+        f"on {recipe.env_id}: {steps_n} transitions from {policy_desc}"
+        + ("" if replay else f", {num_envs} envs stepped in lockstep")
+        + f", seed {seed_n}. ref_min_score: {refs.get('ref_min_source')}; ref_max_score: "
         f"{refs.get('ref_max_source')}. Built with: {cmd} ({code})."
     )
     algorithm = "uniform random policy" if behaviour.name == RANDOM else f"SAC (algorithms/sac.py), {behaviour.name}"

@@ -173,9 +173,9 @@ def test_missing_dataset_and_unknown_or_unbuildable_names(store, monkeypatch):
         datasets.load("walker2d-random", download=False)
     with pytest.raises(RlzooError, match="Close matches: .*hopper-random"):
         bd.build("hopper-randm")
-    with pytest.raises(RlzooError, match="medium-replay.*next issue"):
+    with pytest.raises(RlzooError, match="medium-replay.*pick_policies.py --task halfcheetah"):
         _build(store, "halfcheetah-medium-replay")
-    with pytest.raises(RlzooError, match="no recipe for 'ant-expert'"):
+    with pytest.raises(RlzooError, match="ant-expert.npz does not exist.*pick_policies.py --task ant"):
         bd.build("ant-expert")
     missing = store / "policies" / "halfcheetah-medium.npz"
     monkeypatch.setitem(bd.RECIPES, "halfcheetah-medium", bd.Recipe("HalfCheetah-v5", str(missing)))
@@ -238,3 +238,56 @@ def test_cli_error_is_one_paragraph(tmp_path):
     )
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "halfcheetah-random" in out.stderr
+
+
+TINY_SAC = {"env": "Hopper-v5", "seed": 3, "chunk": 200, "learning_starts": 200, "update_every": 50,
+            "buffer_size": 1000, "batch_size": 32, "hidden_dims": [32, 32], "autotune": True}
+
+
+def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
+    # The "training run" of the medium policy: a tiny SAC run on Hopper that saves its replay and actor.
+    run_dir = tmp_path / "sac-run"
+    cmd = bd.sac_command(TINY_SAC, 600, 3, run_dir) + ["--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    (store / "policies" / "hopper-medium.npz").write_bytes((run_dir / "policy.npz").read_bytes())
+    entry = {"file": str(store / "policies" / "hopper-medium.npz"), "step": 600, "sac_config": TINY_SAC}
+    (store / "policies" / "policies.json").write_text(json.dumps({"hopper-medium": entry}))
+    refs = {"hopper": {"env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3000.0,
+                       "ref_max_policy_sha256": None}}
+    (store / "refs.json").write_text(json.dumps(refs))
+
+    record = bd.build("hopper-medium-replay", refs_path=store / "refs.json", results_csv=None, quiet=True)
+    # The builder re-ran the training: same actor bit for bit, so this is that run's replay.
+    assert record["replay"]["reproduces_medium_policy"] is True and record["steps"] == 600
+    ds = datasets.load("hopper-medium-replay", download=False)
+    with np.load(run_dir / "replay.npz") as f:
+        replay = {k: f[k][0] for k in f.files if k != "seeds"}
+    np.testing.assert_array_equal(ds.observations, replay["observations"])
+    np.testing.assert_array_equal(ds.next_observations, replay["next_observations"])
+    # The dataset holds the actions the env received: the policy's [-1, 1] actions scaled to Hopper's
+    # bounds (also [-1, 1], up to the rounding of the scaling).
+    np.testing.assert_allclose(ds.actions, replay["actions"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ds.rewards, replay["rewards"])
+    np.testing.assert_array_equal(ds.terminals, replay["dones"])
+    # Random early actions make Hopper fall: true terminations, and only the budget cut is a truncation.
+    assert ds.terminals.sum() == record["episodes_terminated"] > 3
+    assert ds.timeouts.sum() + ds.terminals.sum() == record["episodes"]
+
+
+def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
+    rng = np.random.default_rng(0)
+    n = 450  # Pendulum: 200-step time limit, never terminates; episodes 200 + 200 + 50 (cut)
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    next_obs = np.roll(obs, -1, axis=0)
+    next_obs[[199, 399, 449]] = rng.normal(size=(3, 3))  # the env was reset after these rows
+    replay = {"observations": obs, "actions": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+              "rewards": rng.normal(size=n).astype(np.float32), "next_observations": next_obs,
+              "dones": np.zeros(n, np.float32)}
+    got = bd.split_replay(replay, "Pendulum-v1", 0)
+    assert got.lengths.tolist() == [200, 200, 50] and got.cut.tolist() == [False, False, True]
+    assert not got.terminated.any() and all(ep.truncations[-1] and ep.truncations.sum() == 1 for ep in got.episodes)
+    np.testing.assert_array_equal(got.episodes[1].observations[-1], next_obs[399])
+    np.testing.assert_allclose(got.episodes[0].actions, 2.0 * replay["actions"][:200], atol=1e-6)  # bounds ±2
+    replay["dones"][[99]] = 1.0  # a termination splits an episode and is not a truncation
+    got = bd.split_replay(replay, "Pendulum-v1", 0)
+    assert got.lengths.tolist() == [100, 100, 200, 50] and got.terminated.tolist() == [True, False, False, False]
