@@ -136,15 +136,16 @@ def resolve(name: str, download: bool = True) -> Resolved:
                         _download(i)
                 return Resolved(name, ids, "official", env_id, tried)
             tried[-1] += " (remote unreachable)"
-    lid = local_id(task, kind)
-    tried.append(f"{lid} (locally built)")
-    if on_disk(lid):
+    # Locally built: a composite is its locally built parts (never official and local parts mixed).
+    lids = [local_id(task, p) for p in parts]
+    tried.append(" + ".join(lids) + " (locally built)")
+    if all(on_disk(i) for i in lids):
         print(
-            f"\n*** NOTE: '{name}' is this project's LOCALLY BUILT stand-in ({lid}), not the official "
+            f"\n*** NOTE: '{name}' is this project's LOCALLY BUILT stand-in ({' + '.join(lids)}), not the official "
             "D4RL/Minari data. Scores on it are not comparable with published D4RL numbers. ***\n",
             file=sys.stderr,
         )
-        return Resolved(name, [lid], "local", env_id, tried)
+        return Resolved(name, lids, "local", env_id, tried)
     raise RlzooError(
         f"dataset '{name}' is not available: tried {'; '.join(tried)}. No download is possible from "
         f"here, so build the locally built stand-in (D4RL recipe on {env_id}) with: "

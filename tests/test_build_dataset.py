@@ -291,3 +291,26 @@ def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
     replay["dones"][[99]] = 1.0  # a termination splits an episode and is not a truncation
     got = bd.split_replay(replay, "Pendulum-v1", 0)
     assert got.lengths.tolist() == [100, 100, 200, 50] and got.terminated.tolist() == [True, False, False, False]
+
+
+def test_medium_expert_is_its_local_parts_and_never_mixes_official_with_local(store):
+    import shutil
+
+    _save_actor(bd.POLICY_DIR / "hopper-medium.npz", 11, 3, seed=2)
+    _save_actor(bd.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
+    refs = {"hopper": {"env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3000.0,
+                       "ref_max_policy_sha256": bd.sha256(bd.POLICY_DIR / "hopper-expert.npz")}}
+    (store / "refs.json").write_text(json.dumps(refs))  # cached: no 100-episode evaluations here
+    _build(store, "hopper-medium-expert", steps=300, num_envs=2)  # builds its two parts
+    ds = datasets.load("hopper-medium-expert", download=False)
+    assert ds.source == "local" and len(ds) == 600
+    assert ds.dataset_ids == ["rlzoo-local/hopper/medium-v0", "rlzoo-local/hopper/expert-v0"]
+    medium = datasets.load("hopper-medium", download=False)
+    np.testing.assert_array_equal(ds.observations[:300], medium.observations)
+    # An official medium on disk is preferred for hopper-medium, but with no official expert the
+    # composite stays all-local rather than joining an official part to a local one.
+    root = datasets.datasets_root()
+    shutil.copytree(root / "rlzoo-local/hopper/medium-v0", root / "mujoco/hopper/medium-v0")
+    assert datasets.load("hopper-medium", download=False).source == "official"
+    mixed = datasets.load("hopper-medium-expert", download=False)
+    assert mixed.source == "local" and all(i.startswith("rlzoo-local/") for i in mixed.dataset_ids)
