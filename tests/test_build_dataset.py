@@ -314,3 +314,43 @@ def test_medium_expert_is_its_local_parts_and_never_mixes_official_with_local(st
     assert datasets.load("hopper-medium", download=False).source == "official"
     mixed = datasets.load("hopper-medium-expert", download=False)
     assert mixed.source == "local" and all(i.startswith("rlzoo-local/") for i in mixed.dataset_ids)
+
+
+def _load_picker():
+    spec = importlib.util.spec_from_file_location("pick_policies", ROOT / "envs" / "pick_policies.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pick_policies"] = module
+    spec.loader.exec_module(module)  # imports build_dataset: the module `bd` above (sys.modules)
+    return module
+
+
+def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(store, tmp_path):
+    pick = _load_picker()
+    run = tmp_path / "sac-Hopper-v5-s0"
+    (run / "policies").mkdir(parents=True)
+    config = {**TINY_SAC, "total_steps": 40000, "save_policy_every": 10000, "run_dir": str(run), "quiet": True}
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RlzooError, match="has not finished"):
+        pick.main(pick.Config("hopper", run))
+    for i, step in enumerate((10000, 20000, 30000, 40000)):
+        _save_actor(run / "policies" / f"step_{step}.npz", 11, 3, seed=10 + i)
+    (run / "policy.npz").write_bytes((run / "policies" / "step_40000.npz").read_bytes())
+    (run / "summary.json").write_text(json.dumps({"steps": 40000}))
+    # Logged (mean-action) returns: step 10000 is outside the window around the final 100 and is skipped.
+    (run / "eval.csv").write_text("step,seed,score\n10000,0,1.0\n20000,0,30.0\n30000,0,40.0\n40000,0,100.0\n")
+    records = pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
+
+    medium, expert = records["hopper-medium"], records["hopper-expert"]
+    assert [c["step"] for c in medium["candidates"]] == [20000, 30000]
+    target = expert["return_sampled_mean"] / 3
+    best = min(medium["candidates"], key=lambda c: abs(c["return_sampled_mean"] - target))
+    assert medium["step"] == best["step"] and expert["step"] == 40000
+    assert bd.sha256(bd.POLICY_DIR / "hopper-medium.npz") == bd.sha256(run / "policies" / f"step_{best['step']}.npz")
+    assert bd.sha256(bd.POLICY_DIR / "hopper-expert.npz") == bd.sha256(run / "policy.npz")
+    assert medium["sac_config"]["hidden_dims"] == [32, 32] and "run_dir" not in medium["sac_config"]
+    assert json.loads((bd.POLICY_DIR / "policies.json").read_text()) == records
+    assert bd.unavailable("hopper-medium-replay") is None and bd.unavailable("hopper-expert") is None
+    # A different existing policy file is not silently replaced.
+    _save_actor(run / "policy.npz", 11, 3, seed=99)
+    with pytest.raises(RlzooError, match="pass --force"):
+        pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
