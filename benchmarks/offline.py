@@ -1,0 +1,675 @@
+"""Offline benchmark harness: algorithms x datasets x seeds, recorded in results/, then a report.
+
+    # IQL on nine D4RL-style datasets, 3 seeds, 200k gradient steps (one process per dataset, seeds vmapped)
+    python benchmarks/offline.py run --algos iql \\
+        --datasets halfcheetah-medium hopper-medium walker2d-medium \\
+                   halfcheetah-medium-replay hopper-medium-replay walker2d-medium-replay \\
+                   halfcheetah-medium-expert hopper-medium-expert walker2d-medium-expert \\
+        --num-seeds 3 --total-steps 200000
+    # flags after `--` go to every algorithm process unchanged
+    python benchmarks/offline.py run --algos iql td3_bc --datasets hopper-medium -- --eval-every 10000
+    python benchmarks/offline.py run ... --jobs 2        # two runs at a time (one CPU core each)
+    # table, learning curves and rliable aggregate from results/scores.csv
+    python benchmarks/offline.py report
+
+`run` starts one `algorithms/<algo>.py --env <dataset> --num-seeds N --seed S --total-steps K`
+process per (algorithm, dataset): any algorithm file with those flags works, by its name. Each run
+lives in <runs-root>/<algo>-<dataset>-s<S>-n<N>-<K>[-<tag>]/ (log in harness.log there). Re-running
+the same command skips finished runs (they have summary.json), resumes unfinished ones from their
+newest checkpoint (--resume), and starts the rest. Each finished run is recorded once: one row per
+seed in <results>/scores.csv (final normalized score, steps, wall time, device, commit, date, jax)
+and its evaluation curve in <results>/curves/<run name>/ (benchmarks/record_run.py).
+
+`report` reads the offline rows of <results>/scores.csv (data_source other than online) and writes
+<results>/offline/: table.md (mean ± std over seeds per dataset × algorithm × steps, beside the
+behaviour data's own normalized score from <results>/datasets.csv), curve-<source>-<dataset>.png
+(learning curves, mean ± std over seeds), aggregate.png and aggregate.csv (rliable IQM, median and
+mean across tasks with 95% stratified bootstrap CIs). Scores on official and on locally built data
+are different tasks: they never share a table row or an aggregate; runs of different lengths are
+kept apart too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_run import already_recorded, record  # noqa: E402
+
+from rlzoo.errors import RlzooError  # noqa: E402
+
+ALGORITHMS_DIR = ROOT / "algorithms"
+# Options the harness sets itself for every run; they may not be passed after `--`.
+CONTROLLED = {"env", "seed", "num_seeds", "total_steps", "run_dir", "resume", "scores_csv"}
+SOURCE_TITLES = {
+    "local": "locally built stand-ins, not the official D4RL files (data_source = local)",
+    "official": "official Minari datasets (data_source = official; Minari's Gymnasium-v5 regenerations, "
+    "not the D4RL v2 files)",
+}
+METRICS = ("IQM", "median", "mean")
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+@dataclass
+class Job:
+    algo: str
+    dataset: str
+    source: str
+    run_dir: Path
+    extra: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "summary.json").exists()
+
+    @property
+    def resumable(self) -> bool:
+        d = self.run_dir / "checkpoints"
+        return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
+def short_steps(steps: int) -> str:
+    """200000 -> 200k, 1000000 -> 1M, 300 -> 300."""
+    if steps % 1_000_000 == 0:
+        return f"{steps // 1_000_000}M"
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+
+
+def run_name(algo: str, dataset: str, seed: int, num_seeds: int, steps: int, tag: str = "") -> str:
+    name = f"{algo}-{dataset.strip('/').replace('/', '_')}-s{seed}-n{num_seeds}-{short_steps(steps)}"
+    return f"{name}-{tag}" if tag else name
+
+
+def available_algorithms() -> list[str]:
+    return sorted(p.stem for p in ALGORITHMS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def algorithm_flags(algo: str) -> set[str]:
+    """The --flags of algorithms/<algo>.py, read from its tyro Config dataclass."""
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_rlzoo_algo_{algo}", ALGORITHMS_DIR / f"{algo}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    flags = set()
+    for f in dataclasses.fields(module.Config):
+        flags.add(f.name.replace("_", "-"))
+        if f.type in (bool, "bool"):
+            flags.add("no-" + f.name.replace("_", "-"))
+    return flags
+
+
+def check_extra(algos: list[str], extra: list[str]) -> None:
+    """Flags after `--` must exist in every algorithm and must not be ones the harness sets."""
+    names = [tok[2:].split("=", 1)[0] for tok in extra if tok.startswith("--")]
+    controlled = [n for n in names if n.replace("-", "_") in CONTROLLED]
+    if controlled:
+        raise RlzooError(
+            f"--{controlled[0]} is set by the harness for every run; use its own options instead (--datasets, "
+            "--seed, --num-seeds, --total-steps, --runs-root, --results), and pass only other algorithm flags "
+            "after `--`."
+        )
+    for algo in algos if names else []:
+        flags = algorithm_flags(algo)
+        unknown = [n for n in names if n not in flags and n.replace("_", "-") not in flags]
+        if unknown:
+            from rlzoo.errors import close_matches
+
+            hint = close_matches(unknown[0], flags)
+            raise RlzooError(
+                f"algorithms/{algo}.py has no flag --{unknown[0]}"
+                + (f" (close matches: {', '.join('--' + h for h in hint)})" if hint else "")
+                + f"; see python algorithms/{algo}.py --help for its flags."
+            )
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """Check every algorithm, dataset and flag before anything starts; return the runs in sweep order."""
+    from rlzoo import datasets
+
+    known = available_algorithms()
+    for algo in args.algos:
+        if algo not in known:
+            raise RlzooError(
+                f"unknown algorithm '{algo}': there is no algorithms/{algo}.py. The files in algorithms/ are: "
+                f"{', '.join(p + '.py' for p in known)}. Pass the file's name without .py (e.g. --algos iql)."
+            )
+    if args.num_seeds < 1 or args.total_steps < 1 or args.jobs < 1:
+        raise RlzooError("--num-seeds, --total-steps and --jobs must be at least 1")
+    check_extra(args.algos, args.extra)
+    download = "--no-download" not in args.extra
+    sources = {name: datasets.resolve(name, download=download).source for name in dict.fromkeys(args.datasets)}
+    root = Path(args.runs_root).expanduser()
+    jobs = []
+    for algo in args.algos:
+        for dataset in dict.fromkeys(args.datasets):
+            name = run_name(algo, dataset, args.seed, args.num_seeds, args.total_steps, args.tag)
+            job = Job(algo, dataset, sources[dataset], root / name, list(args.extra))
+            saved = job.run_dir / "harness.json"
+            if saved.exists() and json.loads(saved.read_text())["extra"] != job.extra:
+                raise RlzooError(
+                    f"{job.run_dir} was started with the algorithm flags {json.loads(saved.read_text())['extra']} "
+                    f"but this sweep passes {job.extra}; resuming or skipping it would mix two configurations. "
+                    "Give this sweep its own --tag (or --runs-root), or repeat the original flags."
+                )
+            jobs.append(job)
+    return jobs
+
+
+def command(job: Job, args: argparse.Namespace) -> list[str]:
+    """The algorithm process of one run: a fresh start, or --resume of an interrupted one."""
+    cmd = [sys.executable, str(ALGORITHMS_DIR / f"{job.algo}.py")]
+    if job.resumable:
+        cmd += ["--resume", str(job.run_dir)]
+    else:
+        cmd += [
+            "--env",
+            job.dataset,
+            "--seed",
+            str(args.seed),
+            "--num-seeds",
+            str(args.num_seeds),
+            "--total-steps",
+            str(args.total_steps),
+            "--run-dir",
+            str(job.run_dir),
+        ]
+    return cmd + ["--quiet", *job.extra]
+
+
+def execute(job: Job, cmd: list[str]) -> tuple[int, float]:
+    """Run one algorithm process with its output appended to <run dir>/harness.log."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    saved = job.run_dir / "harness.json"
+    if not saved.exists():
+        saved.write_text(json.dumps({"algorithm": job.algo, "dataset": job.dataset, "extra": job.extra}, indent=2))
+    t0 = time.perf_counter()
+    with (job.run_dir / "harness.log").open("a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    return rc, time.perf_counter() - t0
+
+
+def log_tail(job: Job, lines: int = 12) -> str:
+    path = job.run_dir / "harness.log"
+    text = path.read_text(errors="replace").rstrip().splitlines() if path.exists() else []
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def report_scores(job: Job) -> str:
+    summary = json.loads((job.run_dir / "summary.json").read_text())
+    scores = {int(s): v for s, v in summary["final_scores"].items()}
+    values = np.array(list(scores.values()))
+    per_seed = ", ".join(f"seed {s} {v:.1f}" for s, v in sorted(scores.items()))
+    return (
+        f"{per_seed}; mean {values.mean():.1f} ± {values.std():.1f} ({summary['steps']:,} steps, "
+        f"{summary['wall_s']:.0f} s of training)"
+    )
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    jobs = plan(args)
+    results = Path(args.results)
+    scores_csv, curves = results / "scores.csv", results / "curves"
+    total = len(jobs)
+    print(
+        f"[offline] {total} runs: {', '.join(args.algos)} × {len(jobs) // len(args.algos)} datasets, seeds "
+        f"{args.seed}..{args.seed + args.num_seeds - 1} (vmapped), {args.total_steps:,} steps; runs in "
+        f"{Path(args.runs_root).expanduser()}, results in {results}"
+    )
+    pending, failed, done = [], [], 0
+
+    def recorded(i: int, job: Job, quiet: bool = False) -> None:
+        nonlocal done
+        summary = json.loads((job.run_dir / "summary.json").read_text())
+        if not already_recorded(scores_csv, summary):
+            record(job.run_dir, scores_csv, curves)
+        print(f"{'  ' if quiet else f'[{i}/{total}] {job.name}: '}final scores: {report_scores(job)}", flush=True)
+        done += 1
+
+    for i, job in enumerate(jobs, 1):
+        if job.finished:
+            summary = json.loads((job.run_dir / "summary.json").read_text())
+            state = "already recorded" if already_recorded(scores_csv, summary) else "recording it now"
+            print(f"[{i}/{total}] {job.name}: finished earlier ({state})")
+            recorded(i, job, quiet=True)
+        else:
+            pending.append((i, job))
+
+    def start(i: int, job: Job) -> tuple[int, float]:
+        cmd = command(job, args)
+        how = "resuming from its newest checkpoint" if job.resumable else "starting"
+        print(
+            f"[{i}/{total}] {job.algo} on {job.dataset} ({job.source} data): {how}; log {job.run_dir}/harness.log",
+            flush=True,
+        )
+        return execute(job, cmd)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(start, i, job): (i, job) for i, job in pending}
+        for future in as_completed(futures):
+            i, job = futures[future]
+            rc, wall = future.result()
+            if rc == 0 and job.finished:
+                recorded(i, job)
+            else:
+                failed.append(job)
+                print(
+                    f"[{i}/{total}] {job.name}: FAILED (exit {rc}) after {wall:.0f} s; the end of its log:\n"
+                    f"{log_tail(job)}",
+                    flush=True,
+                )
+    print(
+        f"[offline] {done} of {total} runs finished and recorded in {scores_csv}"
+        + (
+            f"; {len(failed)} failed: {', '.join(j.name for j in failed)} (re-run the same command to resume)"
+            if failed
+            else ""
+        )
+        + f". Report: python benchmarks/offline.py report --results {results}"
+    )
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def behaviour_scores(datasets_csv: Path):
+    """{(dataset, source): normalized_mean} from results/datasets.csv; composite datasets (medium-expert)
+    without a row of their own get the steps-weighted mean of their parts."""
+    import pandas as pd
+
+    from rlzoo.datasets import COMPOSITES, split_alias
+
+    if not datasets_csv.exists():
+        return lambda dataset, source: None
+    table = pd.read_csv(datasets_csv)
+    out = {(r.dataset, r.source): (float(r.normalized_mean), int(r.steps)) for r in table.itertuples()}
+
+    def lookup(dataset: str, source: str) -> float | None:
+        if (dataset, source) in out:
+            return out[(dataset, source)][0]
+        parsed = split_alias(dataset)
+        if parsed and parsed[1] in COMPOSITES:
+            parts = [out.get((f"{parsed[0]}-{p}", source)) for p in COMPOSITES[parsed[1]]]
+            if all(parts):
+                return sum(v * n for v, n in parts) / sum(n for _, n in parts)
+        return None
+
+    return lookup
+
+
+def offline_rows(scores_csv: Path):
+    import pandas as pd
+
+    if not scores_csv.exists():
+        raise RlzooError(f"{scores_csv} does not exist: run a sweep first (python benchmarks/offline.py run ...)")
+    rows = pd.read_csv(scores_csv, dtype={"config": str, "data_source": str, "score_kind": str})
+    rows = rows[rows["data_source"].notna() & (rows["data_source"] != "online")].copy()
+    rows["score_kind"] = rows["score_kind"].fillna("last")
+    return rows.sort_values(["data_source", "task", "algorithm", "steps", "seed", "date"])
+
+
+def dataset_order(task: str) -> tuple:
+    from rlzoo.datasets import KINDS, MUJOCO_ENVS, split_alias
+
+    parsed = split_alias(task)
+    if parsed is None:
+        return (1, task)
+    return (0, list(MUJOCO_ENVS).index(parsed[0]), KINDS.index(parsed[1]))
+
+
+def groups(rows):
+    """One group per (data_source, task, algorithm, steps, score_kind): never across sources or lengths."""
+    keys = ["data_source", "task", "algorithm", "steps", "score_kind"]
+    out = []
+    for key, g in rows.groupby(keys, sort=False):
+        out.append((dict(zip(keys, key)), g))
+    return sorted(
+        out,
+        key=lambda kg: (
+            kg[0]["data_source"],
+            dataset_order(kg[0]["task"]),
+            kg[0]["algorithm"],
+            kg[0]["steps"],
+            kg[0]["score_kind"],
+        ),
+    )
+
+
+def curve_of(row, curves_root: Path):
+    """The (steps, scores) evaluation curve of one seed of one recorded run, or None if it is missing."""
+    import numpy as np
+
+    ref = Path(str(row.config))
+    eval_csv = ref.parent / "eval.csv" if ref.is_absolute() else curves_root / ref.parts[0] / "eval.csv"
+    if not eval_csv.exists():
+        return None
+    data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
+    mine = data[data["seed"] == int(row.seed)]
+    return (mine["step"], mine["score"]) if len(mine) else None
+
+
+def plot_curves(grouped, curves_root: Path, out_dir: Path) -> list[Path]:
+    """One PNG per (data source, dataset): mean ± std over seeds of each algorithm × steps group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_task: dict[tuple[str, str], list] = {}
+    for key, g in grouped:
+        by_task.setdefault((key["data_source"], key["task"]), []).append((key, g))
+    written = []
+    for (source, task), entries in by_task.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = 0
+        for key, g in entries:
+            curves = [c for c in (curve_of(r, curves_root) for r in g.itertuples()) if c is not None]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+            if not steps:
+                continue
+            values = np.array([[dict(zip(s.tolist(), v.tolist()))[t] for t in steps] for s, v in curves])
+            mean, std = values.mean(0), values.std(0)
+            what = "seeds" if g["seed"].nunique() == len(curves) else "runs"
+            label = f"{key['algorithm']} ({short_steps(int(key['steps']))} steps, {len(curves)} {what})"
+            ax.plot(steps, mean, label=label)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            drawn += 1
+        if not drawn:
+            plt.close(fig)
+            continue
+        title = f"{task} ({'locally built stand-in' if source == 'local' else source + ' data'})"
+        ax.set_title(title)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("normalized score (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"curve-{source}-{task.replace('/', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def aggregate(grouped, reps: int) -> list[dict]:
+    """rliable IQM / median / mean across tasks with 95% stratified bootstrap CIs, one entry per
+    (data source, algorithm, steps, score kind). Tasks with more runs than others are cut to the
+    smallest number of runs (lowest seeds first) so that the score matrix is runs × tasks."""
+    import warnings
+
+    import numpy as np
+    from rliable import library as rly
+    from rliable import metrics
+
+    entries: dict[tuple, dict[str, np.ndarray]] = {}
+    for key, g in grouped:
+        k = (key["data_source"], key["algorithm"], int(key["steps"]), key["score_kind"])
+        entries.setdefault(k, {})[key["task"]] = g["score"].to_numpy(float)
+    func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
+    out = []
+    for (source, algo, steps, kind), tasks in sorted(entries.items()):
+        runs = min(len(v) for v in tasks.values())
+        matrix = np.stack([tasks[t][:runs] for t in sorted(tasks)], axis=1)  # [runs, tasks]
+        with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable 1.2 passes
+            warnings.simplefilter("ignore", FutureWarning)
+            points, intervals = rly.get_interval_estimates(
+                {"x": matrix}, func, reps=reps, random_state=np.random.RandomState(0)
+            )
+        for m, name in enumerate(METRICS):
+            out.append(
+                {
+                    "data_source": source,
+                    "algorithm": algo,
+                    "steps": steps,
+                    "score_kind": kind,
+                    "metric": name,
+                    "value": float(points["x"][m]),
+                    "ci_low": float(intervals["x"][0, m]),
+                    "ci_high": float(intervals["x"][1, m]),
+                    "tasks": len(tasks),
+                    "runs_per_task": runs,
+                    "reps": reps,
+                    "task_list": ";".join(sorted(tasks)),
+                }
+            )
+    return out
+
+
+def plot_aggregate(agg: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = sorted({a["data_source"] for a in agg})
+    labels = {
+        s: sorted({(a["algorithm"], a["steps"], a["score_kind"], a["tasks"]) for a in agg if a["data_source"] == s})
+        for s in sources
+    }
+    rows = max(len(v) for v in labels.values())
+    fig, axes = plt.subplots(
+        len(sources),
+        len(METRICS),
+        squeeze=False,
+        figsize=(4 * len(METRICS), 1.2 + 0.5 * rows * len(sources) + 0.8 * len(sources)),
+    )
+    for r, source in enumerate(sources):
+        for c, metric in enumerate(METRICS):
+            ax = axes[r, c]
+            for y, (algo, steps, kind, _tasks) in enumerate(labels[source]):
+                a = next(
+                    a
+                    for a in agg
+                    if (a["data_source"], a["algorithm"], a["steps"], a["score_kind"], a["metric"])
+                    == (source, algo, steps, kind, metric)
+                )
+                ax.errorbar(
+                    [a["value"]],
+                    [y],
+                    xerr=[[a["value"] - a["ci_low"]], [a["ci_high"] - a["value"]]],
+                    fmt="o",
+                    capsize=4,
+                )
+            names = [
+                f"{a} ({short_steps(s)}{'' if k == 'last' else ', ' + k}, {t} task{'s' if t > 1 else ''})"
+                for a, s, k, t in labels[source]
+            ]
+            ax.set_yticks(range(len(names)), names if c == 0 else [""] * len(names))
+            ax.set_ylim(-0.7, len(names) - 0.3)
+            ax.set_xlabel(f"{metric} normalized score")
+            ax.grid(axis="x", alpha=0.3)
+            if c == 1:
+                title = "locally built stand-ins, not official D4RL" if source == "local" else f"{source} data"
+                ax.set_title(f"{title}: 95% stratified bootstrap CIs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(x: float) -> str:
+    return f"{x:.1f}".replace("-", "−")
+
+
+def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path) -> str:
+    lines = [
+        "# Offline benchmark results",
+        "",
+        f"Generated by `python benchmarks/offline.py report` from `{scores_csv.name}` "
+        f"({time.strftime('%Y-%m-%d')}); do not edit by hand. Score: D4RL normalized score "
+        "100·(R − R_random)/(R_expert − R_random) with the dataset's reference scores, at the last "
+        "evaluation (score_kind last) unless marked; mean ± std (population std) over seeds. "
+        "Behaviour data: the dataset's own average normalized score (`datasets.csv`; medium-expert = its "
+        "parts weighted by steps). Runs of different lengths are separate rows.",
+    ]
+    for source in sorted({k["data_source"] for k, _ in grouped}):
+        mine = [(k, g) for k, g in grouped if k["data_source"] == source]
+        lines += [
+            "",
+            f"## {SOURCE_TITLES.get(source, f'data_source = {source}')}",
+            "",
+            "| dataset | algorithm | steps | normalized score | seeds | behaviour data |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, g in mine:
+            s = g["score"].to_numpy(float)
+            seeds = g["seed"].astype(int).tolist()
+            seed_text = f"{len(s)} ({', '.join(map(str, seeds))})"
+            data = behaviour(key["task"], source) if behaviour else None
+            kind = "" if key["score_kind"] == "last" else f" ({key['score_kind']})"
+            lines.append(
+                f"| {key['task']} | {key['algorithm']} | {int(key['steps']):,} | {fmt(s.mean())} ± "
+                f"{fmt(s.std())}{kind} | {seed_text} | {'—' if data is None else fmt(data)} |"
+            )
+        rows = [a for a in agg if a["data_source"] == source]
+        if rows:
+            lines += [
+                "",
+                "Aggregate across tasks (rliable, 95% stratified bootstrap CIs; `aggregate.csv`):",
+                "",
+                "| algorithm | steps | tasks | runs per task | IQM | median | mean |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for algo, steps, kind in sorted({(a["algorithm"], a["steps"], a["score_kind"]) for a in rows}):
+                m = {
+                    a["metric"]: a for a in rows if (a["algorithm"], a["steps"], a["score_kind"]) == (algo, steps, kind)
+                }
+                cells = [f"{fmt(m[n]['value'])} [{fmt(m[n]['ci_low'])}, {fmt(m[n]['ci_high'])}]" for n in METRICS]
+                label = algo + ("" if kind == "last" else f" ({kind})")
+                lines.append(
+                    f"| {label} | {steps:,} | {m['IQM']['tasks']} | {m['IQM']['runs_per_task']} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+        devices = sorted({str(d) for _, g in mine for d in g["device"]})
+        commits = sorted({str(c) for _, g in mine for c in g["commit"]})
+        dates = sorted(str(d) for _, g in mine for d in g["date"])
+        lines += [
+            "",
+            f"Runs on: {'; '.join(devices)}. Commits: {', '.join(commits)}. Finished {dates[0][:10]} to "
+            f"{dates[-1][:10]}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> int:
+    import csv
+
+    results = Path(args.results)
+    scores_csv, out_dir = results / "scores.csv", results / "offline"
+    rows = offline_rows(scores_csv)
+    if rows.empty:
+        raise RlzooError(f"{scores_csv} has no offline rows (data_source official/local/...): run a sweep first.")
+    grouped = groups(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(grouped, args.reps)
+    table = markdown(grouped, agg, behaviour_scores(results / "datasets.csv"), scores_csv)
+    (out_dir / "table.md").write_text(table)
+    with (out_dir / "aggregate.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(agg[0]))
+        writer.writeheader()
+        writer.writerows(agg)
+    plot_aggregate(agg, out_dir / "aggregate.png")
+    curves = plot_curves(grouped, results / "curves", out_dir)
+    print(table)
+    print(
+        f"[offline] wrote {out_dir / 'table.md'}, {out_dir / 'aggregate.csv'}, {out_dir / 'aggregate.png'} and "
+        f"{len(curves)} learning-curve PNGs in {out_dir}"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    extra = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser(
+        "run",
+        help="run (or resume) a sweep and record it in results/",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Flags after `--` go to every algorithm process unchanged, e.g. `... -- --eval-every 10000 --chunk "
+        "1000`. Re-run the same command to resume an interrupted sweep. Examples: python benchmarks/offline.py --help",
+    )
+    r.add_argument("--algos", nargs="+", default=["iql"], help="names of algorithms/<name>.py")
+    r.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        help="dataset names (D4RL-style aliases such as hopper-medium-replay, Minari ids or paths)",
+    )
+    r.add_argument("--num-seeds", type=int, default=3, help="seeds per run, trained together (vmapped)")
+    r.add_argument("--seed", type=int, default=0, help="first seed")
+    r.add_argument("--total-steps", type=int, default=1_000_000, help="gradient steps per seed")
+    r.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    r.add_argument("--tag", default="", help="suffix of the run names, for sweeps with other algorithm flags")
+    r.add_argument("--runs-root", default="~/rlzoo-runs/offline", help="where run directories go")
+    r.add_argument("--results", default=str(ROOT / "results"), help="results folder (scores.csv, curves/)")
+    p = sub.add_parser(
+        "report",
+        help="table, learning curves and aggregate plot from results/scores.csv",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--results",
+        default=str(ROOT / "results"),
+        help="results folder (reads scores.csv, datasets.csv, curves/; writes offline/)",
+    )
+    p.add_argument("--reps", type=int, default=5000, help="bootstrap resamples for the CIs (~1 s per 1000 per entry)")
+    args = parser.parse_args(argv)
+    if extra and args.command != "run":
+        parser.error("flags after `--` are passed to the algorithms and only make sense with `run`")
+    args.extra = extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run_sweep(args) if args.command == "run" else report(args)
+    except RlzooError as err:
+        print(
+            "\nerror: "
+            + textwrap.fill(
+                str(err), width=100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+            ),
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume the unfinished runs", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

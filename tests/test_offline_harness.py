@@ -1,0 +1,336 @@
+"""benchmarks/offline.py: a sweep records one row per seed once, resumes a killed run, and the report
+keeps official and locally built data apart and gets the numbers right; bad input gets one paragraph."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PENDULUM_ID, checkpoint_steps
+
+from rlzoo.run import SCORES_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_PY = REPO / "benchmarks" / "offline.py"
+if str(OFFLINE_PY.parent) not in sys.path:
+    sys.path.insert(0, str(OFFLINE_PY.parent))
+import offline  # noqa: E402
+import record_run  # noqa: E402
+
+# A tiny IQL on the Pendulum controller dataset, 2 seeds x 400 steps in chunks of 200 with a checkpoint after
+# each: the same compiled programs as test_iql's two-seed run, so a warm session compilation cache is reused.
+TINY = [
+    "--hidden-dims",
+    "32",
+    "32",
+    "--batch-size",
+    "64",
+    "--eval-episodes",
+    "1",
+    "--chunk",
+    "200",
+    "--checkpoint-every",
+    "200",
+    "--eval-every",
+    "400",
+]
+STEPS = 400
+
+
+def harness_env(store: Path, cache: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        MINARI_DATASETS_PATH=str(store),
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
+    return env
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_clean_failure(proc, *needles: str) -> str:
+    """Exit code 2, no traceback, and the needles in the (whitespace-normalized) one-paragraph error."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    paragraph = proc.stderr.split("error: ", 1)[1].strip()
+    assert "\n\n" not in paragraph
+    flat = " ".join(paragraph.split())
+    for needle in needles:
+        assert needle in flat, flat
+    return flat
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
+    pendulum_store, jax_cache_dir, tmp_path, capsys, monkeypatch
+):
+    env = harness_env(pendulum_store, jax_cache_dir)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    argv = [
+        "run",
+        "--algos",
+        "iql",
+        "--datasets",
+        PENDULUM_ID,
+        "--num-seeds",
+        "2",
+        "--total-steps",
+        str(STEPS),
+        "--runs-root",
+        str(runs),
+        "--results",
+        str(results),
+        "--",
+        *TINY,
+    ]
+    run_dir = runs / offline.run_name("iql", PENDULUM_ID, 0, 2, STEPS)
+    scores_csv = results / "scores.csv"
+
+    # 1. The sweep is killed mid-run, harness and algorithm process together (as on a reboot).
+    proc = subprocess.Popen(
+        [sys.executable, str(OFFLINE_PY), *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not checkpoint_steps(run_dir):
+            if proc.poll() is not None:
+                pytest.fail("the sweep ended before it could be killed: " + proc.stdout.read().decode()[-3000:])
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert checkpoint_steps(run_dir) and max(checkpoint_steps(run_dir)) < STEPS
+    assert not (run_dir / "summary.json").exists()
+    assert not scores_csv.exists()
+
+    # 2. The same command (here in-process; the algorithm still runs as its own process) resumes it from its
+    # checkpoint and records one row per seed.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert offline.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] iql on " + PENDULUM_ID in out and "resuming from its newest checkpoint" in out
+    assert "resumed at step 200" in (run_dir / "harness.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_rows(scores_csv)
+    assert [(r["algorithm"], r["task"], r["data_source"], r["seed"], r["steps"]) for r in rows] == [
+        ("iql", PENDULUM_ID, "minari", "0", str(STEPS)),
+        ("iql", PENDULUM_ID, "minari", "1", str(STEPS)),
+    ]
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(summary["final_scores"][r["seed"]], abs=1e-3)
+        assert r["jax"] and r["commit"] and r["device"] and float(r["wall_s"]) > 0
+        assert r["config"] == f"{run_dir.name}/config.json"
+    curve = results / "curves" / run_dir.name
+    assert (curve / "eval.csv").read_text() == (run_dir / "eval.csv").read_text()
+    assert "final scores: seed 0" in out and "seed 1" in out
+
+    # 3. Re-running trains nothing and appends nothing.
+    log_before = (run_dir / "harness.log").read_text()
+    assert offline.main(argv) == 0
+    assert "finished earlier (already recorded)" in capsys.readouterr().out
+    assert read_rows(scores_csv) == rows
+    assert (run_dir / "harness.log").read_text() == log_before
+
+    # 4. The report's table holds the mean over the two seeds, and the PNGs exist.
+    assert offline.main(["report", "--results", str(results), "--reps", "200"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    scores = np.array([summary["final_scores"][s] for s in ("0", "1")])
+    expected = (
+        f"| {PENDULUM_ID} | iql | {STEPS} | {offline.fmt(scores.mean())} ± {offline.fmt(scores.std())} | 2 (0, 1) |"
+    )
+    assert expected in table, table
+    assert (results / "offline" / "aggregate.png").stat().st_size > 0
+    assert list((results / "offline").glob("curve-minari-*.png"))
+
+
+def test_recording_is_idempotent_and_never_overwrites_another_runs_curve(tmp_path):
+    def fake_run(name: str, date: str) -> Path:
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        summary = {
+            "algorithm": "iql",
+            "task": "hopper-medium",
+            "data_source": "local",
+            "final_scores": {"0": 50.0},
+            "steps": 1000,
+            "wall_s": 3.0,
+            "device": "cpu",
+            "commit": "abc",
+            "date": date,
+            "jax": "0.10.2",
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "eval.csv").write_text(f"step,seed,return_mean,return_std,score\n1000,0,1.0,0.0,{date[-3:-1]}\n")
+        return run_dir
+
+    scores, curves = tmp_path / "results" / "scores.csv", tmp_path / "results" / "curves"
+    first = fake_run("a/iql-x", "2026-01-01T00:00:01Z")
+    assert record_run.record(first, scores, curves) == curves / "iql-x"
+    assert record_run.record(first, scores, curves) is None  # recorded already
+    assert len(read_rows(scores)) == 1
+    # Another run of the same name (re-run after deleting the run dir): its own rows and its own curve folder.
+    second = fake_run("b/iql-x", "2026-01-02T00:00:02Z")
+    assert record_run.record(second, scores, curves) == curves / "iql-x-2"
+    assert (curves / "iql-x" / "eval.csv").read_text() == (first / "eval.csv").read_text()
+    assert [r["config"] for r in read_rows(scores)] == ["iql-x/config.json", "iql-x-2/config.json"]
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def write_scores(path: Path, rows: list[tuple]) -> None:
+    """rows: (algorithm, task, data_source, seed, steps, score, config ref)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SCORES_COLUMNS)
+        for algo, task, source, seed, steps, score, ref in rows:
+            w.writerow(
+                [
+                    algo,
+                    task,
+                    source,
+                    seed,
+                    steps,
+                    score,
+                    "last",
+                    10.0,
+                    "cpu: test",
+                    "abc",
+                    "2026-01-01T00:00:00Z",
+                    f"{ref}/config.json",
+                    "0.10.2",
+                ]
+            )
+            curve = path.parent / "curves" / ref / "eval.csv"
+            curve.parent.mkdir(parents=True, exist_ok=True)
+            if not curve.exists():
+                curve.write_text("step,seed,return_mean,return_std,score\n")
+            with curve.open("a") as c:
+                c.write(f"{steps // 2},{seed},0,0,{score / 2}\n{steps},{seed},0,0,{score}\n")
+
+
+def test_report_numbers_and_official_vs_local(tmp_path):
+    results = tmp_path / "results"
+    rows = [("iql", "halfcheetah-medium", "local", s, 200000, v, "l200") for s, v in enumerate([40, 42, 47])]
+    rows += [("iql", "halfcheetah-medium", "local", 0, 50000, 30, "l50")]
+    rows += [("iql", "hopper-medium-expert", "local", s, 200000, v, "hme") for s, v in enumerate([80, 90, 100])]
+    rows += [("iql", "halfcheetah-medium", "official", s, 200000, v, "o200") for s, v in enumerate([60, 70])]
+    rows += [("sac", "HalfCheetah-v5", "online", 0, 1000000, 9000, "sac")]
+    write_scores(results / "scores.csv", rows)
+    (results / "datasets.csv").write_text(
+        "dataset,env_id,kind,source,policy,seed,episodes,steps,return_mean,return_std,ref_min_score,ref_max_score,"
+        "normalized_mean\n"
+        "halfcheetah-medium,HalfCheetah-v5,medium,local,p,0,1000,1000000,0,0,0,1,34.7\n"
+        "hopper-medium,Hopper-v5,medium,local,p,0,1000,1000000,0,0,0,1,40.0\n"
+        "hopper-expert,Hopper-v5,expert,local,p,0,1000,3000000,0,0,0,1,100.0\n"
+    )
+
+    assert offline.main(["report", "--results", str(results), "--reps", "300"]) == 0
+    out = results / "offline"
+    table = (out / "table.md").read_text()
+    local, official = table.split("## locally built stand-ins, not the official D4RL files")[1].split("## official")
+    # Mean ± (population) std over seeds; steps kept apart; medium-expert's data score = parts weighted by steps.
+    assert "| halfcheetah-medium | iql | 200,000 | 43.0 ± 2.9 | 3 (0, 1, 2) | 34.7 |" in local
+    assert "| halfcheetah-medium | iql | 50,000 | 30.0 ± 0.0 | 1 (0) | 34.7 |" in local
+    assert "| hopper-medium-expert | iql | 200,000 | 90.0 ± 8.2 | 3 (0, 1, 2) | 85.0 |" in local
+    assert "| halfcheetah-medium | iql | 200,000 | 65.0 ± 5.0 | 2 (0, 1) | — |" in official
+    assert "65.0" not in local and "43.0" not in official and "HalfCheetah-v5" not in table
+
+    agg = {(r["data_source"], r["steps"], r["metric"]): r for r in read_rows(out / "aggregate.csv")}
+    assert set(agg) == {
+        (s, n, m)
+        for s, n in [("local", "200000"), ("local", "50000"), ("official", "200000")]
+        for m in ("IQM", "median", "mean")
+    }
+    # local 200k: 2 tasks x 3 seeds; IQM of [40, 42, 47, 80, 90, 100] = mean of the middle four.
+    assert float(agg[("local", "200000", "mean")]["value"]) == pytest.approx((43 + 90) / 2)
+    assert float(agg[("local", "200000", "IQM")]["value"]) == pytest.approx((42 + 47 + 80 + 90) / 4)
+    assert agg[("local", "200000", "IQM")]["task_list"] == "halfcheetah-medium;hopper-medium-expert"
+    assert agg[("local", "200000", "IQM")]["runs_per_task"] == "3"
+    assert float(agg[("official", "200000", "mean")]["value"]) == pytest.approx(65.0)
+    assert agg[("official", "200000", "mean")]["tasks"] == "1"
+    for r in agg.values():
+        assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+    for png in (
+        "aggregate.png",
+        "curve-local-halfcheetah-medium.png",
+        "curve-local-hopper-medium-expert.png",
+        "curve-official-halfcheetah-medium.png",
+    ):
+        assert (out / png).stat().st_size > 1000, png
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_unknown_algorithm_lists_the_algorithm_files(pendulum_store, jax_cache_dir, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(OFFLINE_PY),
+            "run",
+            "--algos",
+            "iqll",
+            "--datasets",
+            PENDULUM_ID,
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--results",
+            str(tmp_path / "results"),
+        ],
+        env=harness_env(pendulum_store, jax_cache_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_clean_failure(proc, "unknown algorithm 'iqll'", "iql.py")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_bad_dataset_and_flags_fail_before_anything_starts(pendulum_store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(pendulum_store))
+    monkeypatch.setenv("MINARI_REMOTE", "offline://")  # a remote rlzoo does not know is never tried
+    base = ["run", "--algos", "iql", "--runs-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+
+    assert offline.main(base + ["--datasets", PENDULUM_ID, "halfcheetah-mediun"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown dataset 'halfcheetah-mediun'" in err and "Close matches: halfcheetah-medium" in err
+
+    assert offline.main(base + ["--datasets", "hopper-medium"]) == 2  # known, but not built in this store
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dataset 'hopper-medium' is not available" in err and "python envs/build_dataset.py hopper-medium" in err
+
+    assert offline.main(base + ["--datasets", "hopper-medium", "--", "--total-steps", "5"]) == 2
+    assert "--total-steps is set by the harness" in " ".join(capsys.readouterr().err.split())
+
+    assert offline.main(base + ["--datasets", "hopper-medium", "--", "--expectle", "0.9"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "algorithms/iql.py has no flag --expectle" in err and "--expectile" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
