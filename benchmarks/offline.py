@@ -266,7 +266,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
         return execute(job, cmd)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
         futures = {pool.submit(start, i, job): (i, job) for i, job in pending}
         for future in as_completed(futures):
             i, job = futures[future]
@@ -280,6 +281,11 @@ def run_sweep(args: argparse.Namespace) -> int:
                     f"{log_tail(job)}",
                     flush=True,
                 )
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the running algorithm processes too (they keep their checkpoints); start no queued run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     print(
         f"[offline] {done} of {total} runs finished and recorded in {scores_csv}"
         + (
@@ -531,7 +537,7 @@ def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path) -> str:
         mine = [(k, g) for k, g in grouped if k["data_source"] == source]
         lines += [
             "",
-            f"## {SOURCE_TITLES.get(source, f'data_source = {source}')}",
+            f"## Data: {SOURCE_TITLES.get(source, f'data_source = {source}')}",
             "",
             "| dataset | algorithm | steps | normalized score | seeds | behaviour data |",
             "|---|---|---|---|---|---|",

@@ -254,7 +254,9 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     assert offline.main(["report", "--results", str(results), "--reps", "300"]) == 0
     out = results / "offline"
     table = (out / "table.md").read_text()
-    local, official = table.split("## locally built stand-ins, not the official D4RL files")[1].split("## official")
+    local, official = table.split("## Data: locally built stand-ins, not the official D4RL files")[1].split(
+        "## Data: official"
+    )
     # Mean ± (population) std over seeds; steps kept apart; medium-expert's data score = parts weighted by steps.
     assert "| halfcheetah-medium | iql | 200,000 | 43.0 ± 2.9 | 3 (0, 1, 2) | 34.7 |" in local
     assert "| halfcheetah-medium | iql | 50,000 | 30.0 ± 0.0 | 1 (0) | 34.7 |" in local
