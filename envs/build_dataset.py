@@ -526,6 +526,36 @@ def stale_siblings(task: str, kind: str, refs: dict) -> list[str]:
     return out
 
 
+def refresh_refs(alias: str, *, refs_path: Path = REFS_PATH, results_csv: Path | None = RESULTS_CSV,
+                 quiet: bool = False) -> dict:
+    """Give a dataset already on disk the task's current reference scores (e.g. after its expert policy was
+    added) without collecting it again: Minari metadata, rlzoo_build.json and its results row."""
+    from minari.dataset.minari_dataset import MinariDataset
+
+    task, kind = split_alias(alias)
+    path = datasets_root() / local_id(task, kind)
+    if not (path / "rlzoo_build.json").is_file():
+        raise RlzooError(f"'{alias}' is not built at {path}, so there are no reference scores to refresh; build it "
+                         f"with {build_command(alias)}")
+    refs = reference_scores(task, Path(refs_path), quiet=quiet)
+    record = json.loads((path / "rlzoo_build.json").read_text())
+    ref_min, ref_max = float(refs["ref_min_score"]), float(refs["ref_max_score"])
+    record.update(
+        ref_min_score=ref_min, ref_max_score=ref_max, ref_min_source=refs.get("ref_min_source"),
+        ref_max_source=refs.get("ref_max_source"), ref_max_policy_sha256=refs.get("ref_max_policy_sha256"),
+        normalized_mean=100.0 * (record["return_mean"] - ref_min) / (ref_max - ref_min),
+    )
+    ds = MinariDataset(path / "data")
+    ds.storage.update_metadata({"ref_min_score": ref_min, "ref_max_score": ref_max, "rlzoo_build": record})
+    _write_atomic(path / "rlzoo_build.json", json.dumps(record, indent=2) + "\n")
+    if record.get("full_recipe") and results_csv is not None:
+        upsert_row(Path(results_csv), record)
+    if not quiet:
+        print(f"[build_dataset] {alias}: reference scores now {ref_min:.1f} / {ref_max:.1f}, normalized "
+              f"{record['normalized_mean']:.1f}", flush=True)
+    return record
+
+
 def reference_scores(task: str, refs_path: Path = REFS_PATH, force: bool = False, quiet: bool = False) -> dict:
     """ref_min_score / ref_max_score of `task` and where they come from, cached in `refs_path`.
 
@@ -938,6 +968,11 @@ def build(
     return record
 
 
+def _parts(alias: str) -> list[str]:
+    task, kind = split_alias(alias)
+    return [f"{task}-{p}" for p in COMPOSITES.get(kind, (kind,))]
+
+
 def expand(names: list[str] | tuple[str, ...]) -> list[str]:
     """Aliases in order, 'all' replaced by every recipe whose behaviour policy exists; all checked first."""
     out: list[str] = []
@@ -965,6 +1000,9 @@ class Config:
     """Environments stepped in lockstep, one jitted policy call per step for all of them."""
     force_refs: bool = False
     """Recompute the cached reference scores in envs/reference_scores.json."""
+    refs_only: bool = False
+    """Do not collect: give the named datasets, already on disk, their task's current reference scores
+    (after an expert policy was added to envs/policies/)."""
 
 
 def main(config: Config) -> list[dict]:
@@ -974,6 +1012,8 @@ def main(config: Config) -> list[dict]:
             f"recipes exist for: {', '.join(sorted(RECIPES))}"
         )
     names = expand(config.datasets)
+    if config.refs_only:
+        return [refresh_refs(part) for alias in names for part in _parts(alias)]
     if "all" in config.datasets:
         for alias in RECIPES:
             if alias not in names:

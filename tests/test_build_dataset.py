@@ -354,3 +354,21 @@ def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(s
     _save_actor(run / "policy.npz", 11, 3, seed=99)
     with pytest.raises(RlzooError, match="pass --force"):
         pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
+
+
+def test_refs_only_updates_reference_scores_without_collecting(store, monkeypatch):
+    refs = {"hopper": {"env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3000.0,
+                       "ref_max_policy_sha256": None}}
+    (store / "refs.json").write_text(json.dumps(refs))
+    record = _build(store, "hopper-random", steps=500, num_envs=2)
+    before = datasets.load("hopper-random", download=False)
+    refs["hopper"]["ref_max_score"] = 2000.0  # as if an expert policy had been evaluated since
+    (store / "refs.json").write_text(json.dumps(refs))
+    monkeypatch.setattr(bd, "collect", lambda *a, **k: pytest.fail("--refs-only must not collect"))
+    new = bd.refresh_refs("hopper-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
+    after = datasets.load("hopper-random", download=False)
+    assert (after.ref_min_score, after.ref_max_score) == (-20.0, 2000.0)
+    np.testing.assert_array_equal(after.observations, before.observations)
+    assert new["normalized_mean"] == pytest.approx(100 * (record["return_mean"] + 20) / 2020)
+    with pytest.raises(RlzooError, match="not built"):
+        bd.refresh_refs("walker2d-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
