@@ -28,12 +28,17 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
     return hits[:n]
 
 
-def run_cli(main: Callable[[T], object], config_cls: type[T]) -> None:
-    """Parse `config_cls` with tyro, run `main`, and turn an RlzooError into one paragraph and exit 2."""
+def run_cli(main: Callable[[T], object], config_cls: type[T],
+            defaults: Callable[[list[str]], T | None] | None = None) -> None:
+    """Parse `config_cls` with tyro, run `main`, and turn an RlzooError into one paragraph and exit 2.
+
+    `defaults(argv)` may return a `config_cls` instance whose values become the defaults (and what `--help`
+    shows), e.g. per-task hyperparameters chosen from `--env`; flags given on the command line still win."""
     import tyro
 
-    config = tyro.cli(config_cls)
     try:
+        default = defaults(sys.argv[1:]) if defaults is not None else None
+        config = tyro.cli(config_cls, default=default)
         main(config)
     except RlzooError as err:
         print("\nerror: " + textwrap.fill(str(err), width=100, subsequent_indent="  ",

@@ -116,22 +116,27 @@ def seed_keys(seeds: list[int]) -> jax.Array:
 
 
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[int], run: Run) -> None:
-    """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays)."""
-    first = None  # (update index, seed index, loss name) of the earliest non-finite value
+    """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays).
+
+    A metric with K entries per seed in a chunk of `chunk` steps has one entry per chunk/K steps (one per
+    gradient step offline; one per rollout of many env steps for PQN); its k-th entry is dated at the end
+    of its share of the chunk."""
+    first = None  # (step, seed index, loss name, entry index) of the earliest non-finite value
     for name, values in sorted(metrics.items()):
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
             seed_idx, k = bad[np.argmin(bad[:, 1])]
-            if first is None or k < first[0]:
-                first = (int(k), int(seed_idx), name)
+            step = first_step + -(-(int(k) + 1) * run.config.chunk // values.shape[1])
+            if first is None or step < first[0]:
+                first = (step, int(seed_idx), name, int(k))
     if first is None:
         return
-    k, seed_idx, name = first
+    step, seed_idx, name, k = first
     last = run.checkpointer.latest_step()
     kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
             f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
     raise NonFiniteLossError(
-        f"training stopped: loss '{name}' became {metrics[name][seed_idx, k]} at step {first_step + k + 1} "
+        f"training stopped: loss '{name}' became {metrics[name][seed_idx, k]} at step {step} "
         f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme values "
         "before resuming."
     )
