@@ -15,6 +15,7 @@ class Checkpointer:
     (a pytree saved bit-exactly) and a JSON `meta` dict (step, host-side state such as env states)."""
 
     def __init__(self, run_dir: str | Path, max_to_keep: int = 2):
+        self.restored_meta: dict = {}  # meta of the checkpoint restored last (e.g. wall_s of earlier processes)
         self.directory = Path(run_dir).resolve() / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -45,6 +46,7 @@ class Checkpointer:
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
+        self.restored_meta = dict(out["meta"])
         return out["state"], out["meta"]
 
     def wait(self) -> None:

@@ -154,7 +154,10 @@ def train_loop(
     """Advance `state` chunk by chunk to `total_steps`, evaluating, logging and checkpointing."""
     cfg = run.config
     step = start_step
-    meta = lambda: {"step": step, "host": host_state() if host_state else {}}
+    # Training time carried across resumes (up to the checkpoint a resumed run continues from).
+    t_start, before = time.perf_counter(), float(run.checkpointer.restored_meta.get("wall_s", 0.0))
+    meta = lambda: {"step": step, "host": host_state() if host_state else {},
+                    "wall_s": before + time.perf_counter() - t_start}
     while step < cfg.total_steps:
         state, metrics = chunk(state)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
@@ -214,6 +217,7 @@ def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source:
     """Print one line per seed, write summary.json, append to --scores-csv if asked."""
     logger.close()
     run.checkpointer.close()
+    wall_s += float(run.checkpointer.restored_meta.get("wall_s", 0.0))  # earlier processes
     scores = final_scores(run.run_dir / "eval.csv", run.seeds)
     info = provenance.info()
     for seed, score in scores.items():

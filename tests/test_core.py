@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import socket
 import sys
@@ -372,3 +373,40 @@ def test_append_scores_upgrades_an_old_header_and_keeps_rows(tmp_path):
     assert rows[0] == SCORES_COLUMNS
     assert rows[1][0] == "iql" and rows[1][-1] == "" and len(rows[1]) == len(SCORES_COLUMNS)
     assert rows[2][0] == "sac" and rows[2][-1] == "0.10.2" and rows[2][5] == "-150.0"
+
+
+def test_wall_time_is_carried_across_resume(tmp_path):
+    from rlzoo.run import finish
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def chunk(state):
+        calls.append(1)
+        if len(calls) == 3:  # the first process dies in its third chunk, after checkpoints at 10 and 20
+            raise Killed
+        return {"w": state["w"] + 1.0}, {"loss": np.ones((1, 10), np.float32)}
+
+    config = RunConfig(env="fake", seed=0, num_seeds=1, total_steps=40, chunk=10, eval_every=10,
+                       checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
+    evaluate = lambda state: (np.zeros((1, 1)), np.zeros(1))
+    run = start_run(config, "fake")
+    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, quiet=True)
+    with pytest.raises(Killed):
+        train_loop(run, {"w": jnp.zeros((1, 3))}, chunk, evaluate, logger)
+    logger.close()
+    run.checkpointer.close()
+    first = Checkpointer(run.run_dir).restore({"w": jnp.zeros((1, 3))})[1]["wall_s"]
+    assert 0 < first < 60
+
+    # A second process restores the newest checkpoint, as an algorithm does on --resume, and finishes.
+    run = start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
+    state, meta = run.checkpointer.restore({"w": jnp.zeros((1, 3))})
+    assert meta["step"] == 20
+    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, meta["step"], quiet=True)
+    train_loop(run, state, chunk, evaluate, logger, meta["step"])
+    assert Checkpointer(run.run_dir).restore(state)[1]["wall_s"] > first
+    summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
+    assert summary["wall_s"] == pytest.approx(first + 0.5)
