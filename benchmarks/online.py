@@ -44,8 +44,9 @@ def launch(args) -> None:
         else:
             cmd += ["--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps),
                     "--eval-every", "10000", "--checkpoint-every", "20000", "--save-policy-every", "10000",
-                    "--run-dir", str(run_dir), "--scores-csv", str(ROOT / "results" / "scores.csv")]
-        cmd.append("--quiet")
+                    "--run-dir", str(run_dir)]
+        # How a run reports is not part of its saved configuration: say it again when resuming.
+        cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
         log = open(root / f"{name}.log", "a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         print(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
