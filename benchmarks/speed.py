@@ -4,6 +4,7 @@
     python benchmarks/speed.py --algorithm sac --num-seeds 4 --updates 1000 --out /tmp/speed.csv
     python benchmarks/speed.py --algorithm iql --updates 1000 \
         --baseline-name corl-iql-torch2.13-cpu-1thread --baseline-value 40  # see corl_baseline.md
+    python benchmarks/speed.py --algorithm pqn --num-seeds 10 --updates 10   # env steps/s, MinAtar
 
 What is timed is exactly what training runs: `algorithms/<name>.py` is imported by path, its `Config`,
 `init_state` and `make_train` are used as its `main` uses them, seeds are `jax.vmap`ped, and one call is
@@ -12,6 +13,12 @@ shapes of HalfCheetah (obs 17, act 6): a 1M-row dataset for offline algorithms (
 `train_chunk(state, data)`), or, for replay-based online algorithms (`make_train(config, act_dim)` ->
 `(act, learn)`, e.g. SAC), a replay buffer filled with `buffers.replay_add`; each timed `learn` call then
 adds a block of K transitions and runs K scanned updates (no env steps, no acting).
+PQN (`make_minatar`) is timed on a real gymnax MinAtar env (--env, default Breakout-MinAtar) with its
+paper defaults: one call is its jitted, seed-vmapped `train_chunk` of --updates rollouts (128 envs x 32
+steps each: acting, env steps, lambda-returns, 2 epochs x 32 minibatch updates), reported in env steps/s
+summed over seeds (see purejaxql_baseline.md for the reference implementation's number). With an
+Atari --env (e.g. Breakout) it times PQN's Atari chunk on the real ale-py env, with the env inside the
+jit (--atari-xla, ale-py's XLA interface) or stepped from the host (--no-atari-xla).
 
 The first call (trace + compile + one run) is reported separately from the steady state (median of
 --repeats calls, each blocked until its outputs are ready). In the same run it measures a plain float32
@@ -47,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algorithm", required=True, help="name of algorithms/<name>.py (e.g. iql, sac)")
     p.add_argument("--num-seeds", type=int, default=1, help="seeds vmapped in one program")
-    p.add_argument("--updates", type=int, default=1000, help="updates per seed per timed call (scan length)")
+    p.add_argument("--updates", type=int, default=1000,
+                   help="updates per seed per timed call (scan length); PQN: rollouts per call")
+    p.add_argument("--env", default="Breakout-MinAtar", help="PQN only: a MinAtar game or an Atari game (ALE)")
+    p.add_argument("--atari-xla", action=argparse.BooleanOptionalAction, default=True,
+                   help="PQN on Atari: ale-py inside the jit (its XLA interface) or stepped from the host")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
     p.add_argument("--out", default="results/speed.csv", help="CSV to append one row to ('' or - for none)")
@@ -183,6 +194,55 @@ def bench_replay(mod, args, keys, notes: list[str]):
     return first, times, flops
 
 
+def bench_pqn(mod, args, keys, notes: list[str]):
+    """PQN on MinAtar: one call = `jit(vmap(train_chunk))` over seeds, --updates rollouts each."""
+    import jax
+
+    from rlzoo.run import shard_seeds
+
+    probe = mod.Config(env=args.env)
+    rollout = probe.num_envs * probe.num_steps
+    config = mod.Config(env=args.env, num_seeds=args.num_seeds, chunk=args.updates * rollout,
+                        total_steps=10 * args.updates * rollout)
+    _, init, train_chunk, _ = mod.make_minatar(config, args.env)
+    state, _ = shard_seeds(jax.jit(jax.vmap(init))(keys))
+    chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
+    first, times, state = time_calls(chunk, state, args.repeats)
+    notes.append(f"{args.env} (gymnax), paper defaults: {config.num_envs} envs x {config.num_steps} steps per "
+                 f"rollout, {config.num_epochs} epochs x {config.num_minibatches} minibatches; call = "
+                 f"jit(vmap(train_chunk)) of {args.updates} rollouts ({config.chunk} env steps per seed): acting, "
+                 "env steps, lambda-returns and updates; no evaluation; flops not counted (nested scans)")
+    minibatch = rollout // config.num_minibatches
+    return first, times, float("nan"), config.chunk, "env_steps/s", minibatch
+
+
+def bench_pqn_atari(mod, args, keys, notes: list[str]):
+    """PQN on Atari (ale-py): one call = --updates rollouts of the real env, host-stepped or inside the jit."""
+    import jax
+    import numpy as np
+
+    config = mod.default_config(args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla)
+    rollout = config.num_envs * config.num_steps
+    config = mod.default_config(args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla,
+                                chunk=args.updates * rollout, total_steps=10 * args.updates * rollout)
+    _, game = mod.resolve_env(args.env)
+    envs, network, learn, act_all, eps_schedule, dims = mod.make_atari(config, game, args.num_seeds)
+    state = jax.jit(jax.vmap(lambda k: mod.init_state(config, network, k, envs.obs_shape)))(keys)
+    n = envs.num_envs
+    host = {"obs": envs.reset(seed=args.seed), "ep_return": np.zeros(n, np.float32),
+            "last_return": np.zeros(n, np.float32)}
+    make_chunk = mod.atari_xla_chunk if args.atari_xla else mod.atari_host_chunk
+    chunk = make_chunk(config, envs, learn, act_all, eps_schedule, dims, host)
+    first, times, state = time_calls(chunk, state, args.repeats)
+    envs.close()
+    notes.append(f"{args.env} (ale-py AtariVectorEnv, {n} games, threads {config.env_threads or 'auto'}), paper "
+                 f"Atari defaults: {config.num_envs} envs x {config.num_steps} steps, {config.num_epochs} epochs x "
+                 f"{config.num_minibatches} minibatches, Nature CNN + LayerNorm; env "
+                 + ("inside the jit (ale-py XLA interface)" if args.atari_xla else "stepped from the host, one "
+                    "jitted policy call per vector step") + f"; call = {args.updates} rollouts; frames = 4 x env steps")
+    return first, times, float("nan"), config.chunk, "env_steps/s", rollout // config.num_minibatches
+
+
 def matmul_gflops(n: int, repeats: int) -> float:
     """Median GFLOP/s of a jitted float32 n x n @ n x n matmul."""
     import jax
@@ -250,23 +310,30 @@ def main(argv: list[str] | None = None) -> dict:
     notes = [f"XLA CPU single-thread flags {'on' if single else 'off'}"
              + ("" if platform == "cpu" else f" (unused on {platform})") + f" (XLA_FLAGS='{xla_flags}')"]
     keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))
-    params = list(inspect.signature(mod.make_train).parameters)
-    bench = bench_replay if "act_dim" in params else bench_offline
-    first, times, flops = bench(mod, args, keys, notes)
+    if args.algorithm == "pqn":
+        atari = mod.resolve_env(args.env)[0] == "atari"
+        first, times, flops, work, unit, batch_size = (bench_pqn_atari if atari else bench_pqn)(mod, args, keys, notes)
+        what = "env steps"
+    else:
+        params = list(inspect.signature(mod.make_train).parameters)
+        bench = bench_replay if "act_dim" in params else bench_offline
+        first, times, flops = bench(mod, args, keys, notes)
+        work, unit, batch_size, what = args.updates, "updates/s", args.batch_size, "updates"
 
     median = statistics.median(times)
-    value = args.num_seeds * args.updates / median
+    value = args.num_seeds * work / median
     compile_s = max(first - median, 0.0)
     mm = matmul_gflops(args.matmul_size, args.repeats)
     achieved = flops * value / 1e9
-    per_seed = [args.updates / t for t in times]
+    per_seed = [work / t for t in times]
     notes += [
-        f"steady = median of {args.repeats} calls x {args.updates} updates x {args.num_seeds} seeds "
-        f"(per-seed updates/s min {min(per_seed):.1f} max {max(per_seed):.1f})",
+        f"steady = median of {args.repeats} calls x {work} {what} x {args.num_seeds} seeds "
+        f"(per-seed {unit} min {min(per_seed):.1f} max {max(per_seed):.1f})",
         f"compile_s = first call {first:.2f}s minus one steady call",
-        "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
-        "(XLA counts a while-loop body once)",
         f"matmul {args.matmul_size}^2 float32 jitted, median",
+        *([] if args.algorithm == "pqn" else [
+            "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
+            "(XLA counts a while-loop body once)"]),
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
     ]
     info = provenance.info()
@@ -276,8 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
         "algorithm": args.algorithm,
         "device": info["device"],
         "num_seeds": args.num_seeds,
-        "batch_size": args.batch_size,
-        "unit": "updates/s",
+        "batch_size": batch_size,
+        "unit": unit,
         "value": f"{value:.2f}",
         "baseline": f"{args.baseline_name}={args.baseline_value:g}" if args.baseline_name else "",
         "ratio_to_baseline": f"{ratio:.3f}" if ratio is not None else "",
@@ -294,8 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out and args.out != "-":
         append_row(Path(args.out), row)
     vs = f", {ratio:.2f}x {args.baseline_name}" if ratio is not None else ""
-    print(f"[speed] {args.algorithm} x{args.num_seeds} seeds, batch {args.batch_size}, "
-          f"{args.updates} updates/call on {info['device']}: {value:.1f} updates/s total "
+    print(f"[speed] {args.algorithm} x{args.num_seeds} seeds, batch {batch_size}, "
+          f"{work} {what}/call on {info['device']}: {value:.1f} {unit} total "
           f"({value / args.num_seeds:.1f}/seed{vs}); "
           f"compile {compile_s:.1f}s; {flops / 1e9:.3f} GFLOP/update -> {achieved:.1f} GFLOP/s = "
           f"{achieved / mm:.2f} of a {args.matmul_size}^2 matmul ({mm:.1f} GFLOP/s); "

@@ -1,0 +1,121 @@
+"""PQN score benchmark on the four MinAtar games (gymnax), seeds vmapped in one program per game.
+
+    python benchmarks/minatar.py run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
+    python benchmarks/minatar.py run --num-seeds 10                           # the paper's 1e7 steps (GPU)
+    python benchmarks/minatar.py collect                                      # curves of finished/partial runs
+
+`run` trains `algorithms/pqn.py` on each game in turn (one process per game, the paper's MinAtar
+defaults, greedy evaluation on 128 envs per seed), resuming a game whose run directory already has a
+checkpoint. The learning-rate and epsilon schedules span --decay-steps (default: the paper's full
+length), so a shorter run is exactly the first part of a paper-length run and its curve can be read
+against the paper's at the same step count. Each finished run appends one row per seed to
+results/scores.csv (rlzoo.run.append_scores, through pqn.py's --scores-csv). `collect` (also run at
+the end of `run`) copies each game's eval.csv to results/curves/pqn-<game>.csv, plots all games into
+results/curves/pqn-minatar.png, and lists unfinished runs in results/curves/pqn-minatar-in-progress.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CURVES = ROOT / "results" / "curves"
+GAMES = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar"]
+PAPER_STEPS = 9_994_240  # pqn.py's default total_steps: 1e7 rounded down to whole chunks
+
+
+def run_dir(root: Path, game: str) -> Path:
+    return root / f"pqn-{game}"
+
+
+def run(args) -> None:
+    root = Path(args.runs_root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    for game in args.games:
+        d = run_dir(root, game)
+        if (d / "summary.json").exists():
+            print(f"{game}: finished already ({d})")
+            continue
+        cmd = [sys.executable, str(ROOT / "algorithms" / "pqn.py")]
+        if (d / "checkpoints").is_dir():
+            cmd += ["--resume", str(d)]
+        else:
+            cmd += ["--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
+                    "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
+                    "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every),
+                    "--run-dir", str(d)]
+        cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    collect(args)
+
+
+def collect(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(args.runs_root).expanduser()
+    CURVES.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(GAMES), figsize=(4 * len(GAMES), 3.4))
+    unfinished = []
+    for ax, game in zip(axes, GAMES):
+        d = run_dir(root, game)
+        eval_csv = d / "eval.csv"
+        ax.set_title(game)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        if not eval_csv.exists():
+            continue
+        shutil.copy(eval_csv, CURVES / f"pqn-{game}.csv")
+        data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
+        seeds = sorted(set(data["seed"].astype(int)))
+        for s in seeds:
+            sel = data["seed"] == s
+            ax.plot(data["step"][sel], data["return_mean"][sel], alpha=0.35, lw=1)
+        steps = sorted(set(data["step"]))
+        mean = [data["return_mean"][data["step"] == s].mean() for s in steps]
+        ax.plot(steps, mean, color="k", lw=2, label=f"mean of {len(seeds)} seeds")
+        ax.legend(fontsize=8)
+        if not (d / "summary.json").exists():
+            unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
+    axes[0].set_ylabel("greedy return (128 episodes per seed)")
+    fig.suptitle("PQN on MinAtar (rlzoo, gymnax)")
+    fig.tight_layout()
+    fig.savefig(CURVES / "pqn-minatar.png", dpi=110)
+    plt.close(fig)
+    progress = CURVES / "pqn-minatar-in-progress.csv"
+    if unfinished:
+        with progress.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["task", "steps_reached", "latest_mean_return", "seeds"])
+            writer.writerows(unfinished)
+    elif progress.exists():
+        progress.unlink()
+    print(f"curves in {CURVES}; unfinished: {unfinished or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["run", "collect"])
+    p.add_argument("--games", nargs="+", default=GAMES, choices=GAMES)
+    p.add_argument("--num-seeds", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--total-steps", type=int, default=PAPER_STEPS, help="env steps per seed (multiple of 81920)")
+    p.add_argument("--decay-steps", type=int, default=PAPER_STEPS, help="span of the lr and epsilon schedules")
+    p.add_argument("--eval-every", type=int, default=163_840, help="env steps between evaluations/checkpoints")
+    p.add_argument("--runs-root", default="~/rlzoo-runs")
+    args = p.parse_args(argv)
+    run(args) if args.mode == "run" else collect(args)
+
+
+if __name__ == "__main__":
+    main()
