@@ -1,0 +1,80 @@
+"""PQN on Atari (ale-py): short runs on a few games, recording frames, frames/s and the raw game score.
+
+    python benchmarks/atari.py --games Breakout Pong SpaceInvaders --total-steps 65536   # 2-core CPU
+    python benchmarks/atari.py --games Breakout Pong --total-steps 2457600 --num-seeds 2  # GPU machine
+
+Each game is one `algorithms/pqn.py` run with the paper's Atari table (128 envs x 32 steps, lr 2.5e-4,
+epsilon to 0.001, reward clipping and episodic life for training) except the length: --total-steps env
+steps (frames = 4 x env steps) with the epsilon schedule compressed to that length (--decay-steps,
+default: the run's length). Evaluation plays --eval-episodes greedy games per seed with the raw score,
+capped at --eval-max-steps agent steps. Finished runs append their final evaluation to
+results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
+results/curves/pqn-atari-<game>.csv (training episode return, raw score, per chunk) and one line per
+game to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CURVES = ROOT / "results" / "curves"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--games", nargs="+", default=["Breakout", "Pong", "SpaceInvaders"])
+    p.add_argument("--num-seeds", type=int, default=1)
+    p.add_argument("--total-steps", type=int, default=65_536, help="env steps per seed (multiple of --chunk)")
+    p.add_argument("--chunk", type=int, default=16_384, help="env steps per chunk (multiple of 4096)")
+    p.add_argument("--decay-steps", type=int, default=0, help="epsilon/lr schedule span (0: the run's length)")
+    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--eval-max-steps", type=int, default=4_500, help="agent steps per evaluation game (x4 frames)")
+    p.add_argument("--runs-root", default="~/rlzoo-runs")
+    p.add_argument("--no-xla", action="store_true", help="step ale-py from the host instead of inside the jit")
+    args = p.parse_args(argv)
+    root = Path(args.runs_root).expanduser()
+    CURVES.mkdir(parents=True, exist_ok=True)
+    for game in args.games:
+        d = root / f"pqn-atari-{game}-{args.total_steps}"
+        if not (d / "summary.json").exists():
+            cmd = [sys.executable, str(ROOT / "algorithms" / "pqn.py")]
+            if (d / "checkpoints").is_dir():
+                cmd += ["--resume", str(d)]
+            else:
+                cmd += ["--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
+                        "--chunk", str(args.chunk), "--checkpoint-every", str(args.chunk),
+                        "--eval-every", str(args.total_steps), "--decay-steps", str(args.decay_steps),
+                        "--eval-episodes", str(args.eval_episodes), "--eval-max-steps", str(args.eval_max_steps),
+                        "--run-dir", str(d)] + (["--no-atari-xla"] if args.no_xla else [])
+            cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=ROOT)
+        shutil.copy(d / "train.csv", CURVES / f"pqn-atari-{game}.csv")
+        summary = json.loads((d / "summary.json").read_text())
+        config = json.loads((d / "config.json").read_text())
+        runs = CURVES / "pqn-atari-runs.csv"
+        new = not runs.exists()
+        with runs.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["game", "seeds", "env_steps_per_seed", "frames_per_seed", "wall_s", "frames_per_s",
+                                 "final_eval_raw_score", "eval_episodes", "eval_max_steps", "atari_xla", "device",
+                                 "commit", "date"])
+            frames = 4 * summary["steps"]
+            writer.writerow([game, len(summary["final_scores"]), summary["steps"], frames, round(summary["wall_s"], 1),
+                             round(frames * len(summary["final_scores"]) / summary["wall_s"], 1),
+                             ";".join(f"{v:g}" for v in summary["final_scores"].values()),
+                             config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
+                             summary["device"], summary["commit"], summary["date"]])
+        print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
+
+
+if __name__ == "__main__":
+    main()
