@@ -324,3 +324,36 @@ def test_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
     assert drop_wall(meta_full) == drop_wall(meta_resumed)
     for name in ("train.csv", "eval.csv"):
         assert (run_dir / name).read_text() == (tmp_path / "full" / name).read_text(), name
+
+
+def test_nan_loss_is_dated_in_env_steps(tmp_path):
+    """PQN logs one metric entry per rollout (4096 env steps by default): a NaN in the 3rd rollout of the
+    second chunk is reported at the env step that rollout ends on, not at a rollout index."""
+    from rlzoo.errors import NonFiniteLossError
+    from rlzoo.logging import RunLogger
+    from rlzoo.run import RunConfig, start_run, train_loop
+
+    config = RunConfig(
+        env="fake",
+        num_seeds=1,
+        total_steps=40_960,
+        chunk=20_480,
+        eval_every=20_480,
+        checkpoint_every=20_480,
+        run_dir=str(tmp_path / "run"),
+        quiet=True,
+    )
+    run = start_run(config, "fake")
+    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, quiet=True)
+    calls = []
+
+    def chunk(state):
+        calls.append(1)
+        loss = np.ones((1, 5), np.float32)  # 5 rollouts of 4096 env steps per chunk
+        if len(calls) == 2:
+            loss[0, 2] = np.nan
+        return state, {"loss": loss, "episode_return": np.zeros((1, 5), np.float32)}
+
+    with pytest.raises(NonFiniteLossError, match=r"at step 32768 \(seed 0\)"):
+        train_loop(run, {"w": jnp.zeros((1, 2))}, chunk, lambda s: (np.zeros((1, 1)), np.zeros(1)), logger)
+    run.checkpointer.close()
