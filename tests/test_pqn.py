@@ -121,7 +121,7 @@ def test_patch_conv_equals_flax_conv():
 
     from rlzoo.networks import PatchConv
 
-    for shape, kernel, stride in [((2, 10, 10, 4), 3, 1), ((2, 24, 24, 4), 8, 4), ((2, 20, 20, 32), 4, 2)]:
+    for shape, kernel, stride in [((2, 10, 10, 4), 3, 1), ((2, 22, 22, 4), 8, 4)]:
         x = jax.random.normal(jax.random.PRNGKey(0), shape)
         ours = PatchConv(16, (kernel, kernel), (stride, stride))
         params = jax.jit(ours.init)(jax.random.PRNGKey(1), x)
