@@ -49,6 +49,9 @@ class Config:
     """Only snapshots whose logged return is within this fraction of the expert's are evaluated."""
     force: bool = False
     """Overwrite existing envs/policies/<task>-*.npz files that differ."""
+    medium_step: int = 0
+    """If > 0, take this snapshot as the medium policy instead of the nearest to a third (it is evaluated
+    and recorded like the others), e.g. to keep an earlier choice that is still about a third."""
 
 
 def sampled_return(env_id: str, path: Path, obs_dim: int, act_dim: int, episodes: int) -> tuple[float, float]:
@@ -88,12 +91,11 @@ def check_run(config: Config) -> tuple[str, dict]:
     return env_id, {k: v for k, v in sac_config.items() if k not in HOST_OPTIONS}
 
 
-def install(src: Path, dst: Path, force: bool) -> None:
+def check_install(src: Path, dst: Path, force: bool) -> None:
     if dst.is_file() and bd.sha256(dst) != bd.sha256(src) and not force:
         raise RlzooError(f"{bd._rel(dst)} exists and differs from {src}; pass --force to replace it (datasets and "
-                         "reference scores built from the old one must then be rebuilt with --force --force-refs)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
+                         "reference scores built from the old one must then be rebuilt with --force --force-refs), "
+                         "or keep the current medium policy with --medium-step <its step>")
 
 
 def main(config: Config) -> dict:
@@ -112,7 +114,8 @@ def main(config: Config) -> dict:
     lo, hi = config.window
     candidates = []
     for step, path in snapshots:
-        if step in logged and not lo * logged_final <= logged[step] <= hi * logged_final:
+        outside = step in logged and not lo * logged_final <= logged[step] <= hi * logged_final
+        if outside and step != config.medium_step:
             continue
         mean, std = sampled_return(env_id, path, obs_dim, act_dim, config.episodes)
         candidates.append({"step": step, "return_sampled_mean": round(mean, 2), "return_sampled_std": round(std, 2),
@@ -122,13 +125,23 @@ def main(config: Config) -> dict:
         raise RlzooError(f"no snapshot in {run_dir / 'policies'} has a logged return within {lo}-{hi} of the "
                          f"expert's ({logged_final:.1f}); widen --window")
     best = min(candidates, key=lambda c: (abs(c["return_sampled_mean"] - target), c["step"]))
+    if config.medium_step:
+        chosen = [c for c in candidates if c["step"] == config.medium_step]
+        if not chosen:
+            raise RlzooError(f"--medium-step {config.medium_step}: no snapshot policies/step_{config.medium_step}.npz "
+                             f"in {run_dir}")
+        best = chosen[0]
     print(f"[pick_policies] {config.task}: medium = step {best['step']} ({best['return_sampled_mean']:.1f}, "
           f"{best['return_sampled_mean'] / expert_mean:.2f} of the expert's)")
 
     expert_file = bd.POLICY_DIR / f"{config.task}-expert.npz"
     medium_file = bd.POLICY_DIR / f"{config.task}-medium.npz"
-    install(run_dir / "policy.npz", expert_file, config.force)
-    install(run_dir / "policies" / f"step_{best['step']}.npz", medium_file, config.force)
+    pairs = [(run_dir / "policy.npz", expert_file), (run_dir / "policies" / f"step_{best['step']}.npz", medium_file)]
+    for src, dst in pairs:  # refuse before copying anything
+        check_install(src, dst, config.force)
+    for src, dst in pairs:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"task": config.task, "env_id": env_id, "run": run_dir.name, "sac_config": sac_config,

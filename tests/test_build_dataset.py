@@ -354,6 +354,11 @@ def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(s
     _save_actor(run / "policy.npz", 11, 3, seed=99)
     with pytest.raises(RlzooError, match="pass --force"):
         pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
+    # Nothing was copied by the refused call; --medium-step keeps a chosen snapshot (outside the window too).
+    assert bd.sha256(bd.POLICY_DIR / "hopper-expert.npz") != bd.sha256(run / "policy.npz")
+    records = pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2, force=True, medium_step=10000))
+    assert records["hopper-medium"]["step"] == 10000
+    assert bd.sha256(bd.POLICY_DIR / "hopper-medium.npz") == bd.sha256(run / "policies" / "step_10000.npz")
 
 
 def test_refs_only_updates_reference_scores_without_collecting(store, monkeypatch):
