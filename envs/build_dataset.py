@@ -471,8 +471,8 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
                              f"{out.returncode}): {' '.join(cmd[1:])}; {tail}")
         with np.load(run_dir / "replay.npz") as f:
             replay = {k: f[k][0] for k in f.files if k != "seeds"}
-        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else c
-                                                     for c in cmd[1:] if "rlzoo-replay-" not in c),
+        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else
+                                                     "<tmp>" if "rlzoo-replay-" in c else c for c in cmd[1:]),
                 "sac_seconds": round(time.perf_counter() - t0, 1), "medium_step": int(entry["step"]),
                 "replay_steps": steps_n, "seed": seed_n, "medium_policy": entry.get("file")}
         medium = ROOT / entry["file"] if entry.get("file") else None
