@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,15 @@ def kill_once_checkpointed(command: list[str], run_dir, min_step: int, env: dict
         proc.kill()
         proc.wait()
     return checkpoint_steps(run_dir)
+
+
+def cli_env(cache: Path, store: Path | None = None, **extra: str) -> dict:
+    """Environment of a subprocess under test: CPU JAX with the session's compilation cache, unbuffered
+    output, wide progress lines, and optionally a Minari store; `extra` variables are added last."""
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1", COLUMNS="200")
+    if store is not None:
+        env["MINARI_DATASETS_PATH"] = str(store)
+    env.update(extra)
+    return env

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID, checkpoint_steps, kill_once_checkpointed, load_checkpoint
+from conftest import PENDULUM_ID, checkpoint_steps, cli_env, kill_once_checkpointed, load_checkpoint
 
 from rlzoo import datasets
 
@@ -29,16 +28,6 @@ import iql  # noqa: E402
 
 # A small, fast configuration on the Pendulum controller dataset (3-d observations, 1-d actions).
 SMALL = ["--env", PENDULUM_ID, "--hidden-dims", "32", "32", "--batch-size", "64", "--eval-episodes", "1", "--quiet"]
-
-
-def cli_env(store: Path | None, cache: Path, **extra: str) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", COLUMNS="200", PYTHONUNBUFFERED="1")
-    if store is not None:
-        env["MINARI_DATASETS_PATH"] = str(store)
-    env.update(extra)
-    return env
 
 
 def run_iql(args: list[str], env: dict, cwd: Path = REPO, script: Path = IQL_PY, timeout: float = 300):
@@ -184,7 +173,7 @@ def test_seeds_differ_and_runs_are_reproducible(pendulum_store, monkeypatch, tmp
 
 
 def test_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_path):
-    env = cli_env(pendulum_store, jax_cache_dir)
+    env = cli_env(jax_cache_dir, pendulum_store)
     args = SMALL + ["--total-steps", "4000", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "400"]
     full = run_iql(args + ["--run-dir", str(tmp_path / "full")], env)
     assert full.returncode == 0, full.stderr[-4000:]
@@ -221,7 +210,7 @@ def test_nan_loss_stops_with_a_clean_message(pendulum_store, jax_cache_dir, tmp_
     # loss of update 1 (which regresses onto V(s')) overflows.
     args = SMALL + ["--total-steps", "400", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "400",
                     "--critic-lr", "1e30", "--value-lr", "1e30", "--run-dir", str(tmp_path / "run")]
-    proc = run_iql(args, cli_env(pendulum_store, jax_cache_dir))
+    proc = run_iql(args, cli_env(jax_cache_dir, pendulum_store))
     message = assert_clean_failure(proc, "training stopped: loss", "at step 1 (seed 0)",
                                    "no checkpoint had been written", "Lower the learning rate")
     assert re.search(r"loss '\w+' became (nan|inf|-inf) at step 1 ", message)
@@ -234,7 +223,7 @@ def test_copied_file_runs_from_another_directory(pendulum_store, jax_cache_dir, 
     work.mkdir()
     script = Path(shutil.copy(IQL_PY, work / "my_iql.py"))
     args = SMALL + ["--total-steps", "200", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "200"]
-    proc = run_iql(args, cli_env(pendulum_store, jax_cache_dir), cwd=work, script=script)
+    proc = run_iql(args, cli_env(jax_cache_dir, pendulum_store), cwd=work, script=script)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summaries = list((work / "runs").glob("*/summary.json"))
     assert len(summaries) == 1
@@ -242,7 +231,7 @@ def test_copied_file_runs_from_another_directory(pendulum_store, jax_cache_dir, 
 
 
 def test_help_documents_every_option(jax_cache_dir):
-    proc = run_iql(["--help"], cli_env(None, jax_cache_dir))
+    proc = run_iql(["--help"], cli_env(jax_cache_dir))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for f in dataclasses.fields(iql.Config):
@@ -254,7 +243,7 @@ def test_help_documents_every_option(jax_cache_dir):
 
 
 def test_wandb_offline_needs_no_network(pendulum_store, jax_cache_dir, tmp_path):
-    env = cli_env(pendulum_store, jax_cache_dir, WANDB_DIR=str(tmp_path / "wandb-dir"))
+    env = cli_env(jax_cache_dir, pendulum_store, WANDB_DIR=str(tmp_path / "wandb-dir"))
     for var in ("WANDB_MODE", "WANDB_API_KEY"):
         env.pop(var, None)
     args = SMALL + ["--total-steps", "200", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "200",
@@ -268,7 +257,7 @@ def test_wandb_offline_needs_no_network(pendulum_store, jax_cache_dir, tmp_path)
 
 
 def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
-    env = cli_env(minari_store, jax_cache_dir)
+    env = cli_env(jax_cache_dir, minari_store)
     # Keep the official dataset from being downloaded: a remote rlzoo does not know is never tried.
     if datasets.remote_reachable(timeout=2):
         env["MINARI_REMOTE"] = "offline://"
@@ -284,10 +273,10 @@ def test_seeds_shard_over_several_devices(pendulum_store, jax_cache_dir, tmp_pat
     args = SMALL + ["--num-seeds", "2", "--total-steps", "400", "--chunk", "200", "--eval-every", "400",
                     "--checkpoint-every", "400"]
     sharded = run_iql(args + ["--run-dir", str(tmp_path / "sharded")],
-                      cli_env(pendulum_store, jax_cache_dir, RLZOO_CPU_DEVICES="2"))
+                      cli_env(jax_cache_dir, pendulum_store, RLZOO_CPU_DEVICES="2"))
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "2 seeds sharded over 2 devices" in sharded.stdout
-    single = run_iql(args + ["--run-dir", str(tmp_path / "single")], cli_env(pendulum_store, jax_cache_dir))
+    single = run_iql(args + ["--run-dir", str(tmp_path / "single")], cli_env(jax_cache_dir, pendulum_store))
     assert single.returncode == 0, single.stderr[-3000:]
     assert "sharded" not in single.stdout
     # Compare the logged losses per chunk and seed (the checkpoint of the sharded run names two devices).

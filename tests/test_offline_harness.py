@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID, checkpoint_steps
+from conftest import PENDULUM_ID, checkpoint_steps, cli_env
 
 from rlzoo.run import SCORES_COLUMNS
 
@@ -45,19 +45,6 @@ TINY = [
 STEPS = 400
 
 
-def harness_env(store: Path, cache: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        MINARI_DATASETS_PATH=str(store),
-        PYTHONUNBUFFERED="1",
-        COLUMNS="200",
-    )
-    return env
-
-
 def read_rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -81,7 +68,7 @@ def assert_clean_failure(proc, *needles: str) -> str:
 def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
     pendulum_store, jax_cache_dir, tmp_path, capsys, monkeypatch
 ):
-    env = harness_env(pendulum_store, jax_cache_dir)
+    env = cli_env(jax_cache_dir, pendulum_store)
     results, runs = tmp_path / "results", tmp_path / "runs"
     argv = [
         "run",
@@ -306,7 +293,7 @@ def test_unknown_algorithm_lists_the_algorithm_files(pendulum_store, jax_cache_d
             "--results",
             str(tmp_path / "results"),
         ],
-        env=harness_env(pendulum_store, jax_cache_dir),
+        env=cli_env(jax_cache_dir, pendulum_store),
         cwd=REPO,
         capture_output=True,
         text=True,

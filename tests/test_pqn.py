@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import kill_once_checkpointed, load_checkpoint
+from conftest import cli_env, kill_once_checkpointed, load_checkpoint
 
 from rlzoo.checkpoint import load_params
 
@@ -46,17 +45,6 @@ TINY = [
     "4",
     "--quiet",
 ]
-
-
-def cli_env(cache: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def run_pqn(args: list[str], env: dict, script: Path = PQN_PY, cwd: Path = REPO, timeout: float = 300):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import kill_once_checkpointed, load_checkpoint
+from conftest import cli_env, kill_once_checkpointed, load_checkpoint
 
 from rlzoo.checkpoint import load_params
 
@@ -25,14 +24,6 @@ import sac  # noqa: E402
 # Small and fast on Pendulum-v1 (200-step episodes, 3-d observations, 1-d actions).
 SMALL = ["--env", "Pendulum-v1", "--hidden-dims", "32", "32", "--batch-size", "64", "--learning-starts", "500",
          "--update-every", "50", "--buffer-size", "4000", "--eval-episodes", "1", "--quiet"]
-
-
-def cli_env(cache: Path, **extra: str) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def run_sac(args: list[str], env: dict, timeout: float = 300):
