@@ -20,8 +20,9 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from rlzoo.run import start_or_resume_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "results" / "curves"
@@ -44,15 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     for game in args.games:
         d = root / f"pqn-atari-{game}-{args.total_steps}"
         if not (d / "summary.json").exists():
-            cmd = [sys.executable, str(ROOT / "algorithms" / "pqn.py")]
-            if (d / "checkpoints").is_dir():
-                cmd += ["--resume", str(d)]
-            else:
-                cmd += ["--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
-                        "--chunk", str(args.chunk), "--checkpoint-every", str(args.chunk),
-                        "--eval-every", str(args.total_steps), "--decay-steps", str(args.decay_steps),
-                        "--eval-episodes", str(args.eval_episodes), "--eval-max-steps", str(args.eval_max_steps),
-                        "--run-dir", str(d)] + (["--no-atari-xla"] if args.no_xla else [])
+            cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
+                "--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
+                "--chunk", str(args.chunk), "--checkpoint-every", str(args.chunk),
+                "--eval-every", str(args.total_steps), "--decay-steps", str(args.decay_steps),
+                "--eval-episodes", str(args.eval_episodes), "--eval-max-steps", str(args.eval_max_steps),
+            ] + (["--no-atari-xla"] if args.no_xla else []))
             cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)

@@ -20,10 +20,11 @@ import argparse
 import csv
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from rlzoo.run import start_or_resume_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "results" / "curves"
@@ -43,14 +44,10 @@ def run(args) -> None:
         if (d / "summary.json").exists():
             print(f"{game}: finished already ({d})")
             continue
-        cmd = [sys.executable, str(ROOT / "algorithms" / "pqn.py")]
-        if (d / "checkpoints").is_dir():
-            cmd += ["--resume", str(d)]
-        else:
-            cmd += ["--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
-                    "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
-                    "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every),
-                    "--run-dir", str(d)]
+        cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
+            "--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
+            "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
+            "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every)])
         cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)

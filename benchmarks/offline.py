@@ -48,7 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_run import already_recorded, record  # noqa: E402
 
+from rlzoo.checkpoint import has_checkpoint  # noqa: E402
 from rlzoo.errors import RlzooError  # noqa: E402
+from rlzoo.run import start_or_resume_command  # noqa: E402
 
 ALGORITHMS_DIR = ROOT / "algorithms"
 # Options the harness sets itself for every run; they may not be passed after `--`.
@@ -82,8 +84,7 @@ class Job:
 
     @property
     def resumable(self) -> bool:
-        d = self.run_dir / "checkpoints"
-        return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+        return has_checkpoint(self.run_dir)
 
 
 def short_steps(steps: int) -> str:
@@ -178,23 +179,9 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
 def command(job: Job, args: argparse.Namespace) -> list[str]:
     """The algorithm process of one run: a fresh start, or --resume of an interrupted one."""
-    cmd = [sys.executable, str(ALGORITHMS_DIR / f"{job.algo}.py")]
-    if job.resumable:
-        cmd += ["--resume", str(job.run_dir)]
-    else:
-        cmd += [
-            "--env",
-            job.dataset,
-            "--seed",
-            str(args.seed),
-            "--num-seeds",
-            str(args.num_seeds),
-            "--total-steps",
-            str(args.total_steps),
-            "--run-dir",
-            str(job.run_dir),
-        ]
-    return cmd + ["--quiet", *job.extra]
+    fresh = ["--env", job.dataset, "--seed", str(args.seed), "--num-seeds", str(args.num_seeds),
+             "--total-steps", str(args.total_steps)]
+    return start_or_resume_command(ALGORITHMS_DIR / f"{job.algo}.py", job.run_dir, fresh) + ["--quiet", *job.extra]
 
 
 def execute(job: Job, cmd: list[str]) -> tuple[int, float]:

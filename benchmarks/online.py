@@ -19,10 +19,11 @@ import argparse
 import csv
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from rlzoo.run import start_or_resume_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "results" / "curves"
@@ -38,13 +39,9 @@ def launch(args) -> None:
     for env in args.envs:
         name = run_name(env, args.seed)
         run_dir = root / name
-        cmd = [sys.executable, str(ROOT / "algorithms" / "sac.py")]
-        if (run_dir / "checkpoints").is_dir():
-            cmd += ["--resume", str(run_dir)]
-        else:
-            cmd += ["--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps),
-                    "--eval-every", "10000", "--checkpoint-every", "20000", "--save-policy-every", "10000",
-                    "--run-dir", str(run_dir)]
+        cmd = start_or_resume_command(ROOT / "algorithms" / "sac.py", run_dir, [
+            "--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps), "--eval-every", "10000",
+            "--checkpoint-every", "20000", "--save-policy-every", "10000"])
         # How a run reports is not part of its saved configuration: say it again when resuming.
         cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
         log = open(root / f"{name}.log", "a")

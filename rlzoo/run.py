@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,15 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
     seeds = list(range(config.seed, config.seed + config.num_seeds))
     print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
     return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
+
+
+def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
+    """Command line of an algorithm file's run in `run_dir`: `--resume` when the directory holds a checkpoint,
+    else a fresh start with `fresh_args`. Benchmarks launch runs this way, so running them again continues."""
+    cmd = [sys.executable, str(script)]
+    if has_checkpoint(run_dir):
+        return cmd + ["--resume", str(run_dir)]
+    return cmd + [*fresh_args, "--run-dir", str(run_dir)]
 
 
 def seed_keys(seeds: list[int]) -> jax.Array:
