@@ -52,6 +52,7 @@ from rlzoo.datasets import (
     build_command,
     datasets_root,
     local_id,
+    normalize,
     on_disk,
     split_alias,
 )
@@ -244,9 +245,7 @@ def unavailable(alias: str) -> str | None:
 
 
 def make_behaviour(alias: str, obs_dim: int, act_dim: int) -> Behaviour:
-    reason = unavailable(alias)
-    if reason is not None:
-        raise RlzooError(reason)
+    """The behaviour of a random or policy recipe (the caller has checked `unavailable(alias)`)."""
     recipe = RECIPES[alias]
     if recipe.behaviour == RANDOM:
         return random_behaviour(act_dim)
@@ -452,6 +451,8 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
     import subprocess
     import tempfile
 
+    import jax
+
     from rlzoo.checkpoint import load_params
 
     entry = policy_records(records_path)[f"{task}-medium"]
@@ -479,17 +480,12 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
         if steps is None and seed is None and medium is not None and medium.is_file():
             mine, _ = load_params(run_dir / "policy.npz")
             theirs, _ = load_params(medium)
+            leaves = jax.tree_util.tree_leaves
             diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
-                     for a, b in zip(jax_leaves(mine), jax_leaves(theirs))]
+                     for a, b in zip(leaves(mine), leaves(theirs))]
             info["reproduces_medium_policy"] = max(diffs) == 0.0
             info["medium_policy_max_abs_diff"] = max(diffs)
     return split_replay(replay, env_id, seed_n), info
-
-
-def jax_leaves(tree) -> list:
-    import jax
-
-    return jax.tree_util.tree_leaves(tree)
 
 
 # ---------------------------------------------------------------- reference scores
@@ -543,7 +539,7 @@ def refresh_refs(alias: str, *, refs_path: Path = REFS_PATH, results_csv: Path |
     record.update(
         ref_min_score=ref_min, ref_max_score=ref_max, ref_min_source=refs.get("ref_min_source"),
         ref_max_source=refs.get("ref_max_source"), ref_max_policy_sha256=refs.get("ref_max_policy_sha256"),
-        normalized_mean=100.0 * (record["return_mean"] - ref_min) / (ref_max - ref_min),
+        normalized_mean=float(normalize(record["return_mean"], ref_min, ref_max)),
     )
     ds = MinariDataset(path / "data")
     ds.storage.update_metadata({"ref_min_score": ref_min, "ref_max_score": ref_max, "rlzoo_build": record})
@@ -762,8 +758,8 @@ def check_alias(alias: str) -> None:
     """Raise a one-paragraph RlzooError unless `alias` has a recipe (or is a composite of recipes)."""
     parsed = split_alias(alias)
     if parsed is not None and parsed[1] in COMPOSITES:
-        for part in COMPOSITES[parsed[1]]:
-            check_alias(f"{parsed[0]}-{part}")
+        for part in _parts(alias):
+            check_alias(part)
         return
     if alias in RECIPES:
         return
@@ -802,9 +798,9 @@ def build(
     parsed = split_alias(alias)
     task, kind = parsed
     if kind in COMPOSITES:
-        for part in COMPOSITES[kind]:
+        for part in _parts(alias):
             build(
-                f"{task}-{part}",
+                part,
                 force=force,
                 steps=steps,
                 seed=seed,
@@ -826,13 +822,12 @@ def build(
         return None
     if num_envs < 1:
         raise RlzooError(f"--num-envs must be at least 1, got {num_envs}")
+    reason = unavailable(alias)
+    if reason is not None:
+        raise RlzooError(reason)
     obs_dim, act_dim = env_info(recipe.env_id)
     replay = recipe.behaviour == REPLAY
-    if replay:
-        reason = unavailable(alias)
-        if reason is not None:
-            raise RlzooError(reason)
-    else:
+    if not replay:
         behaviour = make_behaviour(alias, obs_dim, act_dim)
     refs = reference_scores(task, Path(refs_path), force=force_refs and task not in _REFS_DONE, quiet=quiet)
     _REFS_DONE.add(task)
@@ -879,7 +874,7 @@ def build(
 
     rets = got.complete_returns
     ref_min, ref_max = float(refs["ref_min_score"]), float(refs["ref_max_score"])
-    normalized = 100.0 * (float(rets.mean()) - ref_min) / (ref_max - ref_min)
+    normalized = float(normalize(rets.mean(), ref_min, ref_max))
     cmd = (
         build_command(alias)
         + ("" if steps is None else f" --steps {steps_n}")
@@ -969,6 +964,7 @@ def build(
 
 
 def _parts(alias: str) -> list[str]:
+    """The datasets a name is built as: its composite's parts (medium-expert -> medium, expert), or itself."""
     task, kind = split_alias(alias)
     return [f"{task}-{p}" for p in COMPOSITES.get(kind, (kind,))]
 

@@ -172,6 +172,11 @@ def _local_dataset_ids() -> list[str]:
     return sorted(str(p.parent.relative_to(root)) for p in root.rglob("data") if p.is_dir())
 
 
+def normalize(returns, ref_min: float, ref_max: float):
+    """D4RL's normalized score, 100 * (R - R_random) / (R_expert - R_random)."""
+    return 100.0 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
 @dataclass
 class OfflineDataset:
     """Transitions as float32 numpy arrays (row i: s, a, r, s', terminal, timeout) plus metadata."""
@@ -201,7 +206,7 @@ class OfflineDataset:
                 f"dataset '{self.name}' has no ref_min_score/ref_max_score in its metadata, so no "
                 "normalized score can be computed; rebuild it with " + build_command(self.name)
             )
-        return 100.0 * (np.asarray(returns) - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+        return normalize(returns, self.ref_min_score, self.ref_max_score)
 
     def observation_stats(self, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and std (+eps) of the observations, for state normalization."""
