@@ -14,40 +14,30 @@ Observations are normalized with dataset statistics as in CORL (the paper does n
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import buffers, datasets, networks
+from rlzoo import networks, offline
 from rlzoo.errors import run_cli
-from rlzoo.evaluation import Evaluator
-from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
+from rlzoo.run import task_defaults
 
 
 @dataclass
-class Config(RunConfig):
-    env: str = "halfcheetah-medium"
-    """Dataset: a D4RL-style name (halfcheetah-medium, hopper-medium-replay, ...), a Minari id or a path."""
-    total_steps: int = 1_000_000
-    """Gradient steps per seed (paper: 1M)."""
-    batch_size: int = 256
-    """Minibatch size."""
-    gamma: float = 0.99
-    """Discount."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
+class Config(offline.OfflineConfig):
     expectile: float = 0.7
     """Expectile of V's regression onto Q (0.7 MuJoCo, 0.9 AntMaze)."""
     beta: float = 3.0
     """Inverse temperature of the advantage weights (3.0 MuJoCo, 10.0 AntMaze)."""
     max_weight: float = 100.0
     """Clip of the exponentiated advantage weights."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
     actor_lr: float = 3e-4
     """Actor learning rate (cosine-decayed to 0 over total_steps)."""
     critic_lr: float = 3e-4
@@ -56,12 +46,8 @@ class Config(RunConfig):
     """V learning rate."""
     hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden layers of actor, critics and value."""
-    normalize_obs: bool = True
-    """Normalize observations with the dataset mean/std (CORL; the paper does not)."""
     scale_rewards: bool = True
-    """Scale rewards by 1000 / (max - min episode return) (the paper's MuJoCo setting)."""
-    download: bool = True
-    """Try to download the official Minari dataset when it is not on disk (fails fast offline)."""
+    """Scale rewards by 1000 / (max - min episode return) of the dataset (the paper's MuJoCo setting)."""
 
 
 def make_networks(config: Config, act_dim: int):
@@ -141,66 +127,19 @@ def make_update(config: Config):
 
 
 def make_train(config: Config):
-    """`train_chunk(states, data)`: `config.chunk` updates per seed in one scan, seeds vmapped, jitted."""
-    update = make_update(config)
-
-    def train_chunk(state: dict, data: dict) -> tuple[dict, dict]:
-        def one(state, _):
-            key, k_batch = jax.random.split(state["key"])
-            batch = buffers.dataset_sample(data, k_batch, config.batch_size)
-            return update({**state, "key": key}, batch)
-
-        return jax.lax.scan(one, state, None, length=config.chunk)
-
-    return jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
+    """`train_chunk(states, data)`: `config.chunk` updates per seed in one jitted scan, seeds vmapped."""
+    return offline.make_train(make_update(config), config)
 
 
-def load_dataset(config: Config) -> datasets.OfflineDataset:
-    """Load the dataset before the run directory exists, so that a bad name leaves nothing behind."""
-    dataset = datasets.load(config.env, download=config.download)
-    dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
-    return dataset
+def make_policy(config: Config, act_dim: int):
+    """Evaluation acts with the Gaussian's mean."""
+    actor, _, _ = make_networks(config, act_dim)
+    return lambda params, obs: actor.apply(params, obs)[0]
 
 
 def main(config: Config) -> dict:
-    run = start_run(config, "iql", prepare=load_dataset)
-    config, dataset = run.config, run.prepared
-    datasets.pin_to_run(dataset, run.run_dir, run.resuming)
-    print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
-          f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
-    obs_mean, obs_std = dataset.observation_stats() if config.normalize_obs else (0.0, 1.0)
-    reward_scale = dataset.reward_scale() if config.scale_rewards else 1.0
-    data = jax.device_put(dataset.transitions(obs_mean, obs_std, reward_scale))
-    obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
-
-    state = jax.vmap(partial(init_state, config, obs_dim=obs_dim, act_dim=act_dim))(seed_keys(run.seeds))
-    start_step = 0
-    if run.resuming:
-        state, meta = run.checkpointer.restore(state)
-        start_step = meta["step"]
-        print(f"[rlzoo] resumed at step {start_step}")
-    state, data = shard_seeds(state, data)
-
-    actor, _, _ = make_networks(config, act_dim)
-    mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
-    policy = lambda params, obs: actor.apply(params, (obs - mean_j) / std_j)[0]
-    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes,
-                          evals_done=start_step // config.eval_every)
-    logger = RunLogger(run.run_dir, f"iql-{config.env}", config.num_seeds, run.seeds, config.total_steps,
-                       start_step, "normalized score", config={**vars(config), **dataset.summary},
-                       use_wandb=config.wandb, wandb_project=config.wandb_project, wandb_mode=config.wandb_mode,
-                       quiet=config.quiet)
-    train_chunk = make_train(config)
-
-    def evaluate(state):
-        returns = evaluator(state["actor"].params)
-        return returns, dataset.normalized_score(returns).mean(1)
-
-    t0 = time.perf_counter()
-    train_loop(run, state, lambda s: train_chunk(s, data), evaluate, logger, start_step)
-    evaluator.close()
-    return finish(run, logger, "normalized score", config.env, dataset.source, time.perf_counter() - t0)
+    return offline.train(config, "iql", init_state, make_train, make_policy)
 
 
 if __name__ == "__main__":
-    run_cli(main, Config)
+    run_cli(main, Config, task_defaults(Config, "iql"))

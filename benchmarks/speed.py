@@ -158,10 +158,12 @@ def bench_offline(mod, args, keys, notes: list[str]):
     first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
     # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
     # update come from the same program built with a 1-update scan.
-    one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=1, batch_size=args.batch_size))
+    # One update may take several gradient steps (TD3+BC: policy_freq critic steps per actor step).
+    steps_per_update = getattr(config, "policy_freq", 1)
+    one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=steps_per_update, batch_size=args.batch_size))
     # Sharded over several devices, the cost analysis describes one device's share of the seeds.
     seeds_per_program = args.num_seeds / len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
-    flops = xla_flops(one, state, data) / seeds_per_program
+    flops = xla_flops(one, state, data) / seeds_per_program / steps_per_update
     notes.append(f"synthetic dataset {args.dataset_size} rows (obs {OBS_DIM}, act {ACT_DIM}) on device; "
                  "call = make_train(config)(states, data), batch sampled in the scan")
     return first, times, flops

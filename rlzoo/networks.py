@@ -190,3 +190,11 @@ def sample_tanh_gaussian(key: jax.Array, mean: jax.Array, log_std: jax.Array) ->
     # log(1 - tanh(u)^2) computed stably as 2 (log 2 - u - softplus(-2u)).
     log_prob -= jnp.sum(2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
     return jnp.tanh(u), log_prob
+
+
+def tanh_gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """log pi(a) of a given action a in (-1, 1) under a = tanh(u), u ~ N(mean, std) (e.g. dataset actions for
+    a behaviour-cloning term); a is clipped to +-(1 - eps) so that atanh stays finite at the bounds."""
+    a = jnp.clip(action, -1.0 + eps, 1.0 - eps)
+    u = jnp.arctanh(a)
+    return gaussian_log_prob(mean, log_std, u) - jnp.sum(jnp.log(1.0 - a**2 + eps), axis=-1)

@@ -14,10 +14,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import jax
 import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from rlzoo import provenance
 from rlzoo.checkpoint import Checkpointer, has_checkpoint
@@ -118,6 +124,55 @@ def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args:
     if has_checkpoint(run_dir):
         return cmd + ["--resume", str(run_dir)]
     return cmd + [*fresh_args, "--run-dir", str(run_dir)]
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def task_settings(algorithm: str, env: str, fields: set[str], configs_dir: Path | None = None) -> dict:
+    """Hyperparameters that configs/<algorithm>.toml sets for `env`: every table whose name (a glob over
+    task names, e.g. "hopper-medium" or "antmaze-*") matches, later tables overriding earlier ones."""
+    path = (configs_dir or CONFIGS_DIR) / f"{algorithm}.toml"
+    if not path.is_file():
+        return {}
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RlzooError(f"{path} is not valid TOML ({err}); fix the file or remove it.") from None
+    settings = {}
+    for pattern, values in tables.items():
+        if not isinstance(values, dict):
+            raise RlzooError(f"{path}: '{pattern}' must be a table ([task-pattern] followed by name = value lines)")
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise RlzooError(f"{path} [{pattern}] sets {', '.join(unknown)}, which {algorithm} has no option for; "
+                             f"its options are {', '.join(sorted(fields))}.")
+        if fnmatchcase(env, pattern):
+            settings.update({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return settings
+
+
+def task_defaults(config_cls: type, algorithm: str, configs_dir: Path | None = None) -> Callable:
+    """For `run_cli`: the per-task settings of the task named by `--env` (or the default task) as the
+    command line's defaults, so that `--help` shows them and explicit flags still override them."""
+
+    def defaults(argv: list[str]):
+        env = config_cls.env
+        for i, arg in enumerate(argv):
+            if arg == "--env" and i + 1 < len(argv):
+                env = argv[i + 1]
+            elif arg.startswith("--env="):
+                env = arg.split("=", 1)[1]
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        settings = task_settings(algorithm, env, fields, configs_dir)
+        if not settings:
+            return None
+        if "--resume" not in argv:
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            print(f"[rlzoo] per-task settings for {env} from configs/{algorithm}.toml: {shown}")
+        return config_cls(**settings)
+
+    return defaults
 
 
 def seed_keys(seeds: list[int]) -> jax.Array:
