@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="PQN on Atari: ale-py inside the jit (its XLA interface) or stepped from the host")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
-    p.add_argument("--out", default="results/speed.csv", help="CSV to append one row to ('' or - for none)")
+    p.add_argument("--out", default=str(ROOT / "results" / "speed.csv"),
+                   help="CSV to append one row to ('' or - for none)")
     p.add_argument("--baseline-name", default="", help="e.g. corl-iql-torch-cpu-1thread (measured apart)")
     p.add_argument("--baseline-value", type=float, default=None, help="the baseline's updates/s")
     p.add_argument("--dataset-size", type=int, default=1_000_000, help="rows of the synthetic offline data")
