@@ -53,6 +53,23 @@ def build_pendulum_dataset(dataset_id: str = PENDULUM_ID, episodes: int = 20, no
     return dataset_id
 
 
+def pendulum_random_return(episodes: int = 10, seed: int = 123) -> float:
+    """Mean return of the uniform random policy on Pendulum-v1 (about -1240): what an offline learner must beat."""
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1")
+    env.action_space.seed(seed)
+    total = 0.0
+    for ep in range(episodes):
+        env.reset(seed=seed + ep)
+        done = False
+        while not done:
+            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += r
+            done = terminated or truncated
+    return total / episodes
+
+
 @pytest.fixture
 def minari_store(tmp_path, monkeypatch):
     """A fresh, empty Minari store for one test."""

@@ -11,12 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID, checkpoint_steps, cli_env, kill_once_checkpointed, load_checkpoint
+from conftest import (
+    PENDULUM_ID,
+    checkpoint_steps,
+    cli_env,
+    kill_once_checkpointed,
+    load_checkpoint,
+    pendulum_random_return,
+)
 
 from rlzoo import datasets
 
@@ -104,20 +110,6 @@ def test_expectile_loss_minimizer(tau):
 # ---------------------------------------------------------------------------------------------- learning
 
 
-def random_policy_return(episodes: int = 10, seed: int = 123) -> float:
-    env = gym.make("Pendulum-v1")
-    env.action_space.seed(seed)
-    total = 0.0
-    for ep in range(episodes):
-        env.reset(seed=seed + ep)
-        done = False
-        while not done:
-            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += r
-            done = terminated or truncated
-    return total / episodes
-
-
 def test_iql_learns_from_controller_data(pendulum_store, monkeypatch, tmp_path):
     """3000 updates on 20 noisy-controller episodes (dataset return -156 on average). Measured on the
     project's 2-core CPU: -409 and -579 for seeds 0 and 1 (10 episodes each), the random policy -1239; other
@@ -131,7 +123,7 @@ def test_iql_learns_from_controller_data(pendulum_store, monkeypatch, tmp_path):
     evals = np.atleast_1d(np.genfromtxt(tmp_path / "run" / "eval.csv", delimiter=",", names=True))
     assert list(evals["step"]) == [3000, 3000] and list(evals["seed"]) == [0, 1]
     returns = evals["return_mean"]
-    random_return = random_policy_return()
+    random_return = pendulum_random_return()
     print(f"IQL returns per seed {returns}, random policy {random_return:.0f}")
     assert -1400 < random_return < -1000
     assert returns.mean() > -800

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID, cli_env, kill_once_checkpointed, load_checkpoint
+from conftest import PENDULUM_ID, cli_env, kill_once_checkpointed, load_checkpoint, pendulum_random_return
 
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
@@ -55,22 +55,6 @@ def train_in_process(mod, config, data, obs_dim, act_dim, chunks: int) -> tuple[
         state, metrics = train_chunk(state, data)
         history.append({k: float(np.mean(v)) for k, v in metrics.items()})
     return state, history
-
-
-def random_policy_return(episodes: int = 10) -> float:
-    import gymnasium as gym
-
-    env = gym.make("Pendulum-v1")
-    env.action_space.seed(0)
-    total = 0.0
-    for ep in range(episodes):
-        env.reset(seed=1000 + ep)
-        done = False
-        while not done:
-            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += r
-            done = terminated or truncated
-    return total / episodes
 
 
 # ---------------------------------------------------------------------------------------------- TD3+BC
@@ -114,7 +98,7 @@ def test_td3_bc_learns_from_controller_data(pendulum_store, monkeypatch, tmp_pat
                            run_dir=str(tmp_path / "run"), quiet=True)
     summary = td3_bc.main(config)
     evals = np.atleast_1d(np.genfromtxt(tmp_path / "run" / "eval.csv", delimiter=",", names=True))
-    returns, random_return = evals["return_mean"], random_policy_return()
+    returns, random_return = evals["return_mean"], pendulum_random_return()
     print(f"TD3+BC returns per seed {returns}, random policy {random_return:.0f}")
     assert list(evals["seed"]) == [0, 1] and summary["algorithm"] == "td3_bc"
     assert returns.mean() > -700 and returns.min() > random_return + 300
