@@ -6,6 +6,9 @@
                    halfcheetah-medium-replay hopper-medium-replay walker2d-medium-replay \\
                    halfcheetah-medium-expert hopper-medium-expert walker2d-medium-expert \\
         --num-seeds 3 --total-steps 200000
+    # TD3+BC and CQL on the same datasets. CQL's update is ~25x IQL's arithmetic (13.7 GFLOP): ~6.6 updates/s on
+    # the project's 2-core CPU, i.e. ~25 h per dataset for 3 seeds x 200k steps there; plan it for a GPU.
+    python benchmarks/offline.py run --algos td3_bc cql --datasets <the nine above> --num-seeds 3 --total-steps 200000
     # flags after `--` go to every algorithm process unchanged
     python benchmarks/offline.py run --algos iql td3_bc --datasets hopper-medium -- --eval-every 10000
     python benchmarks/offline.py run ... --jobs 2        # two runs at a time (one CPU core each)
