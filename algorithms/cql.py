@@ -14,8 +14,10 @@ Defaults follow the paper as implemented in CORL (MuJoCo): cql_alpha 10, 10 samp
 importance sampling, policy lr 3e-5, Q lr 3e-4, 3x256 MLPs for actor and critics, batch 256, 1M steps,
 states normalized with the dataset mean/std, rewards unscaled (configs/cql.toml: per-task exceptions).
 Differences: the actor's log-std is squashed smoothly into [-5, 2] as in rlzoo's SAC (CORL clips to
-[-20, 2] after an offset of -1; both start near std e^-1); the critics' last layer is orthogonal with gain
-1 (CORL: 1e-2). All losses are computed from the parameters before the step, as in CORL.
+[-20, 2] after an offset of -1; they start near e^-1.5 and e^-1); the critics' last layer is orthogonal
+with gain 1 (CORL: 1e-2); the --bc-steps warm start maximizes the likelihood of the dataset's actions
+(CORL's version evaluates a fresh policy sample instead, so it is not behaviour cloning). All losses are
+computed from the parameters before the step, as in CORL.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
     }
 
 
+def conservative_gap(q_all: jax.Array, log_density: jax.Array, config: Config) -> jax.Array:
+    """Per-critic mean over the batch of temp * logsumexp(Q / temp) - Q(s, a_data).
+
+    `q_all` is [critics, batch, 1 + 3n] with the dataset action first; `log_density` [batch, 3n] is the log
+    density of each sampled action, subtracted when importance sampling (then the data's Q is left out of
+    the logsumexp, as in CORL); without importance sampling all 1 + 3n values enter it unweighted."""
+    q_data = q_all[..., 0]
+    if config.cql_importance_sample:
+        logits = q_all[..., 1:] - jax.lax.stop_gradient(log_density)
+    else:
+        logits = q_all
+    ood = config.cql_temp * jax.nn.logsumexp(logits / config.cql_temp, axis=-1)
+    return jnp.clip(ood - q_data, config.cql_clip_diff_min, config.cql_clip_diff_max).mean(-1)
+
+
 def make_update(config: Config):
     """One CQL step (actor, temperature, critics, Lagrange weight, targets) on a minibatch, for one seed."""
     n, max_action = config.cql_n_actions, config.max_action
@@ -152,14 +169,9 @@ def make_update(config: Config):
 
         def critic_loss(params):
             q_all = critic.apply_fn(params, obs_rep, actions)  # [2, batch, 3n + 1], one batched call
-            q_data, q_sampled = q_all[..., 0], q_all[..., 1:]
+            q_data = q_all[..., 0]
             td_loss = ((q_data - target) ** 2).mean(1).sum()
-            if config.cql_importance_sample:
-                cat = q_sampled - jax.lax.stop_gradient(log_density)
-            else:
-                cat = q_all
-            ood = config.cql_temp * jax.nn.logsumexp(cat / config.cql_temp, axis=-1)
-            gap = jnp.clip(ood - q_data, config.cql_clip_diff_min, config.cql_clip_diff_max).mean(1)  # [2]
+            gap = conservative_gap(q_all, log_density, config)  # [2]
             if config.cql_lagrange:
                 cql_loss = alpha_prime * config.cql_alpha * (gap - config.cql_target_action_gap)
             else:
@@ -188,8 +200,9 @@ def make_update(config: Config):
         if config.cql_lagrange:
             new_state["log_alpha_prime"] = state["log_alpha_prime"].apply_gradients(grads=alpha_prime_grad)
         metrics = {"critic_loss": q_loss, "td_loss": td_loss, "cql_gap": gap.mean(), "q_mean": q_mean,
-                   "actor_loss": pi_loss, "alpha": alpha, "alpha_loss": alpha_loss, "entropy": -logp.mean(),
-                   "alpha_prime": alpha_prime, "alpha_prime_loss": alpha_prime_loss}
+                   "actor_loss": pi_loss, "alpha": alpha, "alpha_loss": alpha_loss, "entropy": -logp.mean()}
+        if config.cql_lagrange:
+            metrics.update(alpha_prime=alpha_prime, alpha_prime_loss=alpha_prime_loss)
         return new_state, metrics
 
     return update

@@ -18,6 +18,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlzoo import buffers, datasets
 from rlzoo.errors import RlzooError
@@ -69,9 +70,23 @@ def make_train(update: Callable, config: OfflineConfig, batches_per_update: int 
 
 
 def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
-    """Load the dataset before the run directory exists, so that a bad name leaves nothing behind."""
+    """Load the dataset and check the config against it before the run directory exists, so that bad input
+    leaves nothing behind."""
     dataset = datasets.load(config.env, download=config.download)
     dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
+    max_action = getattr(config, "max_action", None)
+    if max_action is not None:
+        import gymnasium as gym
+
+        space = gym.make(dataset.env_id).action_space
+        bound = float(np.max(space.high))
+        if not (np.allclose(space.high, bound) and np.allclose(space.low, -bound)):
+            raise RlzooError(f"{dataset.env_id}'s action space [{space.low}, {space.high}] is not symmetric with one "
+                             "bound; this algorithm's actor outputs max_action * tanh(.). Rescale the actions "
+                             "(e.g. a gymnasium RescaleAction wrapper) before building the dataset.")
+        if not np.isclose(bound, max_action):
+            raise RlzooError(f"--max-action {max_action} does not match {dataset.env_id}, whose actions are "
+                             f"bounded by {bound:g}: run again with --max-action {bound:g}.")
     return dataset
 
 
@@ -83,8 +98,9 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     `init_state(config, key, obs_dim=, act_dim=)` builds one seed's state; `make_policy(config, act_dim)`
     gives the evaluation policy on normalized observations. All three get the run's config (the saved one
     when resuming)."""
-    run = start_run(config, algorithm, prepare=load_dataset)
-    config, dataset = run.config, run.prepared
+    # Build the training program (which checks e.g. --chunk against the update) before the run directory exists.
+    run = start_run(config, algorithm, prepare=lambda c: (load_dataset(c), make_train(c)))
+    config, (dataset, train_chunk) = run.config, run.prepared
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
@@ -115,7 +131,6 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
         returns = evaluator(state["actor"].params)
         return returns, dataset.normalized_score(returns).mean(1)
 
-    train_chunk = make_train(config)
     t0 = time.perf_counter()
     train_loop(run, state, lambda s: train_chunk(s, data), evaluate, logger, start_step)
     evaluator.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -139,6 +140,12 @@ def task_settings(algorithm: str, env: str, fields: set[str], configs_dir: Path 
         tables = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise RlzooError(f"{path} is not valid TOML ({err}); fix the file or remove it.") from None
+    # A Minari id of a D4RL-style dataset (mujoco/hopper/medium-v0, rlzoo-local/hopper/medium-v0) also matches
+    # the tables of its alias (hopper-medium).
+    names = [env]
+    minari_id = re.fullmatch(r"[\w.-]+/([\w]+)/([\w-]+)-v\d+", env)
+    if minari_id:
+        names.append(f"{minari_id.group(1)}-{minari_id.group(2)}")
     settings = {}
     for pattern, values in tables.items():
         if not isinstance(values, dict):
@@ -147,7 +154,7 @@ def task_settings(algorithm: str, env: str, fields: set[str], configs_dir: Path 
         if unknown:
             raise RlzooError(f"{path} [{pattern}] sets {', '.join(unknown)}, which {algorithm} has no option for; "
                              f"its options are {', '.join(sorted(fields))}.")
-        if fnmatchcase(env, pattern):
+        if any(fnmatchcase(name, pattern) for name in names):
             settings.update({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     return settings
 
@@ -167,9 +174,9 @@ def task_defaults(config_cls: type, algorithm: str, configs_dir: Path | None = N
         settings = task_settings(algorithm, env, fields, configs_dir)
         if not settings:
             return None
-        if "--resume" not in argv:
+        if not {"--resume", "--help", "-h"} & set(argv):
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            print(f"[rlzoo] per-task settings for {env} from configs/{algorithm}.toml: {shown}")
+            print(f"[rlzoo] per-task defaults for {env} from configs/{algorithm}.toml (flags override them): {shown}")
         return config_cls(**settings)
 
     return defaults

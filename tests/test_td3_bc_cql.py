@@ -89,6 +89,28 @@ def test_td3_bc_lambda_normalizes_by_mean_abs_q(pendulum_store, monkeypatch):
     assert 5.0 < ratio < 20.0
 
 
+def test_td3_bc_update_is_policy_freq_critic_steps_then_one_actor_step(pendulum_store, monkeypatch):
+    """One update = policy_freq critic steps, then one actor step and one Polyak step of both targets."""
+    data, obs_dim, act_dim = pendulum_data(pendulum_store, monkeypatch)
+    config = td3_bc.Config(hidden_dims=(16, 16), batch_size=8, chunk=6, policy_freq=3, tau=1.0, max_action=2.0)
+    state0 = td3_bc.init_state(config, jax.random.PRNGKey(0), obs_dim, act_dim)
+    batches = jax.tree_util.tree_map(lambda x: x[:24].reshape(3, 8, *x.shape[1:]), data)
+    state, metrics = jax.jit(td3_bc.make_update(config))(state0, batches)
+    count = lambda train_state: int(train_state.opt_state[0].count)  # Adam's step counter
+    assert count(state["critic"]) == 3 and count(state["actor"]) == 1
+    # With tau = 1 the targets equal the networks after the step.
+    for online, target in ((state["actor"].params, state["actor_target"]),
+                           (state["critic"].params, state["critic_target"])):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, online, target)
+    # The chunk of 6 gradient steps is 2 updates per seed: metrics come back with 2 entries.
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(1))
+    states = jax.vmap(lambda k: td3_bc.init_state(config, k, obs_dim=obs_dim, act_dim=act_dim))(keys)
+    _, chunk_metrics = td3_bc.make_train(config)(states, data)
+    assert chunk_metrics["critic_loss"].shape == (1, 2)
+    with pytest.raises(RlzooError, match="multiple of 3"):
+        td3_bc.make_train(td3_bc.Config(policy_freq=3, chunk=1000))
+
+
 def test_td3_bc_learns_from_controller_data(pendulum_store, monkeypatch, tmp_path):
     """2000 steps on 20 noisy-controller episodes (data return -156). Measured on the project's 2-core CPU
     with 64-unit layers: -145 and -212 at 2000 steps (seeds 0 and 1), the random policy about -1240."""
@@ -105,6 +127,28 @@ def test_td3_bc_learns_from_controller_data(pendulum_store, monkeypatch, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------- CQL
+
+
+def test_conservative_gap_matches_a_reference():
+    """temp * logsumexp over the sampled actions' importance-weighted Q (data Q left out), minus the data's Q;
+    without importance sampling all actions, data included, enter unweighted. Checked against numpy."""
+    rng = np.random.default_rng(0)
+    q_all = rng.normal(size=(2, 5, 1 + 3 * 4)).astype(np.float32)
+    log_density = rng.normal(size=(5, 3 * 4)).astype(np.float32)
+
+    def reference(logits, temp):
+        m = logits.max(-1, keepdims=True)
+        return temp * (np.log(np.exp((logits - m) / temp).sum(-1)) + m[..., 0] / temp)
+
+    for temp in (1.0, 0.5):
+        config = cql.Config(cql_temp=temp)
+        expected = (reference(q_all[..., 1:] - log_density, temp) - q_all[..., 0]).mean(-1)
+        np.testing.assert_allclose(cql.conservative_gap(q_all, log_density, config), expected, rtol=1e-5)
+        config = cql.Config(cql_temp=temp, cql_importance_sample=False)
+        expected = (reference(q_all, temp) - q_all[..., 0]).mean(-1)
+        np.testing.assert_allclose(cql.conservative_gap(q_all, log_density, config), expected, rtol=1e-5)
+    clipped = cql.conservative_gap(q_all, log_density, cql.Config(cql_clip_diff_max=0.0))
+    assert np.all(np.asarray(clipped) <= 0.0)
 
 
 def test_cql_term_pushes_down_sampled_actions(pendulum_store, monkeypatch):
@@ -132,6 +176,11 @@ def test_cql_lagrange_weight_moves_toward_the_target_gap(pendulum_store, monkeyp
     state, history = train_in_process(cql, config, data, obs_dim, act_dim, chunks=1)
     assert np.all(np.asarray(state["log_alpha_prime"].params["log"]) > 1.0)  # started at 1.0 (alpha' = e)
     assert history[0]["alpha_prime"] > np.e
+    # A target above any gap the critics show drives alpha' down instead.
+    config = cql.Config(cql_lagrange=True, cql_target_action_gap=100.0, hidden_dims=(32, 32), batch_size=64,
+                        chunk=100, max_action=2.0, cql_n_actions=4)
+    state, _ = train_in_process(cql, config, data, obs_dim, act_dim, chunks=1)
+    assert np.all(np.asarray(state["log_alpha_prime"].params["log"]) < 1.0)
 
 
 def test_cql_bc_steps_train_the_actor_by_likelihood(pendulum_store, monkeypatch):
@@ -186,9 +235,22 @@ def test_help_documents_every_option_from_a_copied_file(name, jax_cache_dir, tmp
     mod = {"td3_bc": td3_bc, "cql": cql}[name]
     for field in dataclasses.fields(mod.Config):
         assert "--" + field.name.replace("_", "-") in proc.stdout, field.name
-    defaults = {"td3_bc": ["2.5", "0.2", "0.5"], "cql": ["10.0", "3e-05", "0.0003"]}[name]
+    defaults = {"td3_bc": ["(default: 2.5)", "(default: 0.2)", "(default: 0.5)"],
+                "cql": ["(default: 10.0)", "(default: 3e-05)", "(default: 0.0003)"]}[name]
+    flat = " ".join(proc.stdout.split())
     for value in defaults:
-        assert value in proc.stdout
+        assert value in flat, value
+
+
+def test_wrong_max_action_is_caught_before_the_run_starts(pendulum_store, monkeypatch, tmp_path):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(pendulum_store))
+    for mod in (td3_bc, cql):
+        with pytest.raises(RlzooError, match=r"--max-action 1.0 does not match Pendulum-v1.*--max-action 2"):
+            mod.main(mod.Config(env=PENDULUM_ID, run_dir=str(tmp_path / "run"), quiet=True))
+    with pytest.raises(RlzooError, match="--chunk 999 must be a multiple of 2"):
+        td3_bc.main(td3_bc.Config(env=PENDULUM_ID, max_action=2.0, chunk=999, total_steps=999, eval_every=999,
+                                  checkpoint_every=999, run_dir=str(tmp_path / "run"), quiet=True))
+    assert not (tmp_path / "run").exists()
 
 
 def test_td3_bc_copied_file_trains(pendulum_store, jax_cache_dir, tmp_path):
@@ -208,6 +270,7 @@ def test_per_task_settings_come_from_configs_and_flags_win(jax_cache_dir):
     fields = {"scale_rewards", "cql_alpha"}
     assert task_settings("cql", "hopper-medium", fields) == {"scale_rewards": True}
     assert task_settings("cql", "hopper-medium-replay", fields) == {}
+    assert task_settings("cql", "mujoco/hopper/medium-v0", fields) == {"scale_rewards": True}  # its Minari id
     assert task_defaults(cql.Config, "cql")(["--env", "hopper-medium"]).scale_rewards is True
     assert task_defaults(cql.Config, "cql")(["--env=walker2d-medium"]) is None
     assert task_defaults(cql.Config, "cql")([]) is None  # the default task, halfcheetah-medium
