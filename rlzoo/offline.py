@@ -78,7 +78,9 @@ def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
     if max_action is not None:
         import gymnasium as gym
 
-        space = gym.make(dataset.env_id).action_space
+        env = gym.make(dataset.env_id)
+        space = env.action_space
+        env.close()
         bound = float(np.max(space.high))
         if not (np.allclose(space.high, bound) and np.allclose(space.low, -bound)):
             raise RlzooError(f"{dataset.env_id}'s action space [{space.low}, {space.high}] is not symmetric with one "
