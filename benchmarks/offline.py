@@ -316,6 +316,58 @@ def behaviour_scores(datasets_csv: Path):
     return lookup
 
 
+def dataset_builds(datasets_csv: Path):
+    """{(dataset, source): (ref_min, ref_max, return_mean)} of the builds now in results/datasets.csv, as a
+    lookup; a composite (medium-expert) gets its parts' reference scores and steps-weighted return."""
+    import pandas as pd
+
+    from rlzoo.datasets import COMPOSITES, split_alias
+
+    if not datasets_csv.exists():
+        return lambda dataset, source: None
+    table = pd.read_csv(datasets_csv)
+    out = {
+        (r.dataset, r.source): (float(r.ref_min_score), float(r.ref_max_score), float(r.return_mean), int(r.steps))
+        for r in table.itertuples()
+    }
+
+    def lookup(dataset: str, source: str) -> tuple[float, float, float] | None:
+        if (dataset, source) in out:
+            return out[(dataset, source)][:3]
+        parsed = split_alias(dataset)
+        if parsed and parsed[1] in COMPOSITES:
+            parts = [out.get((f"{parsed[0]}-{p}", source)) for p in COMPOSITES[parsed[1]]]
+            if all(parts):
+                mean = sum(p[2] * p[3] for p in parts) / sum(p[3] for p in parts)
+                return parts[0][0], parts[0][1], mean
+        return None
+
+    return lookup
+
+
+def build_mismatch(row, curves_root: Path, current) -> str | None:
+    """Why a recorded run's dataset is not the build now in datasets.csv (None when it is, or when there is
+    nothing to compare with): its normalized score then measures another task and stays out of the table."""
+    import json
+
+    expected = current(row.task, row.data_source)
+    if expected is None:
+        return None
+    ref = Path(str(row.config))
+    record = (ref.parent if ref.is_absolute() else curves_root / ref.parts[0]) / "dataset.json"
+    if not record.exists():
+        return "no dataset record (dataset.json) with the run, so its build is unknown"
+    got = json.loads(record.read_text())
+    have = (got.get("ref_min_score"), got.get("ref_max_score"), got.get("return_mean"))
+    if None in have or not all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(have, expected)):
+        return (
+            f"an earlier build (data return {fmt(have[2] or float('nan'))}, reference scores "
+            f"{fmt(have[0] or float('nan'))} / {fmt(have[1] or float('nan'))}; now {fmt(expected[2])}, "
+            f"{fmt(expected[0])} / {fmt(expected[1])})"
+        )
+    return None
+
+
 def offline_rows(scores_csv: Path):
     import pandas as pd
 
@@ -512,7 +564,7 @@ def fmt(x: float) -> str:
     return f"{x:.1f}".replace("-", "−")
 
 
-def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path) -> str:
+def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path, stale=None) -> str:
     lines = [
         "# Offline benchmark results",
         "",
@@ -570,6 +622,26 @@ def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path) -> str:
             f"Runs on: {'; '.join(devices)}. Commits: {', '.join(commits)}. Finished {dates[0][:10]} to "
             f"{dates[-1][:10]}.",
         ]
+    if stale is not None and not stale.empty:
+        lines += [
+            "",
+            "## Left out: runs on another or an unknown build of their dataset",
+            "",
+            "Their scores are normalized on a dataset that is no longer the one in `datasets.csv`, so they are "
+            "neither in the tables nor in the aggregates above.",
+            "",
+            "| dataset | algorithm | steps | normalized score | seeds | run | why |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (task, algo, steps, config, why), g in stale.groupby(
+            ["task", "algorithm", "steps", "config", "mismatch"], sort=True
+        ):
+            s = g["score"].to_numpy(float)
+            seeds = ", ".join(map(str, g["seed"].astype(int).tolist()))
+            lines.append(
+                f"| {task} | {algo} | {int(steps):,} | {fmt(s.mean())} ± {fmt(s.std())} | {len(s)} ({seeds}) | "
+                f"`{Path(str(config)).parent}` | {why} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -581,10 +653,16 @@ def report(args: argparse.Namespace) -> int:
     rows = offline_rows(scores_csv)
     if rows.empty:
         raise RlzooError(f"{scores_csv} has no offline rows (data_source official/local/...): run a sweep first.")
+    current = dataset_builds(results / "datasets.csv")
+    rows["mismatch"] = [build_mismatch(r, results / "curves", current) for r in rows.itertuples()]
+    stale, rows = rows[rows["mismatch"].notna()], rows[rows["mismatch"].isna()]
+    if rows.empty:
+        raise RlzooError(f"every offline run in {scores_csv} was trained on another build of its dataset than the "
+                         "one in datasets.csv: run the sweep again on the current datasets.")
     grouped = groups(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(grouped, args.reps)
-    table = markdown(grouped, agg, behaviour_scores(results / "datasets.csv"), scores_csv)
+    table = markdown(grouped, agg, behaviour_scores(results / "datasets.csv"), scores_csv, stale)
     (out_dir / "table.md").write_text(table)
     with (out_dir / "aggregate.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(agg[0]))

@@ -190,8 +190,10 @@ def test_recording_is_idempotent_and_never_overwrites_another_runs_curve(tmp_pat
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def write_scores(path: Path, rows: list[tuple]) -> None:
-    """rows: (algorithm, task, data_source, seed, steps, score, config ref)."""
+def write_scores(path: Path, rows: list[tuple], builds: dict | None = None) -> None:
+    """rows: (algorithm, task, data_source, seed, steps, score, config ref); each run's dataset.json holds
+    builds[ref] (reference scores 0 / 1 and data return 0 unless given; None: no dataset.json)."""
+    builds = builds or {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -216,6 +218,9 @@ def write_scores(path: Path, rows: list[tuple]) -> None:
             )
             curve = path.parent / "curves" / ref / "eval.csv"
             curve.parent.mkdir(parents=True, exist_ok=True)
+            build = builds.get(ref, {"ref_min_score": 0.0, "ref_max_score": 1.0, "return_mean": 0.0})
+            if build is not None:
+                (curve.parent / "dataset.json").write_text(json.dumps({"dataset": task, **build}))
             if not curve.exists():
                 curve.write_text("step,seed,return_mean,return_std,score\n")
             with curve.open("a") as c:
@@ -229,7 +234,11 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     rows += [("iql", "hopper-medium-expert", "local", s, 200000, v, "hme") for s, v in enumerate([80, 90, 100])]
     rows += [("iql", "halfcheetah-medium", "official", s, 200000, v, "o200") for s, v in enumerate([60, 70])]
     rows += [("sac", "HalfCheetah-v5", "online", 0, 1000000, 9000, "sac")]
-    write_scores(results / "scores.csv", rows)
+    # Runs on another build of their dataset (other reference scores) or an unknown one are left out.
+    rows += [("iql", "halfcheetah-medium", "local", 0, 200000, 11, "old")]
+    rows += [("iql", "hopper-medium-expert", "local", 0, 200000, 12, "unknown")]
+    stale = {"old": {"ref_min_score": 0.0, "ref_max_score": 2.0, "return_mean": 0.0}, "unknown": None}
+    write_scores(results / "scores.csv", rows, stale)
     (results / "datasets.csv").write_text(
         "dataset,env_id,kind,source,policy,seed,episodes,steps,return_mean,return_std,ref_min_score,ref_max_score,"
         "normalized_mean\n"
@@ -250,6 +259,10 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     assert "| hopper-medium-expert | iql | 200,000 | 90.0 ± 8.2 | 3 (0, 1, 2) | 85.0 |" in local
     assert "| halfcheetah-medium | iql | 200,000 | 65.0 ± 5.0 | 2 (0, 1) | — |" in official
     assert "65.0" not in local and "43.0" not in official and "HalfCheetah-v5" not in table
+    official, left_out = official.split("## Left out")
+    assert "11.0" not in local + official and "12.0" not in local + official
+    assert "| halfcheetah-medium | iql | 200,000 | 11.0 ± 0.0 | 1 (0) | `old` | an earlier build" in left_out
+    assert "| hopper-medium-expert | iql | 200,000 | 12.0 ± 0.0 | 1 (0) | `unknown` | no dataset record" in left_out
 
     agg = {(r["data_source"], r["steps"], r["metric"]): r for r in read_rows(out / "aggregate.csv")}
     assert set(agg) == {
