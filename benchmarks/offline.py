@@ -29,7 +29,8 @@ behaviour data's own normalized score from <results>/datasets.csv), curve-<sourc
 (learning curves, mean ± std over seeds), aggregate.png and aggregate.csv (rliable IQM, median and
 mean across tasks with 95% stratified bootstrap CIs). Scores on official and on locally built data
 are different tasks: they never share a table row or an aggregate; runs of different lengths are
-kept apart too.
+kept apart too. So are runs trained on another build of their dataset than the one datasets.csv now
+lists (judged by the dataset.json recorded with the run): they are listed apart, outside the tables.
 """
 
 from __future__ import annotations
