@@ -292,58 +292,41 @@ def run_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- report
 
 
-def behaviour_scores(datasets_csv: Path):
-    """{(dataset, source): normalized_mean} from results/datasets.csv; composite datasets (medium-expert)
-    without a row of their own get the steps-weighted mean of their parts."""
+def dataset_records(datasets_csv: Path):
+    """A lookup (dataset, source) -> {ref_min_score, ref_max_score, return_mean, normalized_mean} of the builds
+    now in results/datasets.csv, or None; a composite (medium-expert) without a row of its own gets its parts'
+    reference scores and the steps-weighted means of their returns and normalized scores."""
     import pandas as pd
 
     from rlzoo.datasets import COMPOSITES, split_alias
 
+    fields = ("ref_min_score", "ref_max_score", "return_mean", "normalized_mean")
     if not datasets_csv.exists():
         return lambda dataset, source: None
     table = pd.read_csv(datasets_csv)
-    out = {(r.dataset, r.source): (float(r.normalized_mean), int(r.steps)) for r in table.itertuples()}
+    out = {(r.dataset, r.source): ({f: float(getattr(r, f)) for f in fields}, int(r.steps)) for r in table.itertuples()}
 
-    def lookup(dataset: str, source: str) -> float | None:
+    def lookup(dataset: str, source: str) -> dict | None:
         if (dataset, source) in out:
             return out[(dataset, source)][0]
         parsed = split_alias(dataset)
         if parsed and parsed[1] in COMPOSITES:
             parts = [out.get((f"{parsed[0]}-{p}", source)) for p in COMPOSITES[parsed[1]]]
             if all(parts):
-                return sum(v * n for v, n in parts) / sum(n for _, n in parts)
+                total = sum(n for _, n in parts)
+                mean = {f: sum(rec[f] * n for rec, n in parts) / total for f in ("return_mean", "normalized_mean")}
+                return {"ref_min_score": parts[0][0]["ref_min_score"],
+                        "ref_max_score": parts[0][0]["ref_max_score"], **mean}
         return None
 
     return lookup
 
 
-def dataset_builds(datasets_csv: Path):
-    """{(dataset, source): (ref_min, ref_max, return_mean)} of the builds now in results/datasets.csv, as a
-    lookup; a composite (medium-expert) gets its parts' reference scores and steps-weighted return."""
-    import pandas as pd
-
-    from rlzoo.datasets import COMPOSITES, split_alias
-
-    if not datasets_csv.exists():
-        return lambda dataset, source: None
-    table = pd.read_csv(datasets_csv)
-    out = {
-        (r.dataset, r.source): (float(r.ref_min_score), float(r.ref_max_score), float(r.return_mean), int(r.steps))
-        for r in table.itertuples()
-    }
-
-    def lookup(dataset: str, source: str) -> tuple[float, float, float] | None:
-        if (dataset, source) in out:
-            return out[(dataset, source)][:3]
-        parsed = split_alias(dataset)
-        if parsed and parsed[1] in COMPOSITES:
-            parts = [out.get((f"{parsed[0]}-{p}", source)) for p in COMPOSITES[parsed[1]]]
-            if all(parts):
-                mean = sum(p[2] * p[3] for p in parts) / sum(p[3] for p in parts)
-                return parts[0][0], parts[0][1], mean
-        return None
-
-    return lookup
+def run_folder(row, curves_root: Path) -> Path:
+    """The folder of a recorded run's curve files: its `config` column is <curves folder>/config.json, relative
+    to curves_root, or an absolute path into the run directory."""
+    ref = Path(str(row.config))
+    return ref.parent if ref.is_absolute() else curves_root / ref.parts[0]
 
 
 def build_mismatch(row, curves_root: Path, current) -> str | None:
@@ -354,19 +337,20 @@ def build_mismatch(row, curves_root: Path, current) -> str | None:
     expected = current(row.task, row.data_source)
     if expected is None:
         return None
-    ref = Path(str(row.config))
-    record = (ref.parent if ref.is_absolute() else curves_root / ref.parts[0]) / "dataset.json"
+    record = run_folder(row, curves_root) / "dataset.json"
     if not record.exists():
         return "no dataset record (dataset.json) with the run, so its build is unknown"
     got = json.loads(record.read_text())
-    have = (got.get("ref_min_score"), got.get("ref_max_score"), got.get("return_mean"))
-    if None in have or not all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(have, expected)):
-        return (
-            f"an earlier build (data return {fmt(have[2] or float('nan'))}, reference scores "
-            f"{fmt(have[0] or float('nan'))} / {fmt(have[1] or float('nan'))}; now {fmt(expected[2])}, "
-            f"{fmt(expected[0])} / {fmt(expected[1])})"
-        )
-    return None
+    keys = ("ref_min_score", "ref_max_score", "return_mean")
+    if any(got.get(k) is None for k in keys):
+        return f"a dataset record without {', '.join(k for k in keys if got.get(k) is None)}, so its build is unknown"
+    if all(abs(got[k] - expected[k]) <= 1e-6 * max(1.0, abs(expected[k])) for k in keys):
+        return None
+    return (
+        f"an earlier build (data return {fmt(got['return_mean'])}, reference scores {fmt(got['ref_min_score'])} / "
+        f"{fmt(got['ref_max_score'])}; now {fmt(expected['return_mean'])}, {fmt(expected['ref_min_score'])} / "
+        f"{fmt(expected['ref_max_score'])})"
+    )
 
 
 def offline_rows(scores_csv: Path):
@@ -411,8 +395,7 @@ def curve_of(row, curves_root: Path):
     """The (steps, scores) evaluation curve of one seed of one recorded run, or None if it is missing."""
     import numpy as np
 
-    ref = Path(str(row.config))
-    eval_csv = ref.parent / "eval.csv" if ref.is_absolute() else curves_root / ref.parts[0] / "eval.csv"
+    eval_csv = run_folder(row, curves_root) / "eval.csv"
     if not eval_csv.exists():
         return None
     data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
@@ -565,7 +548,7 @@ def fmt(x: float) -> str:
     return f"{x:.1f}".replace("-", "−")
 
 
-def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path, stale=None) -> str:
+def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -> str:
     lines = [
         "# Offline benchmark results",
         "",
@@ -589,7 +572,8 @@ def markdown(grouped, agg: list[dict], behaviour, scores_csv: Path, stale=None) 
             s = g["score"].to_numpy(float)
             seeds = g["seed"].astype(int).tolist()
             seed_text = f"{len(s)} ({', '.join(map(str, seeds))})"
-            data = behaviour(key["task"], source) if behaviour else None
+            record = datasets(key["task"], source)
+            data = None if record is None else record["normalized_mean"]
             kind = "" if key["score_kind"] == "last" else f" ({key['score_kind']})"
             lines.append(
                 f"| {key['task']} | {key['algorithm']} | {int(key['steps']):,} | {fmt(s.mean())} ± "
@@ -654,8 +638,8 @@ def report(args: argparse.Namespace) -> int:
     rows = offline_rows(scores_csv)
     if rows.empty:
         raise RlzooError(f"{scores_csv} has no offline rows (data_source official/local/...): run a sweep first.")
-    current = dataset_builds(results / "datasets.csv")
-    rows["mismatch"] = [build_mismatch(r, results / "curves", current) for r in rows.itertuples()]
+    datasets = dataset_records(results / "datasets.csv")
+    rows["mismatch"] = [build_mismatch(r, results / "curves", datasets) for r in rows.itertuples()]
     stale, rows = rows[rows["mismatch"].notna()], rows[rows["mismatch"].isna()]
     if rows.empty:
         raise RlzooError(f"every offline run in {scores_csv} was trained on another build of its dataset than the "
@@ -663,7 +647,7 @@ def report(args: argparse.Namespace) -> int:
     grouped = groups(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(grouped, args.reps)
-    table = markdown(grouped, agg, behaviour_scores(results / "datasets.csv"), scores_csv, stale)
+    table = markdown(grouped, agg, datasets, scores_csv, stale)
     (out_dir / "table.md").write_text(table)
     with (out_dir / "aggregate.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(agg[0]))
