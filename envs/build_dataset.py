@@ -443,22 +443,109 @@ def split_replay(replay: dict[str, np.ndarray], env_id: str, first_seed: int | N
                      np.asarray(terminated, bool))
 
 
-def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | None, quiet: bool,
-                   records_path: Path | None = None) -> tuple[Collected, dict]:
-    """Re-run the SAC training that produced `<task>-medium`'s policy up to the step it was taken (or `steps`)
-    and return its replay buffer as episodes, with a record of how it was made and whether the re-run
-    reproduced the committed policy bit-exactly (the proof that this is that run's replay)."""
-    import subprocess
-    import tempfile
-
+def _max_abs_diff(path_a: Path, path_b: Path) -> float:
+    """Largest absolute difference between two saved parameter files (0.0: bit-identical values)."""
     import jax
 
     from rlzoo.checkpoint import load_params
+
+    a, b = load_params(path_a)[0], load_params(path_b)[0]
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    if len(leaves_a) != len(leaves_b) or any(np.shape(x) != np.shape(y) for x, y in zip(leaves_a, leaves_b)):
+        return float("inf")
+    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
+                for x, y in zip(leaves_a, leaves_b)), default=0.0)
+
+
+def read_run_replay(task: str, run_dir: Path, entry: dict, steps: int) -> tuple[dict[str, np.ndarray], dict]:
+    """The first `steps` transitions of an existing SAC run's replay buffer (its replay.npz, else its newest
+    checkpoint), after checking that the run is the one that trained `<task>-medium`'s policy: the same
+    recorded configuration, and its actor snapshot at the medium step equal to the committed file bit for
+    bit. Saves re-running the training when that run's folder is still at hand."""
+    import json as _json
+
+    from rlzoo.checkpoint import Checkpointer, has_checkpoint
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    how = f"build it without --replay-from (re-runs that training), or pass the run of {entry.get('file')}"
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise RlzooError(f"--replay-from {run_dir}: no config.json there, so it is not an algorithms/sac.py run "
+                         f"folder; {how}")
+    config = _json.loads(config_path.read_text())
+    sac_config, medium_step = entry["sac_config"], int(entry["step"])
+    for name in ("env", "seed", *SAC_HYPERPARAMETERS):
+        if name in sac_config and _json.dumps(config.get(name)) != _json.dumps(sac_config[name]):
+            raise RlzooError(
+                f"--replay-from {run_dir}: its {name} is {config.get(name)!r}, but {task}-medium's policy was "
+                f"trained with {name} = {sac_config[name]!r} (envs/policies/{POLICIES_JSON}); {how}"
+            )
+    snapshot = run_dir / "policies" / f"step_{medium_step}.npz"
+    if not snapshot.is_file() and config.get("total_steps") == medium_step:
+        snapshot = run_dir / "policy.npz"
+    medium = ROOT / entry["file"] if entry.get("file") else None
+    if medium is None or not medium.is_file():
+        raise RlzooError(f"{task}-medium's policy file is missing, so --replay-from cannot check that "
+                         f"{run_dir} trained it; restore envs/policies/ from git")
+    if not snapshot.is_file():
+        raise RlzooError(f"--replay-from {run_dir}: it holds no actor snapshot at step {medium_step} "
+                         f"(policies/step_{medium_step}.npz) to check against {_rel(medium)}; {how}")
+    diff = _max_abs_diff(snapshot, medium)
+    if diff != 0.0:
+        raise RlzooError(f"--replay-from {run_dir}: its actor at step {medium_step} differs from {_rel(medium)} "
+                         f"(max abs diff {diff:.3g}), so it is not the run that trained it; {how}")
+
+    seed_axis = 0  # the recorded seed is the run's first seed (checked above)
+    if (run_dir / "replay.npz").is_file():
+        with np.load(run_dir / "replay.npz") as f:
+            replay = {k: f[k][seed_axis] for k in f.files if k != "seeds"}
+        source, collected = "replay.npz", len(replay["rewards"])
+    elif has_checkpoint(run_dir):
+        ckpt = Checkpointer(run_dir)
+        state, meta = ckpt.read()
+        ckpt.close()
+        buf = state["replay"]
+        data = {k: np.asarray(v[seed_axis]) for k, v in buf["data"].items()}
+        collected, size = int(meta["step"]), int(np.asarray(buf["size"]).reshape(-1)[seed_axis])
+        if collected > size:
+            raise RlzooError(f"--replay-from {run_dir}: its replay buffer (capacity {size:,}) has overwritten the "
+                             f"first of its {collected:,} transitions; {how}")
+        replay = {k: v[:size] for k, v in data.items()}
+        source = f"checkpoints/{meta['step']}"
+    else:
+        raise RlzooError(f"--replay-from {run_dir}: neither replay.npz nor a checkpoint is there; {how}")
+    if collected < steps:
+        raise RlzooError(f"--replay-from {run_dir}: its {source} holds {collected:,} transitions, fewer than the "
+                         f"{steps:,} asked for; let the run go on, or {how}")
+    replay = {k: v[:steps] for k, v in replay.items()}
+    return replay, {"read_from": f"{run_dir}/{source}", "medium_snapshot": _rel(snapshot),
+                    "reproduces_medium_policy": True, "medium_policy_max_abs_diff": 0.0}
+
+
+def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | None, quiet: bool,
+                   records_path: Path | None = None, replay_from: Path | None = None) -> tuple[Collected, dict]:
+    """Re-run the SAC training that produced `<task>-medium`'s policy up to the step it was taken (or `steps`)
+    and return its replay buffer as episodes, with a record of how it was made and whether the re-run
+    reproduced the committed policy bit-exactly (the proof that this is that run's replay). With
+    `replay_from`, read the replay of that training run itself instead (see `read_run_replay`)."""
+    import subprocess
+    import tempfile
 
     entry = policy_records(records_path)[f"{task}-medium"]
     sac_config = entry["sac_config"]
     steps_n = int(entry["step"]) if steps is None else int(steps)
     seed_n = int(sac_config["seed"]) if seed is None else int(seed)
+    if replay_from is not None:
+        if seed is not None:
+            raise RlzooError("--seed and --replay-from do not go together: the run read from has its own seed")
+        t0 = time.perf_counter()
+        replay, read = read_run_replay(task, Path(replay_from), entry, steps_n)
+        cmd = sac_command(sac_config, steps_n, seed_n, Path("<dir>"))
+        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else c for c in cmd[1:]),
+                "sac_seconds": None, "read_seconds": round(time.perf_counter() - t0, 1),
+                "medium_step": int(entry["step"]), "replay_steps": steps_n, "seed": seed_n,
+                "medium_policy": entry.get("file"), **read}
+        return split_replay(replay, env_id, seed_n), info
     with tempfile.TemporaryDirectory(prefix="rlzoo-replay-") as tmp:
         run_dir = Path(tmp) / "sac"
         cmd = sac_command(sac_config, steps_n, seed_n, run_dir)
@@ -478,13 +565,9 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
                 "replay_steps": steps_n, "seed": seed_n, "medium_policy": entry.get("file")}
         medium = ROOT / entry["file"] if entry.get("file") else None
         if steps is None and seed is None and medium is not None and medium.is_file():
-            mine, _ = load_params(run_dir / "policy.npz")
-            theirs, _ = load_params(medium)
-            leaves = jax.tree_util.tree_leaves
-            diffs = [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0))
-                     for a, b in zip(leaves(mine), leaves(theirs))]
-            info["reproduces_medium_policy"] = max(diffs) == 0.0
-            info["medium_policy_max_abs_diff"] = max(diffs)
+            diff = _max_abs_diff(run_dir / "policy.npz", medium)
+            info["reproduces_medium_policy"] = diff == 0.0
+            info["medium_policy_max_abs_diff"] = diff
     return split_replay(replay, env_id, seed_n), info
 
 
@@ -790,6 +873,7 @@ def build(
     refs_path: Path = REFS_PATH,
     results_csv: Path | None = RESULTS_CSV,
     quiet: bool = False,
+    replay_from: Path | None = None,
 ) -> dict | None:
     """Build one dataset; returns its build record, or None when it was already on disk (and not `force`).
 
@@ -809,6 +893,7 @@ def build(
                 refs_path=refs_path,
                 results_csv=results_csv,
                 quiet=quiet,
+                replay_from=replay_from,
             )
         return None
     recipe = RECIPES[alias]
@@ -840,8 +925,10 @@ def build(
     t0 = time.perf_counter()
     replay_info = None
     if replay:
-        log(f"{alias}: re-running the SAC training of {task}-medium's policy to regenerate its replay buffer ...")
-        got, replay_info = collect_replay(task, recipe.env_id, steps=steps, seed=seed, quiet=quiet)
+        log(f"{alias}: reading the replay buffer of {replay_from} ..." if replay_from is not None else
+            f"{alias}: re-running the SAC training of {task}-medium's policy to regenerate its replay buffer ...")
+        got, replay_info = collect_replay(task, recipe.env_id, steps=steps, seed=seed, quiet=quiet,
+                                          replay_from=replay_from)
         steps_n, seed_n, full = int(got.lengths.sum()), replay_info["seed"], steps is None and seed is None
         medium = replay_info["medium_policy"]
         behaviour = Behaviour(
@@ -996,6 +1083,10 @@ class Config:
     """Environments stepped in lockstep, one jitted policy call per step for all of them."""
     force_refs: bool = False
     """Recompute the cached reference scores in envs/reference_scores.json."""
+    replay_from: Path | None = None
+    """For <task>-medium-replay: read the replay buffer of the SAC run folder that trained <task>-medium's
+    policy (its replay.npz or newest checkpoint; checked against envs/policies/policies.json) instead of
+    re-running that training. The data are the same; it saves the re-run's time."""
     refs_only: bool = False
     """Do not collect: give the named datasets, already on disk, their task's current reference scores
     (after an expert policy was added to envs/policies/)."""
@@ -1023,6 +1114,7 @@ def main(config: Config) -> list[dict]:
             seed=config.seed,
             num_envs=config.num_envs,
             force_refs=config.force_refs,
+            replay_from=config.replay_from,
         )
         if record is not None:
             records.append(record)

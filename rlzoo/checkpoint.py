@@ -49,6 +49,17 @@ class Checkpointer:
         self.restored_meta = dict(out["meta"])
         return out["state"], out["meta"]
 
+    def read(self, step: int | None = None):
+        """Restore (state, meta) as saved, without a template: nested dicts of arrays (dataclasses such
+        as a TrainState or a replay buffer come back as dicts). For reading a run, not resuming it."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise RlzooError(f"no checkpoint found in {self.directory}")
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        )
+        return out["state"], dict(out["meta"])
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

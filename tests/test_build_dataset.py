@@ -273,6 +273,29 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
     assert ds.terminals.sum() == record["episodes_terminated"] > 3
     assert ds.timeouts.sum() + ds.terminals.sum() == record["episodes"]
 
+    # --replay-from reads the same rows from the training run's folder instead of re-running it: from its
+    # replay.npz, and without that file from its newest checkpoint's replay buffer.
+    for drop_npz in (False, True):
+        if drop_npz:
+            (run_dir / "replay.npz").unlink()
+        again = bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
+                         quiet=True, replay_from=run_dir)
+        assert again["replay"]["read_from"].endswith("checkpoints/600" if drop_npz else "replay.npz")
+        assert again["steps"] == 600 and again["episodes"] == record["episodes"]
+        ds2 = datasets.load("hopper-medium-replay", download=False)
+        for field in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
+            np.testing.assert_array_equal(getattr(ds2, field), getattr(ds, field))
+    # A prefix only: asking for more than the run collected, or reading another run, is refused by name.
+    with pytest.raises(RlzooError, match="holds 600 transitions, fewer than the 800"):
+        bd.build("hopper-medium-replay", force=True, steps=800, refs_path=store / "refs.json", results_csv=None,
+                 quiet=True, replay_from=run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "batch_size": 64}))
+    with pytest.raises(RlzooError, match="its batch_size is 64, but hopper-medium.s policy was trained with "
+                                         "batch_size = 32"):
+        bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
+                 quiet=True, replay_from=run_dir)
+
 
 def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
     rng = np.random.default_rng(0)
