@@ -115,6 +115,7 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     seeds = list(range(config.seed, config.seed + config.num_seeds))
     print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
+    provenance.commit()  # cached now: results name the code this process started with, not HEAD at its end
     return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
 
 
