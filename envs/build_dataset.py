@@ -400,6 +400,13 @@ def sac_command(sac_config: dict, steps: int, seed: int, run_dir: Path) -> list[
     return cmd
 
 
+def command_text(cmd: list[str]) -> str:
+    """A SAC command as recorded in a build record: scripts relative to the repository, the builder's
+    temporary run folder as <tmp>."""
+    return "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else "<tmp>" if "rlzoo-replay-" in c else c
+                                for c in cmd[1:])
+
+
 def split_replay(replay: dict[str, np.ndarray], env_id: str, first_seed: int | None) -> Collected:
     """Cut one seed's replay rows (s, a, r, s', terminal; in collection order) into Minari episodes. An
     episode ends at a termination or where the next row does not continue from s' (the env was reset after
@@ -462,8 +469,6 @@ def read_run_replay(task: str, run_dir: Path, entry: dict, steps: int) -> tuple[
     checkpoint), after checking that the run is the one that trained `<task>-medium`'s policy: the same
     recorded configuration, and its actor snapshot at the medium step equal to the committed file bit for
     bit. Saves re-running the training when that run's folder is still at hand."""
-    import json as _json
-
     from rlzoo.checkpoint import Checkpointer, has_checkpoint
 
     run_dir = Path(run_dir).expanduser().resolve()
@@ -472,10 +477,10 @@ def read_run_replay(task: str, run_dir: Path, entry: dict, steps: int) -> tuple[
     if not config_path.is_file():
         raise RlzooError(f"--replay-from {run_dir}: no config.json there, so it is not an algorithms/sac.py run "
                          f"folder; {how}")
-    config = _json.loads(config_path.read_text())
+    config = _read_json(config_path)
     sac_config, medium_step = entry["sac_config"], int(entry["step"])
     for name in ("env", "seed", *SAC_HYPERPARAMETERS):
-        if name in sac_config and _json.dumps(config.get(name)) != _json.dumps(sac_config[name]):
+        if name in sac_config and json.dumps(config.get(name)) != json.dumps(sac_config[name]):
             raise RlzooError(
                 f"--replay-from {run_dir}: its {name} is {config.get(name)!r}, but {task}-medium's policy was "
                 f"trained with {name} = {sac_config[name]!r} (envs/policies/{POLICIES_JSON}); {how}"
@@ -541,7 +546,7 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
         t0 = time.perf_counter()
         replay, read = read_run_replay(task, Path(replay_from), entry, steps_n)
         cmd = sac_command(sac_config, steps_n, seed_n, Path("<dir>"))
-        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else c for c in cmd[1:]),
+        info = {"sac_command": command_text(cmd),
                 "sac_seconds": None, "read_seconds": round(time.perf_counter() - t0, 1),
                 "medium_step": int(entry["step"]), "replay_steps": steps_n, "seed": seed_n,
                 "medium_policy": entry.get("file"), **read}
@@ -559,8 +564,7 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
                              f"{out.returncode}): {' '.join(cmd[1:])}; {tail}")
         with np.load(run_dir / "replay.npz") as f:
             replay = {k: f[k][0] for k in f.files if k != "seeds"}
-        info = {"sac_command": "python " + " ".join(_rel(Path(c)) if c.endswith(".py") else
-                                                     "<tmp>" if "rlzoo-replay-" in c else c for c in cmd[1:]),
+        info = {"sac_command": command_text(cmd),
                 "sac_seconds": round(time.perf_counter() - t0, 1), "medium_step": int(entry["step"]),
                 "replay_steps": steps_n, "seed": seed_n, "medium_policy": entry.get("file")}
         medium = ROOT / entry["file"] if entry.get("file") else None
