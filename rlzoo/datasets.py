@@ -192,6 +192,7 @@ class OfflineDataset:
     terminals: np.ndarray  # 1.0 where the episode ended in a true termination (no bootstrapping)
     timeouts: np.ndarray  # 1.0 where the episode was cut by a time limit (bootstrapping continues)
     episode_returns: np.ndarray
+    episode_complete: np.ndarray  # True where the episode ended by itself: a termination or the env's time limit
     ref_min_score: float | None
     ref_max_score: float | None
     metadata: dict = field(default_factory=dict)
@@ -212,9 +213,17 @@ class OfflineDataset:
         """Per-dimension mean and std (+eps) of the observations, for state normalization."""
         return self.observations.mean(0), self.observations.std(0) + eps
 
+    @property
+    def complete_returns(self) -> np.ndarray:
+        """Returns of the episodes that ended by themselves (all of them when none did). A fragment cut by the
+        collection budget, e.g. the last steps of a 1M-step dataset, is no episode return and is left out."""
+        return self.episode_returns[self.episode_complete] if self.episode_complete.any() else self.episode_returns
+
     def reward_scale(self) -> float:
-        """IQL's MuJoCo reward scale: 1000 / (max episode return - min episode return)."""
-        spread = float(self.episode_returns.max() - self.episode_returns.min())
+        """IQL's MuJoCo reward scale: 1000 / (max - min return over the episodes that ended by themselves), as
+        CORL computes it (a 1-step fragment cut by the budget would otherwise set the minimum)."""
+        returns = self.complete_returns
+        spread = float(returns.max() - returns.min())
         return 1000.0 / spread if spread > 0 else 1.0
 
     def transitions(self, obs_mean=None, obs_std=None, reward_scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -239,9 +248,11 @@ class OfflineDataset:
             "env_id": self.env_id,
             "transitions": len(self),
             "episodes": len(self.episode_returns),
-            "return_mean": float(self.episode_returns.mean()),
+            "return_mean": float(self.complete_returns.mean()),
+            "returns_over": "episodes that ended by themselves (termination or time limit)",
             "ref_min_score": self.ref_min_score,
             "ref_max_score": self.ref_max_score,
+            "parts": self.metadata.get("part_summaries", []),
         }
 
 
@@ -266,9 +277,29 @@ def load(name: str, download: bool = True) -> OfflineDataset:
         env_id=env_id,
         ref_min_score=None if ref_min is None else float(ref_min),
         ref_max_score=None if ref_max is None else float(ref_max),
-        metadata={"parts": [p["metadata"] for p in parts], "tried": resolved.tried},
+        metadata={"parts": [p["metadata"] for p in parts], "tried": resolved.tried,
+                  "part_summaries": [_part_summary(i, p) for i, p in zip(resolved.dataset_ids, parts)]},
         **cat,
     )
+
+
+def _time_limit(env_spec) -> int | None:
+    """The env's episode time limit from the dataset's stored spec, else Gymnasium's registry, else None."""
+    limit = getattr(env_spec, "max_episode_steps", None)
+    if limit is None and env_spec is not None:
+        import gymnasium as gym
+
+        registered = gym.registry.get(env_spec.id)
+        limit = getattr(registered, "max_episode_steps", None)
+    return int(limit) if limit else None
+
+
+def _part_summary(dataset_id: str, part: dict) -> dict:
+    """What identifies one stored dataset's build: size and mean return over its complete episodes."""
+    complete = part["episode_returns"][part["episode_complete"]] if part["episode_complete"].any() \
+        else part["episode_returns"]
+    return {"dataset_id": dataset_id, "transitions": len(part["rewards"]), "episodes": len(part["episode_returns"]),
+            "return_mean": float(complete.mean())}
 
 
 def _read_minari(dataset_id: str, name: str) -> dict:
@@ -284,7 +315,7 @@ def _read_minari(dataset_id: str, name: str) -> dict:
     )
     try:
         ds = MinariDataset(path / "data") if os.path.isabs(dataset_id) else minari.load_dataset(dataset_id)
-        obs, act, rew, next_obs, term, trunc, returns = [], [], [], [], [], [], []
+        obs, act, rew, next_obs, term, trunc, returns, ends = [], [], [], [], [], [], [], []
         for ep in ds.iterate_episodes():
             if isinstance(ep.observations, dict):
                 raise RlzooError(f"dataset '{dataset_id}' has dictionary observations (goal-conditioned, e.g. "
@@ -297,10 +328,12 @@ def _read_minari(dataset_id: str, name: str) -> dict:
             term.append(np.asarray(ep.terminations, dtype=np.float32))
             trunc.append(np.asarray(ep.truncations, dtype=np.float32))
             returns.append(float(np.sum(ep.rewards)))
+            ends.append((bool(term[-1][-1]) if len(term[-1]) else False, len(rew[-1])))
         metadata = dict(ds.storage.metadata)
         spec = ds.spec.env_spec if hasattr(ds, "spec") else None
         env_spec = spec or ds.env_spec
         metadata["env_id"] = env_spec.id if env_spec is not None else None
+        time_limit = _time_limit(env_spec)
     except RlzooError:
         raise
     except Exception as err:
@@ -318,6 +351,9 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         "terminals": np.concatenate(term),
         "timeouts": np.concatenate(trunc),
         "episode_returns": np.asarray(returns, dtype=np.float64),
+        # CORL's rule (return_reward_range): an episode is complete when it terminated or ran to the time limit.
+        "episode_complete": np.asarray([terminated or time_limit is None or length >= time_limit
+                                        for terminated, length in ends], dtype=bool),
         "metadata": metadata,
     }
     for key in ("observations", "actions", "rewards", "next_observations"):

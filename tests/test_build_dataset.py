@@ -88,6 +88,14 @@ def test_hopper_random_arrays_boundaries_and_metadata(store):
     cut = [ep for ep in raw if ep.truncations[-1] and not ep.terminations[-1]]
     assert 1 <= len(cut) <= 4 and all(len(ep.rewards) < 1000 for ep in cut)
     assert record["episodes_cut_by_budget"] == len(cut) and record["episodes"] == len(raw)
+    # The loader knows those fragments are no episodes: the data's return and IQL's reward scale leave them out
+    # (CORL's rule), and its return is the builder's, so a run's dataset.json identifies the build.
+    assert (~ds.episode_complete).sum() == len(cut)
+    complete = np.array([ep.rewards.sum() for ep in raw if not (ep.truncations[-1] and len(ep.rewards) < 1000)])
+    assert ds.summary["return_mean"] == pytest.approx(record["return_mean"], rel=1e-9)
+    assert ds.reward_scale() == pytest.approx(1000.0 / (complete.max() - complete.min()))
+    all_returns = np.array([ep.rewards.sum() for ep in raw])
+    assert ds.reward_scale() != pytest.approx(1000.0 / (all_returns.max() - all_returns.min()))
     # Within an episode, s'_i is s_{i+1}.
     inside = np.flatnonzero((ds.terminals + ds.timeouts)[:-1] == 0)
     np.testing.assert_array_equal(ds.next_observations[inside], ds.observations[inside + 1])
