@@ -331,8 +331,12 @@ def run_folder(row, curves_root: Path) -> Path:
 
 def build_mismatch(row, curves_root: Path, current) -> str | None:
     """Why a recorded run's dataset is not the build now in datasets.csv (None when it is, or when there is
-    nothing to compare with): its normalized score then measures another task and stays out of the table."""
+    nothing to compare with): its normalized score then measures another task and stays out of the table.
+    A build is known by its reference scores and its data return (over complete episodes); a composite
+    (medium-expert) by each part's return, as its dataset.json lists them."""
     import json
+
+    from rlzoo.datasets import COMPOSITES, split_alias
 
     expected = current(row.task, row.data_source)
     if expected is None:
@@ -341,15 +345,29 @@ def build_mismatch(row, curves_root: Path, current) -> str | None:
     if not record.exists():
         return "no dataset record (dataset.json) with the run, so its build is unknown"
     got = json.loads(record.read_text())
-    keys = ("ref_min_score", "ref_max_score", "return_mean")
-    if any(got.get(k) is None for k in keys):
-        return f"a dataset record without {', '.join(k for k in keys if got.get(k) is None)}, so its build is unknown"
-    if all(abs(got[k] - expected[k]) <= 1e-6 * max(1.0, abs(expected[k])) for k in keys):
+    parsed = split_alias(row.task)
+    if parsed and parsed[1] in COMPOSITES:
+        names = [f"{parsed[0]}-{part}" for part in COMPOSITES[parsed[1]]]
+        parts = got.get("parts") or []
+        if len(parts) != len(names):
+            return "a dataset record without its parts' returns, so its build is unknown"
+        # (name, recorded return, the return of the build now listed)
+        returns = [(n, p.get("return_mean"), (current(n, row.data_source) or {}).get("return_mean"))
+                   for n, p in zip(names, parts)]
+    else:
+        returns = [(row.task, got.get("return_mean"), expected["return_mean"])]
+    refs = [(k, got.get(k), expected[k]) for k in ("ref_min_score", "ref_max_score")]
+    unknown = [k for k, g, _ in refs if g is None] + [f"return_mean of {n}" for n, g, _ in returns if g is None]
+    if unknown:
+        return f"a dataset record without {', '.join(unknown)}, so its build is unknown"
+    close = lambda a, b: b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    if all(close(g, e) for _, g, e in refs + returns):
         return None
     return (
-        f"an earlier build (data return {fmt(got['return_mean'])}, reference scores {fmt(got['ref_min_score'])} / "
-        f"{fmt(got['ref_max_score'])}; now {fmt(expected['return_mean'])}, {fmt(expected['ref_min_score'])} / "
-        f"{fmt(expected['ref_max_score'])})"
+        "an earlier build (data return " + ", ".join(f"{n} {fmt(g)}" for n, g, _ in returns)
+        + f", reference scores {fmt(got['ref_min_score'])} / {fmt(got['ref_max_score'])}; now "
+        + ", ".join(f"{fmt(e) if e is not None else 'not listed'}" for _, _, e in returns)
+        + f", {fmt(expected['ref_min_score'])} / {fmt(expected['ref_max_score'])})"
     )
 
 

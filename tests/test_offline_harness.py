@@ -237,14 +237,22 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     # Runs on another build of their dataset (other reference scores) or an unknown one are left out.
     rows += [("iql", "halfcheetah-medium", "local", 0, 200000, 11, "old")]
     rows += [("iql", "hopper-medium-expert", "local", 0, 200000, 12, "unknown")]
-    stale = {"old": {"ref_min_score": 0.0, "ref_max_score": 2.0, "return_mean": 0.0}, "unknown": None}
+    # A composite's run records each part's return (over complete episodes); its own return_mean weights the
+    # parts by episodes, datasets.csv by steps, so only the parts identify the build.
+    rows += [("iql", "hopper-medium-expert", "local", 0, 200000, 13, "hme-old")]
+    me_parts = [{"return_mean": 1195.6}, {"return_mean": 3195.8}]
+    me = {"ref_min_score": 0.0, "ref_max_score": 1.0, "return_mean": 1723.2, "parts": me_parts}
+    stale = {"l200": {"ref_min_score": 0.0, "ref_max_score": 1.0, "return_mean": 2413.9},
+             "l50": {"ref_min_score": 0.0, "ref_max_score": 1.0, "return_mean": 2413.9}, "hme": me,
+             "old": {"ref_min_score": 0.0, "ref_max_score": 2.0, "return_mean": 2413.9}, "unknown": None,
+             "hme-old": {**me, "parts": [{"return_mean": 1190.6}, {"return_mean": 3195.8}]}}
     write_scores(results / "scores.csv", rows, stale)
     (results / "datasets.csv").write_text(
         "dataset,env_id,kind,source,policy,seed,episodes,steps,return_mean,return_std,ref_min_score,ref_max_score,"
         "normalized_mean\n"
-        "halfcheetah-medium,HalfCheetah-v5,medium,local,p,0,1000,1000000,0,0,0,1,34.7\n"
-        "hopper-medium,Hopper-v5,medium,local,p,0,1000,1000000,0,0,0,1,40.0\n"
-        "hopper-expert,Hopper-v5,expert,local,p,0,1000,3000000,0,0,0,1,100.0\n"
+        "halfcheetah-medium,HalfCheetah-v5,medium,local,p,0,1000,1000000,2413.9,0,0,1,34.7\n"
+        "hopper-medium,Hopper-v5,medium,local,p,0,1000,1000000,1195.6,0,0,1,40.0\n"
+        "hopper-expert,Hopper-v5,expert,local,p,0,1000,3000000,3195.8,0,0,1,100.0\n"
     )
 
     assert offline.main(["report", "--results", str(results), "--reps", "300"]) == 0
@@ -260,9 +268,11 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     assert "| halfcheetah-medium | iql | 200,000 | 65.0 ± 5.0 | 2 (0, 1) | — |" in official
     assert "65.0" not in local and "43.0" not in official and "HalfCheetah-v5" not in table
     official, left_out = official.split("## Left out")
-    assert "11.0" not in local + official and "12.0" not in local + official
+    assert "11.0" not in local + official and "12.0" not in local + official and "13.0" not in local + official
     assert "| halfcheetah-medium | iql | 200,000 | 11.0 ± 0.0 | 1 (0) | `old` | an earlier build" in left_out
     assert "| hopper-medium-expert | iql | 200,000 | 12.0 ± 0.0 | 1 (0) | `unknown` | no dataset record" in left_out
+    assert "| hopper-medium-expert | iql | 200,000 | 13.0 ± 0.0 | 1 (0) | `hme-old` | an earlier build (data " \
+        "return hopper-medium 1190.6, hopper-expert 3195.8" in left_out
 
     agg = {(r["data_source"], r["steps"], r["metric"]): r for r in read_rows(out / "aggregate.csv")}
     assert set(agg) == {
