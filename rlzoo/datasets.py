@@ -363,16 +363,24 @@ def _read_minari(dataset_id: str, name: str) -> dict:
 
 
 def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
-    """Record which data a run trains on (dataset.json); a resumed run must find the same data again,
-    e.g. not switch from the locally built stand-in to an official copy downloaded in between."""
+    """Record which data a run trains on (dataset.json); a resumed run must find the same data again: not an
+    official copy downloaded in between, nor a rebuild or new reference scores (`--refs-only`), which would
+    put two normalizations into one eval.csv. The record of the run's start is kept."""
     path = Path(run_dir) / "dataset.json"
     if resuming and path.exists():
         saved = json.loads(path.read_text())
-        if saved["dataset_ids"] != dataset.dataset_ids or saved["transitions"] != len(dataset):
+        now = dataset.summary
+        changed = [k for k in ("dataset_ids", "transitions", "episodes") if saved.get(k, now[k]) != now[k]]
+        changed += [k for k in ("ref_min_score", "ref_max_score")
+                    if saved.get(k) is not None and now[k] is not None and not np.isclose(saved[k], now[k], rtol=1e-9)]
+        if changed:
             raise RlzooError(
                 f"the run in {run_dir} trained on {saved['dataset_ids']} ({saved['data_source']}, "
-                f"{saved['transitions']} transitions) but '{dataset.name}' now resolves to {dataset.dataset_ids} "
-                f"({dataset.source}, {len(dataset)} transitions); resuming would switch data mid-run. Start a new "
-                "run, or restore the original dataset."
+                f"{saved['transitions']} transitions, reference scores {saved.get('ref_min_score')} / "
+                f"{saved.get('ref_max_score')}) but '{dataset.name}' now resolves to {dataset.dataset_ids} "
+                f"({dataset.source}, {len(dataset)} transitions, reference scores {dataset.ref_min_score} / "
+                f"{dataset.ref_max_score}): {', '.join(changed)} changed, so resuming would switch data or "
+                "normalization mid-run. Start a new run, or restore the original dataset."
             )
+        return
     path.write_text(json.dumps(dataset.summary, indent=2))

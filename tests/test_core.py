@@ -410,3 +410,25 @@ def test_wall_time_is_carried_across_resume(tmp_path):
     assert Checkpointer(run.run_dir).restore(state)[1]["wall_s"] > first
     summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
     assert summary["wall_s"] == pytest.approx(first + 0.5)
+
+
+def _tiny_dataset(ref_max: float = 100.0, n: int = 6) -> datasets.OfflineDataset:
+    z = np.zeros((n, 2), np.float32)
+    return datasets.OfflineDataset(
+        name="hopper-medium", source="local", dataset_ids=["rlzoo-local/hopper/medium-v0"], env_id="Hopper-v5",
+        observations=z, actions=z, rewards=np.ones(n, np.float32), next_observations=z,
+        terminals=np.zeros(n, np.float32), timeouts=np.zeros(n, np.float32),
+        episode_returns=np.array([3.0, 2.0, 1.0]), episode_complete=np.array([True, True, False]),
+        ref_min_score=0.0, ref_max_score=ref_max)
+
+
+def test_resume_refuses_a_dataset_rebuilt_or_renormalized_meanwhile(tmp_path):
+    datasets.pin_to_run(_tiny_dataset(), tmp_path, resuming=False)
+    record = (tmp_path / "dataset.json").read_text()
+    assert '"return_mean": 2.5' in record  # the budget-cut fragment (return 1.0) is no episode return
+    datasets.pin_to_run(_tiny_dataset(), tmp_path, resuming=True)  # the same data: fine, record kept
+    with pytest.raises(RlzooError, match="ref_max_score changed"):
+        datasets.pin_to_run(_tiny_dataset(ref_max=120.0), tmp_path, resuming=True)
+    with pytest.raises(RlzooError, match="transitions changed"):
+        datasets.pin_to_run(_tiny_dataset(n=8), tmp_path, resuming=True)
+    assert (tmp_path / "dataset.json").read_text() == record
