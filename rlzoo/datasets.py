@@ -97,18 +97,38 @@ class Resolved:
     tried: list[str] = field(default_factory=list)
 
 
+def _announce_local(name: str, ids: list[str]) -> None:
+    print(
+        f"\n*** NOTE: '{name}' is this project's LOCALLY BUILT stand-in ({' + '.join(ids)}), not the official "
+        "D4RL/Minari data. Scores on it are not comparable with published D4RL numbers. ***\n",
+        file=sys.stderr,
+    )
+
+
+def _by_id(name: str, dataset_id: str) -> Resolved:
+    """A dataset named by its Minari id or path: labelled by its namespace, so that this project's builds
+    (rlzoo-local/...) stay "local" and the official MuJoCo set (mujoco/...) "official" however they are named."""
+    namespace = Path(dataset_id).parts
+    if LOCAL_NAMESPACE in namespace:
+        _announce_local(name, [dataset_id])
+        return Resolved(name, [dataset_id], "local")
+    if not os.path.isabs(dataset_id) and namespace[0] == "mujoco":
+        return Resolved(name, [dataset_id], "official")
+    return Resolved(name, [dataset_id], "path" if os.path.isabs(dataset_id) else "minari")
+
+
 def resolve(name: str, download: bool = True) -> Resolved:
     """Map a dataset name to Minari ids following the order in this module's docstring."""
     if os.path.isdir(name):
-        return Resolved(name, [str(Path(name).resolve())], "path")
+        return _by_id(name, str(Path(name).resolve()))
     parsed = split_alias(name)
     if parsed is None:
         if "/" in name and name.rsplit("-v", 1)[-1].isdigit():
             if on_disk(name):
-                return Resolved(name, [name], "minari")
+                return _by_id(name, name)
             if download and remote_reachable():
                 _download(name)
-                return Resolved(name, [name], "minari")
+                return _by_id(name, name)
         local_ids = _local_dataset_ids()
         matches = close_matches(name, aliases() + local_ids)
         raise RlzooError(
@@ -140,11 +160,7 @@ def resolve(name: str, download: bool = True) -> Resolved:
     lids = [local_id(task, p) for p in parts]
     tried.append(" + ".join(lids) + " (locally built)")
     if all(on_disk(i) for i in lids):
-        print(
-            f"\n*** NOTE: '{name}' is this project's LOCALLY BUILT stand-in ({' + '.join(lids)}), not the official "
-            "D4RL/Minari data. Scores on it are not comparable with published D4RL numbers. ***\n",
-            file=sys.stderr,
-        )
+        _announce_local(name, lids)
         return Resolved(name, lids, "local", env_id, tried)
     raise RlzooError(
         f"dataset '{name}' is not available: tried {'; '.join(tried)}. No download is possible from "

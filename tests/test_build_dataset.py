@@ -131,6 +131,10 @@ def test_hopper_random_arrays_boundaries_and_metadata(store):
     # The random policy scores ~0 on its own reference.
     assert abs(float(ds.normalized_score(ds.episode_returns.mean()))) < 10
     assert abs(record["normalized_mean"]) < 10
+    # Named by its Minari id or its path, the build is still labelled locally built.
+    lid = datasets.local_id("hopper", "random")
+    assert datasets.resolve(lid, download=False).source == "local"
+    assert datasets.resolve(str(datasets.datasets_root() / lid), download=False).source == "local"
     # Nothing is left in the staging folder; an existing dataset is skipped without --force.
     assert not (datasets.datasets_root() / bd.STAGING).exists()
     assert _build(store) is None
