@@ -228,6 +228,20 @@ def test_policy_behaviour_and_expert_reference(store, monkeypatch):
     assert json.loads((store / "refs.json").read_text())["hopper"]["ref_max_score"] == entry["ref_max_score"]
 
 
+def test_committed_expert_scores_about_100_and_random_about_0_on_the_committed_references():
+    """The committed hopper expert and reference scores agree: on fresh episodes (other env seeds than the
+    reference's), the deterministic expert normalizes to ~100 and the uniform random policy to ~0."""
+    refs = json.loads((ROOT / "envs" / "reference_scores.json").read_text())["hopper"]
+    expert = ROOT / "envs" / "policies" / "hopper-expert.npz"
+    assert bd.sha256(expert) == refs["ref_max_policy_sha256"]
+    norm = lambda r: datasets.normalize(r.mean(), refs["ref_min_score"], refs["ref_max_score"])
+    got = bd.collect("Hopper-v5", bd.policy_behaviour(expert, 11, 3, deterministic=True), seed=7, num_envs=4,
+                     episodes=4, record=False)
+    assert 90.0 < norm(got.returns) < 110.0 and got.lengths.min() == 1000
+    got = bd.collect("Hopper-v5", bd.random_behaviour(3), seed=7, num_envs=10, episodes=100, record=False)
+    assert abs(norm(got.returns)) < 3.0
+
+
 def test_results_csv_upsert(tmp_path):
     path = tmp_path / "datasets.csv"
     bd.upsert_row(path, {"dataset": "hopper-random", "steps": 1, "return_mean": 1.0})
