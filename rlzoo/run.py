@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -128,13 +129,29 @@ def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args:
     return cmd + [*fresh_args, "--run-dir", str(run_dir)]
 
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Per-task settings: $RLZOO_CONFIGS, else the repository's configs/ (an editable install or a checkout), else
+# the copy a regular install puts under <prefix>/share/rlzoo/configs (pyproject's data-files).
+CONFIG_DIRS = [Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "rlzoo" / "configs"]
+
+
+def find_configs_dir() -> Path:
+    """Where configs/<algorithm>.toml are read from (the first of CONFIG_DIRS that exists, or $RLZOO_CONFIGS)."""
+    if os.environ.get("RLZOO_CONFIGS"):
+        return Path(os.environ["RLZOO_CONFIGS"])
+    found = next((d for d in CONFIG_DIRS if d.is_dir()), None)
+    if found is None:
+        raise RlzooError(
+            "rlzoo's per-task settings (configs/*.toml) are not installed: looked in "
+            f"{', '.join(str(d) for d in CONFIG_DIRS)}. Reinstall rlzoo from its repository (pip install -e .), or "
+            "point RLZOO_CONFIGS at the repository's configs/ folder."
+        )
+    return found
 
 
 def task_settings(algorithm: str, env: str, fields: set[str], configs_dir: Path | None = None) -> dict:
     """Hyperparameters that configs/<algorithm>.toml sets for `env`: every table whose name (a glob over
     task names, e.g. "hopper-medium" or "antmaze-*") matches, later tables overriding earlier ones."""
-    path = (configs_dir or CONFIGS_DIR) / f"{algorithm}.toml"
+    path = (configs_dir or find_configs_dir()) / f"{algorithm}.toml"
     if not path.is_file():
         return {}
     try:

@@ -291,3 +291,17 @@ def test_bad_configs_file_is_named(tmp_path):
     # Globs: later tables override earlier ones.
     (tmp_path / "iql.toml").write_text('["*"]\nbeta = 1.0\nexpectile = 0.8\n["antmaze-*"]\nbeta = 10.0\n')
     assert task_settings("iql", "antmaze-umaze", {"beta", "expectile"}, tmp_path) == {"beta": 10.0, "expectile": 0.8}
+
+
+def test_configs_are_found_installed_or_by_env_var_and_their_absence_is_an_error(tmp_path, monkeypatch):
+    import rlzoo.run
+
+    (tmp_path / "cql.toml").write_text('["hopper-medium"]\nscale_rewards = false\n')
+    # A regular (non-editable) install has no repository: the copy under <prefix>/share/rlzoo/configs is read.
+    monkeypatch.setattr(rlzoo.run, "CONFIG_DIRS", [tmp_path / "no-repo", tmp_path])
+    assert task_settings("cql", "hopper-medium", {"scale_rewards"}) == {"scale_rewards": False}
+    monkeypatch.setattr(rlzoo.run, "CONFIG_DIRS", [tmp_path / "no-repo", tmp_path / "no-share"])
+    with pytest.raises(RlzooError, match="RLZOO_CONFIGS"):  # never silently without per-task settings
+        task_settings("cql", "hopper-medium", {"scale_rewards"})
+    monkeypatch.setenv("RLZOO_CONFIGS", str(tmp_path))
+    assert task_settings("cql", "hopper-medium", {"scale_rewards"}) == {"scale_rewards": False}
