@@ -48,6 +48,8 @@ class Config(offline.OfflineConfig):
     """Hidden layers of actor, critics and value."""
     scale_rewards: bool = True
     """Scale rewards by 1000 / (max - min episode return) of the dataset (the paper's MuJoCo setting)."""
+    max_action: float = 1.0
+    """Action bound: the actor models a / max_action and acts with max_action * mean (1.0 for every MuJoCo task)."""
 
 
 def make_networks(config: Config, act_dim: int):
@@ -101,7 +103,7 @@ def make_update(config: Config):
 
         def actor_loss(params):
             mean, log_std = actor.apply_fn(params, obs)
-            return -(weights * networks.gaussian_log_prob(mean, log_std, act)).mean()
+            return -(weights * networks.gaussian_log_prob(mean, log_std, act / config.max_action)).mean()
 
         pi_loss, grads = jax.value_and_grad(actor_loss)(actor.params)
         actor = actor.apply_gradients(grads=grads)
@@ -132,9 +134,9 @@ def make_train(config: Config):
 
 
 def make_policy(config: Config, act_dim: int):
-    """Evaluation acts with the Gaussian's mean."""
+    """Evaluation acts with the Gaussian's mean, times the action bound."""
     actor, _, _ = make_networks(config, act_dim)
-    return lambda params, obs: actor.apply(params, obs)[0]
+    return lambda params, obs: config.max_action * actor.apply(params, obs)[0]
 
 
 def main(config: Config) -> dict:

@@ -28,6 +28,8 @@ import record_run  # noqa: E402
 # A tiny IQL on the Pendulum controller dataset, 2 seeds x 400 steps in chunks of 200 with a checkpoint after
 # each: the same compiled programs as test_iql's two-seed run, so a warm session compilation cache is reused.
 TINY = [
+    "--max-action",
+    "2.0",
     "--hidden-dims",
     "32",
     "32",
