@@ -8,7 +8,8 @@ An expectile tau > 0.5 makes V an upper expectile of Q over the data's actions, 
 best in-support actions; the actor is then advantage-weighted regression onto dataset actions.
 
 Defaults are the paper's MuJoCo settings: tau 0.7, beta 3.0, lr 3e-4 with cosine decay of the
-actor's, 2x256 MLPs, batch 256, 1M steps, rewards scaled by 1000 / (max - min episode return).
+actor's, 2x256 MLPs, batch 256, 1M steps, rewards scaled by 1000 / (max - min episode return;
+complete episodes only, as CORL).
 Observations are normalized with dataset statistics as in CORL (the paper does not; --no-normalize-obs).
 """
 
@@ -47,7 +48,7 @@ class Config(offline.OfflineConfig):
     hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden layers of actor, critics and value."""
     scale_rewards: bool = True
-    """Scale rewards by 1000 / (max - min episode return) of the dataset (the paper's MuJoCo setting)."""
+    """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (the paper's MuJoCo setting)."""
     max_action: float = 1.0
     """Action bound: the actor models a / max_action and acts with max_action * mean (1.0 for every MuJoCo task)."""
 

@@ -40,7 +40,7 @@ class OfflineConfig(RunConfig):
     normalize_obs: bool = True
     """Normalize observations with the dataset's mean and std (+1e-3), in training and at evaluation."""
     scale_rewards: bool = False
-    """Scale rewards by 1000 / (max - min episode return) of the dataset (IQL's MuJoCo setting)."""
+    """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (IQL's MuJoCo setting)."""
     download: bool = True
     """Try to download the official Minari dataset when it is not on disk (fails fast offline)."""
 
