@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,6 +40,15 @@ def launch(args) -> None:
     for env in args.envs:
         name = run_name(env, args.seed)
         run_dir = root / name
+        if (run_dir / "summary.json").exists():  # launching it again would record its scores a second time
+            print(f"{name} has finished already ({run_dir / 'summary.json'}); not started")
+            continue
+        saved = run_dir / "config.json"
+        steps = json.loads(saved.read_text()).get("total_steps") if saved.exists() else args.total_steps
+        if steps != args.total_steps:
+            raise SystemExit(f"error: {run_dir} is a run of {steps:,} steps, not "
+                             f"--total-steps {args.total_steps:,}; resuming keeps its own length. Use that length, "
+                             "or another --runs-root for a run of this one.")
         cmd = start_or_resume_command(ROOT / "algorithms" / "sac.py", run_dir, [
             "--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps), "--eval-every", "10000",
             "--checkpoint-every", "20000", "--save-policy-every", "10000"])

@@ -7,6 +7,7 @@ metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], s
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import json
@@ -20,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 if sys.version_info >= (3, 11):
@@ -113,11 +115,54 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
     prepared = prepare(config) if prepare is not None else None
     if not config.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_dir(run_dir)
+    if not config.resume:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     seeds = list(range(config.seed, config.seed + config.num_seeds))
     print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
     provenance.commit()  # cached now: results name the code this process started with, not HEAD at its end
     return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` is running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """One process per run directory: a second one (a sweep or launch repeated while the first still runs)
+    would interleave checkpoints and CSV rows. The claim, run.pid, is dropped when the process exits; one
+    left by a killed process names a dead pid and is taken over."""
+    lock = Path(run_dir) / "run.pid"
+    try:
+        holder = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        holder = None
+    if holder is not None and holder != os.getpid() and _alive(holder):
+        raise RlzooError(
+            f"{run_dir} is in use by process {holder}, which is still running it. Wait for that process to "
+            f"finish (or stop it: kill {holder}) before resuming; two processes in one run directory would "
+            "overwrite each other's checkpoints."
+        )
+    lock.write_text(str(os.getpid()))
+
+    def release() -> None:
+        try:
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        except OSError:
+            pass
+
+    atexit.register(release)
 
 
 def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
@@ -232,6 +277,27 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[i
     )
 
 
+@jax.jit
+def _all_finite(state) -> jax.Array:
+    leaves = [x for x in jax.tree_util.tree_leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def _check_state_finite(state, step: int, run: Run) -> None:
+    """The losses are those before each update, so the last update of a chunk can leave NaN parameters behind
+    finite losses: check the state itself before it is saved as a good checkpoint."""
+    if bool(_all_finite(state)):
+        return
+    last = run.checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
+            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+    raise NonFiniteLossError(
+        f"training stopped: the parameters became NaN/inf by step {step} (the losses reported up to then were "
+        f"finite); it was not saved, and {kept}. Lower the learning rate or check the data for extreme values "
+        "before resuming."
+    )
+
+
 def train_loop(
     run: Run,
     state,
@@ -258,6 +324,7 @@ def train_loop(
             returns, scores = evaluate(state)
             logger.log_eval(step, returns, scores)
         if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+            _check_state_finite(state, step, run)
             run.checkpointer.save(step, state, meta())
         logger.advance(step)
     run.checkpointer.wait()

@@ -298,6 +298,47 @@ def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
     logger.close()
 
 
+def test_nan_parameters_behind_finite_losses_are_never_checkpointed(tmp_path):
+    """Losses are computed before each update, so the last update of a chunk can break the parameters while
+    every reported loss is finite: the state itself is checked before it is saved as a good checkpoint."""
+    config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=30, chunk=10, eval_every=10,
+                       checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
+    run = start_run(config, "fake")
+    logger = RunLogger(run.run_dir, "fake", 2, run.seeds, config.total_steps, quiet=True)
+    calls = []
+
+    def chunk(state):
+        calls.append(1)
+        w = state["w"] + 1.0
+        if len(calls) == 2:
+            w = w.at[1, 2].set(jnp.nan)
+        return {"w": w, "step": state["step"] + 10}, {"loss": np.ones((2, 10), np.float32)}
+
+    evaluate = lambda state: (np.zeros((2, 1)), np.zeros(2))
+    state = {"w": jnp.zeros((2, 3)), "step": jnp.zeros((2,), jnp.int32)}
+    with pytest.raises(NonFiniteLossError, match=r"parameters became NaN/inf by step 20.*\(step 10\)"):
+        train_loop(run, state, chunk, evaluate, logger)
+    assert sorted(p.name for p in (run.run_dir / "checkpoints").iterdir()) == ["10"]
+    logger.close()
+
+
+def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path):
+    import subprocess
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / "run.pid").write_text(str(other.pid))
+        with pytest.raises(RlzooError, match=f"in use by process {other.pid}"):
+            start_run(RunConfig(run_dir=str(run_dir)), "iql")
+    finally:
+        other.kill()
+        other.wait()
+    start_run(RunConfig(run_dir=str(run_dir)), "iql")  # a claim left by a dead process is taken over
+    assert (run_dir / "run.pid").read_text() == str(__import__("os").getpid())
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 

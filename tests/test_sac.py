@@ -125,3 +125,24 @@ def test_host_env_state_roundtrip(env_id):
     assert np.isfinite(a.last_return).all()
     a.close()
     b.close()
+
+
+def test_online_launch_skips_finished_runs_and_refuses_another_length(tmp_path, capsys):
+    """`benchmarks/online.py launch` again after a run finished must not run (and record) it a second time."""
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "online.py"
+    spec = importlib.util.spec_from_file_location("online_bench", path)
+    online = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(online)
+    done = tmp_path / online.run_name("Hopper-v5", 0)
+    done.mkdir()
+    (done / "summary.json").write_text("{}")
+    args = argparse.Namespace(runs_root=str(tmp_path), envs=["Hopper-v5"], seed=0, total_steps=1_000_000)
+    online.launch(args)
+    assert "finished already" in capsys.readouterr().out and not (tmp_path / "sac-Hopper-v5-s0.log").exists()
+    (done / "summary.json").unlink()
+    (done / "config.json").write_text(json.dumps({"total_steps": 300_000}))
+    with pytest.raises(SystemExit, match="a run of 300,000 steps, not --total-steps 1,000,000"):
+        online.launch(args)

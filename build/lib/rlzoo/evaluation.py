@@ -1,0 +1,67 @@
+"""Vectorized evaluation on Gymnasium: all seeds x episodes step together, one jitted policy call per step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import jax
+import numpy as np
+
+from rlzoo.errors import RlzooError, close_matches
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a readable RlzooError, with close matches, when `env_id` is not a registered Gymnasium env."""
+    if env_id in gym.registry:
+        return
+    matches = close_matches(env_id, [k for k in gym.registry if "/" not in k or k.startswith("ALE/")])
+    raise RlzooError(
+        f"unknown environment '{env_id}'. "
+        + (f"Close matches: {', '.join(matches)}. " if matches else "")
+        + "Online algorithms take a Gymnasium id such as HalfCheetah-v5, Hopper-v5 or Walker2d-v5 "
+        "(MuJoCo v5); offline algorithms take a dataset name such as halfcheetah-medium."
+    )
+
+
+class Evaluator:
+    """Runs `episodes` greedy episodes for each of `num_seeds` parameter sets in one vector env.
+
+    `policy(params, obs) -> action` is written for one seed and a batch of observations; it is
+    vmapped over the seed axis of `params` and jitted once.
+    """
+
+    def __init__(self, env_id: str, policy: Callable, seeds: list[int], episodes: int, evals_done: int = 0):
+        """`seeds`: the training seeds (one parameter set each); episode e of the k-th evaluation of seed s
+        resets the env with 1e6 + 1e4 k + s * episodes + e, so separate runs with different seeds, or the
+        same seed inside different --num-seeds sweeps, play the same or disjoint episodes as they should.
+        `evals_done`: evaluations an interrupted run already made, so that a resumed run continues with
+        the same episodes as an uninterrupted one."""
+        check_env_id(env_id)
+        self.seeds, self.num_seeds, self.episodes = list(seeds), len(seeds), episodes
+        num_seeds = self.num_seeds
+        self.envs = gym.make_vec(env_id, num_envs=num_seeds * episodes, vectorization_mode="sync")
+        space = self.envs.single_action_space
+        self.low, self.high = space.low, space.high
+        self._act = jax.jit(jax.vmap(policy))
+        self.calls = evals_done
+
+    def __call__(self, params) -> np.ndarray:
+        """Undiscounted returns of the first episode in every env, shape [num_seeds, episodes]."""
+        n = self.num_seeds * self.episodes
+        reset_seeds = [1_000_000 + 10_000 * self.calls + s * self.episodes + e
+                       for s in self.seeds for e in range(self.episodes)]
+        obs, _ = self.envs.reset(seed=reset_seeds)
+        self.calls += 1
+        returns = np.zeros(n)
+        running = np.ones(n, dtype=bool)
+        while running.any():
+            batch = obs.astype(np.float32).reshape(self.num_seeds, self.episodes, -1)
+            action = np.asarray(self._act(params, batch)).reshape(n, -1)
+            obs, reward, terminated, truncated, _ = self.envs.step(np.clip(action, self.low, self.high))
+            returns += reward * running
+            running &= ~(terminated | truncated)
+        return returns.reshape(self.num_seeds, self.episodes)
+
+    def close(self) -> None:
+        self.envs.close()

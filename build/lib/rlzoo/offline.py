@@ -1,0 +1,139 @@
+"""The training run every offline algorithm shares: a dataset name in, trained seeds and scores out.
+
+An offline algorithm file supplies only its math: `init_state(config, key, obs_dim, act_dim)` (one
+seed's state, with an `"actor"` TrainState and a `"key"`), `make_update(config)` -> `update(state,
+batch)` for one seed, and `make_policy(config, act_dim)` -> `policy(actor_params, obs) -> action` on
+normalized observations. `train` does the rest: resolve and load the dataset (naming a locally built
+stand-in loudly), normalize observations and scale rewards as the config asks, put the data on the
+device, vmap the seeds, sample minibatches inside one jitted scan per chunk, evaluate, log, checkpoint,
+resume, and write the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlzoo import buffers, datasets
+from rlzoo.errors import RlzooError
+from rlzoo.evaluation import Evaluator
+from rlzoo.logging import RunLogger
+from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
+
+
+@dataclass
+class OfflineConfig(RunConfig):
+    """Options of every offline algorithm; algorithm files add their hyperparameters."""
+
+    env: str = "halfcheetah-medium"
+    """Dataset: a D4RL-style name (halfcheetah-medium, hopper-medium-replay, ...), a Minari id or a path."""
+    total_steps: int = 1_000_000
+    """Gradient steps per seed (1M in the papers)."""
+    batch_size: int = 256
+    """Minibatch size."""
+    normalize_obs: bool = True
+    """Normalize observations with the dataset's mean and std (+1e-3), in training and at evaluation."""
+    scale_rewards: bool = False
+    """Scale rewards by 1000 / (max - min episode return) of the dataset (IQL's MuJoCo setting)."""
+    download: bool = True
+    """Try to download the official Minari dataset when it is not on disk (fails fast offline)."""
+
+
+def make_train(update: Callable, config: OfflineConfig, batches_per_update: int = 1):
+    """`train_chunk(states, data)`: `config.chunk` gradient steps per seed in one jitted scan, seeds vmapped.
+
+    Each step samples a minibatch from the device-resident `data` with the seed's own key. With
+    `batches_per_update = n > 1`, `update` receives n minibatches stacked on a leading axis and counts as n
+    steps (TD3+BC's n critic steps per actor step); `config.chunk` must then be a multiple of n."""
+    if config.chunk % batches_per_update:
+        raise RlzooError(f"--chunk {config.chunk} must be a multiple of {batches_per_update} (the gradient steps "
+                         "one update takes); change --chunk.")
+
+    def train_chunk(state: dict, data: dict) -> tuple[dict, dict]:
+        def one(state, _):
+            key, k_batch = jax.random.split(state["key"])
+            batch = buffers.dataset_sample(data, k_batch, config.batch_size * batches_per_update)
+            if batches_per_update > 1:
+                batch = jax.tree_util.tree_map(
+                    lambda x: x.reshape(batches_per_update, config.batch_size, *x.shape[1:]), batch)
+            return update({**state, "key": key}, batch)
+
+        return jax.lax.scan(one, state, None, length=config.chunk // batches_per_update)
+
+    return jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
+
+
+def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
+    """Load the dataset and check the config against it before the run directory exists, so that bad input
+    leaves nothing behind."""
+    dataset = datasets.load(config.env, download=config.download)
+    dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
+    max_action = getattr(config, "max_action", None)
+    if max_action is not None:
+        import gymnasium as gym
+
+        env = gym.make(dataset.env_id)
+        space = env.action_space
+        env.close()
+        bound = float(np.max(space.high))
+        if not (np.allclose(space.high, bound) and np.allclose(space.low, -bound)):
+            raise RlzooError(f"{dataset.env_id}'s action space [{space.low}, {space.high}] is not symmetric with one "
+                             "bound; this algorithm's actor outputs max_action * tanh(.). Rescale the actions "
+                             "(e.g. a gymnasium RescaleAction wrapper) before building the dataset.")
+        if not np.isclose(bound, max_action):
+            raise RlzooError(f"--max-action {max_action} does not match {dataset.env_id}, whose actions are "
+                             f"bounded by {bound:g}: run again with --max-action {bound:g}.")
+    return dataset
+
+
+def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_train: Callable,
+          make_policy: Callable) -> dict:
+    """Run `algorithm` on `config.env` to `config.total_steps` (or resume it) and return the summary.
+
+    `make_train(config)` returns the jitted `train_chunk` (usually via `rlzoo.offline.make_train`);
+    `init_state(config, key, obs_dim=, act_dim=)` builds one seed's state; `make_policy(config, act_dim)`
+    gives the evaluation policy on normalized observations. All three get the run's config (the saved one
+    when resuming)."""
+    # Build the training program (which checks e.g. --chunk against the update) before the run directory exists.
+    run = start_run(config, algorithm, prepare=lambda c: (load_dataset(c), make_train(c)))
+    config, (dataset, train_chunk) = run.config, run.prepared
+    datasets.pin_to_run(dataset, run.run_dir, run.resuming)
+    print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
+          f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
+    obs_mean, obs_std = dataset.observation_stats() if config.normalize_obs else (0.0, 1.0)
+    reward_scale = dataset.reward_scale() if config.scale_rewards else 1.0
+    data = jax.device_put(dataset.transitions(obs_mean, obs_std, reward_scale))
+    obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
+
+    state = jax.vmap(partial(init_state, config, obs_dim=obs_dim, act_dim=act_dim))(seed_keys(run.seeds))
+    start_step = 0
+    if run.resuming:
+        state, meta = run.checkpointer.restore(state)
+        start_step = meta["step"]
+        print(f"[rlzoo] resumed at step {start_step}")
+    state, data = shard_seeds(state, data)
+
+    act = make_policy(config, act_dim)
+    mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
+    policy = lambda params, obs: act(params, (obs - mean_j) / std_j)
+    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes,
+                          evals_done=start_step // config.eval_every)
+    logger = RunLogger(run.run_dir, f"{algorithm}-{config.env}", config.num_seeds, run.seeds, config.total_steps,
+                       start_step, "normalized score", config={**vars(config), **dataset.summary},
+                       use_wandb=config.wandb, wandb_project=config.wandb_project, wandb_mode=config.wandb_mode,
+                       quiet=config.quiet)
+
+    def evaluate(state):
+        returns = evaluator(state["actor"].params)
+        return returns, dataset.normalized_score(returns).mean(1)
+
+    t0 = time.perf_counter()
+    train_loop(run, state, lambda s: train_chunk(s, data), evaluate, logger, start_step)
+    evaluator.close()
+    return finish(run, logger, "normalized score", config.env, dataset.source, time.perf_counter() - t0)

@@ -1,0 +1,58 @@
+"""Who/where/when facts recorded beside every result: commit, date, device, library versions."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+        return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@lru_cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device() -> str:
+    """The accelerator JAX runs on, or the CPU model and core count."""
+    import os
+
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
+    return f"{dev.platform}: {dev.device_kind} x{jax.device_count()}"
+
+
+def info() -> dict:
+    import jax
+    import jaxlib
+
+    return {
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": device(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,338 @@
+"""The plumbing every algorithm shares: run options, run directory, the chunked training loop.
+
+An algorithm supplies `chunk(state) -> (state, metrics)` (K steps, usually one jitted `lax.scan`,
+metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], scores [seeds])`;
+`train_loop` does the rest: progress, CSV/wandb logging, NaN detection, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import jax
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+from rlzoo import provenance
+from rlzoo.checkpoint import Checkpointer, has_checkpoint
+from rlzoo.errors import NonFiniteLossError, RlzooError
+from rlzoo.logging import RunLogger
+
+
+@dataclass
+class RunConfig:
+    """Options every algorithm shares (seeds, length, evaluation, logging, checkpoints)."""
+
+    env: str = "halfcheetah-medium"
+    """Task: a dataset name (offline) or a Gymnasium env id (online)."""
+    seed: int = 0
+    """First seed; seeds are seed, seed+1, ..., seed+num_seeds-1."""
+    num_seeds: int = 1
+    """Independent seeds trained together in one vmapped program."""
+    total_steps: int = 1_000_000
+    """Training steps (gradient steps offline, env steps online)."""
+    chunk: int = 1000
+    """Steps per compiled chunk (one lax.scan); the host is touched once per chunk."""
+    eval_every: int = 5000
+    """Evaluate every this many steps (a multiple of chunk)."""
+    eval_episodes: int = 10
+    """Evaluation episodes per seed."""
+    checkpoint_every: int = 5000
+    """Checkpoint every this many steps (a multiple of chunk); the last one is always written."""
+    run_dir: str | None = None
+    """Where logs and checkpoints go (default: runs/<algorithm>-<env>-<time>)."""
+    resume: str | None = None
+    """Resume the run in this directory from its newest checkpoint (its saved hyperparameters are used)."""
+    wandb: bool = False
+    """Log to Weights & Biases, one run per seed grouped by run name."""
+    wandb_project: str = "rlzoo"
+    """Weights & Biases project."""
+    wandb_mode: str = "auto"
+    """online, offline or disabled; auto = online if WANDB_API_KEY is set, else offline."""
+    scores_csv: str | None = None
+    """If set, append the final per-seed scores to this CSV (the results/scores.csv schema)."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    algorithm: str
+    run_dir: Path
+    seeds: list[int]
+    checkpointer: Checkpointer
+    resuming: bool
+    prepared: object = None  # what `start_run(..., prepare=...)` returned (e.g. the loaded dataset)
+
+
+def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], object] | None = None) -> Run:
+    """Validate the options, run `prepare(config)` (e.g. load the dataset, check the env id), then create
+    (or reopen with --resume) the run directory: bad input never leaves an empty run directory behind."""
+    if config.resume:
+        run_dir = Path(config.resume)
+        if not has_checkpoint(run_dir):
+            raise RlzooError(
+                f"--resume {config.resume}: no checkpoint found in {run_dir.resolve()}/checkpoints. Point "
+                "--resume at the run directory printed at the start of an earlier run, or start a new run "
+                "without --resume."
+            )
+        saved = json.loads((run_dir / "config.json").read_text())
+        fields = {f.name for f in dataclasses.fields(config)}
+        # Hyperparameters come from the saved config; how this invocation reports comes from the CLI.
+        keep = {"resume", "quiet", "scores_csv", "wandb", "wandb_mode", "wandb_project"}
+        config = dataclasses.replace(config, **{k: v for k, v in saved.items() if k in fields and k not in keep})
+        config = dataclasses.replace(config, resume=str(run_dir))
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = config.env.replace("/", "_")
+        run_dir = Path(config.run_dir or f"runs/{algorithm}-{name}-{stamp}")
+    if config.chunk < 1:
+        raise RlzooError(f"--chunk {config.chunk} must be at least 1")
+    for option in ("eval_every", "checkpoint_every", "total_steps"):
+        value = getattr(config, option)
+        if value <= 0 or value % config.chunk:
+            raise RlzooError(f"--{option.replace('_', '-')} {value} must be a positive multiple of --chunk "
+                             f"{config.chunk}; change one of them.")
+    if config.num_seeds < 1:
+        raise RlzooError(f"--num-seeds {config.num_seeds} must be at least 1")
+    prepared = prepare(config) if prepare is not None else None
+    if not config.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    seeds = list(range(config.seed, config.seed + config.num_seeds))
+    print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
+    provenance.commit()  # cached now: results name the code this process started with, not HEAD at its end
+    return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
+
+
+def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
+    """Command line of an algorithm file's run in `run_dir`: `--resume` when the directory holds a checkpoint,
+    else a fresh start with `fresh_args`. Benchmarks launch runs this way, so running them again continues."""
+    cmd = [sys.executable, str(script)]
+    if has_checkpoint(run_dir):
+        return cmd + ["--resume", str(run_dir)]
+    return cmd + [*fresh_args, "--run-dir", str(run_dir)]
+
+
+# Per-task settings: $RLZOO_CONFIGS, else the repository's configs/ (an editable install or a checkout), else
+# the copy a regular install puts under <prefix>/share/rlzoo/configs (pyproject's data-files).
+CONFIG_DIRS = [Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "rlzoo" / "configs"]
+
+
+def find_configs_dir() -> Path:
+    """Where configs/<algorithm>.toml are read from (the first of CONFIG_DIRS that exists, or $RLZOO_CONFIGS)."""
+    if os.environ.get("RLZOO_CONFIGS"):
+        return Path(os.environ["RLZOO_CONFIGS"])
+    found = next((d for d in CONFIG_DIRS if d.is_dir()), None)
+    if found is None:
+        raise RlzooError(
+            "rlzoo's per-task settings (configs/*.toml) are not installed: looked in "
+            f"{', '.join(str(d) for d in CONFIG_DIRS)}. Reinstall rlzoo from its repository (pip install -e .), or "
+            "point RLZOO_CONFIGS at the repository's configs/ folder."
+        )
+    return found
+
+
+def task_settings(algorithm: str, env: str, fields: set[str], configs_dir: Path | None = None) -> dict:
+    """Hyperparameters that configs/<algorithm>.toml sets for `env`: every table whose name (a glob over
+    task names, e.g. "hopper-medium" or "antmaze-*") matches, later tables overriding earlier ones."""
+    path = (configs_dir or find_configs_dir()) / f"{algorithm}.toml"
+    if not path.is_file():
+        return {}
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RlzooError(f"{path} is not valid TOML ({err}); fix the file or remove it.") from None
+    # A Minari id of a D4RL-style dataset (mujoco/hopper/medium-v0, rlzoo-local/hopper/medium-v0) also matches
+    # the tables of its alias (hopper-medium).
+    names = [env]
+    minari_id = re.fullmatch(r"[\w.-]+/([\w]+)/([\w-]+)-v\d+", env)
+    if minari_id:
+        names.append(f"{minari_id.group(1)}-{minari_id.group(2)}")
+    settings = {}
+    for pattern, values in tables.items():
+        if not isinstance(values, dict):
+            raise RlzooError(f"{path}: '{pattern}' must be a table ([task-pattern] followed by name = value lines)")
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise RlzooError(f"{path} [{pattern}] sets {', '.join(unknown)}, which {algorithm} has no option for; "
+                             f"its options are {', '.join(sorted(fields))}.")
+        if any(fnmatchcase(name, pattern) for name in names):
+            settings.update({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return settings
+
+
+def task_defaults(config_cls: type, algorithm: str, configs_dir: Path | None = None) -> Callable:
+    """For `run_cli`: the per-task settings of the task named by `--env` (or the default task) as the
+    command line's defaults, so that `--help` shows them and explicit flags still override them."""
+
+    def defaults(argv: list[str]):
+        env = config_cls.env
+        for i, arg in enumerate(argv):
+            if arg == "--env" and i + 1 < len(argv):
+                env = argv[i + 1]
+            elif arg.startswith("--env="):
+                env = arg.split("=", 1)[1]
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        settings = task_settings(algorithm, env, fields, configs_dir)
+        if not settings:
+            return None
+        if not {"--resume", "--help", "-h"} & set(argv):
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            print(f"[rlzoo] per-task defaults for {env} from configs/{algorithm}.toml (flags override them): {shown}")
+        return config_cls(**settings)
+
+    return defaults
+
+
+def seed_keys(seeds: list[int]) -> jax.Array:
+    """One PRNG key per seed, stacked on a leading axis: the seed axis every state carries."""
+    return jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
+
+
+def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[int], run: Run) -> None:
+    """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays).
+
+    A metric with K entries per seed in a chunk of `chunk` steps has one entry per chunk/K steps (one per
+    gradient step offline; one per rollout of many env steps for PQN); its k-th entry is dated at the end
+    of its share of the chunk."""
+    first = None  # (step, seed index, loss name, entry index) of the earliest non-finite value
+    for name, values in sorted(metrics.items()):
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            seed_idx, k = bad[np.argmin(bad[:, 1])]
+            step = first_step + -(-(int(k) + 1) * run.config.chunk // values.shape[1])
+            if first is None or step < first[0]:
+                first = (step, int(seed_idx), name, int(k))
+    if first is None:
+        return
+    step, seed_idx, name, k = first
+    last = run.checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
+            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+    raise NonFiniteLossError(
+        f"training stopped: loss '{name}' became {metrics[name][seed_idx, k]} at step {step} "
+        f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme values "
+        "before resuming."
+    )
+
+
+def train_loop(
+    run: Run,
+    state,
+    chunk: Callable,
+    evaluate: Callable,
+    logger: RunLogger,
+    start_step: int = 0,
+    host_state: Callable[[], dict] | None = None,
+):
+    """Advance `state` chunk by chunk to `total_steps`, evaluating, logging and checkpointing."""
+    cfg = run.config
+    step = start_step
+    # Training time carried across resumes (up to the checkpoint a resumed run continues from).
+    t_start, before = time.perf_counter(), float(run.checkpointer.restored_meta.get("wall_s", 0.0))
+    meta = lambda: {"step": step, "host": host_state() if host_state else {},
+                    "wall_s": before + time.perf_counter() - t_start}
+    while step < cfg.total_steps:
+        state, metrics = chunk(state)
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(metrics, step, run.seeds, run)
+        step += cfg.chunk
+        logger.log_train(step, {k: v.mean(axis=-1) for k, v in metrics.items()})
+        if step % cfg.eval_every == 0 or step == cfg.total_steps:
+            returns, scores = evaluate(state)
+            logger.log_eval(step, returns, scores)
+        if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
+            run.checkpointer.save(step, state, meta())
+        logger.advance(step)
+    run.checkpointer.wait()
+    return state
+
+
+def final_scores(eval_csv: Path, seeds: list[int], last_n: int = 1) -> dict[int, float]:
+    """Mean of each seed's last `last_n` evaluation scores."""
+    data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
+    return {s: float(data["score"][data["seed"] == s][-last_n:].mean()) for s in seeds}
+
+
+SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
+                  "commit", "date", "config", "jax"]
+
+
+def append_scores(path: Path, summary: dict, config_ref: str) -> None:
+    """Append one results/scores.csv row per seed of a run's summary (header written for a new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    if not new:
+        _upgrade_header(path, SCORES_COLUMNS)
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(SCORES_COLUMNS)
+        for seed, score in summary["final_scores"].items():
+            writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
+                             round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
+                             summary["commit"], summary["date"], config_ref, summary.get("jax", "")])
+
+
+def _upgrade_header(path: Path, columns: list[str]) -> None:
+    """A results CSV written before columns were appended to its schema gets them (empty in old rows)."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else []
+    if header == columns:
+        return
+    if header != columns[: len(header)]:
+        raise RlzooError(f"{path} has columns {header}, expected {columns}: move it aside and re-run")
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([columns] + [r + [""] * (len(columns) - len(r)) for r in rows[1:]])
+
+
+def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
+    """Print one line per seed, write summary.json, append to --scores-csv if asked."""
+    logger.close()
+    run.checkpointer.close()
+    wall_s += float(run.checkpointer.restored_meta.get("wall_s", 0.0))  # earlier processes
+    scores = final_scores(run.run_dir / "eval.csv", run.seeds)
+    info = provenance.info()
+    for seed, score in scores.items():
+        print(f"[rlzoo] {run.algorithm} {task} seed {seed}: final {score_name} {score:.2f}")
+    summary = {"algorithm": run.algorithm, "task": task, "data_source": data_source, "score_name": score_name,
+               "final_scores": scores, "steps": run.config.total_steps, "wall_s": wall_s,
+               "steps_per_s": logger.steps_per_second(), **info}
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.config.scores_csv:
+        append_scores(Path(run.config.scores_csv), summary, str(run.run_dir / "config.json"))
+    return summary
+
+
+def shard_seeds(state, data=None):
+    """Spread the seed axis over the local devices when there are several and they divide the seeds;
+    `data` (shared by all seeds) is replicated. On one device this returns its inputs unchanged."""
+    devices = jax.local_devices()
+    num_seeds = jax.tree_util.tree_leaves(state)[0].shape[0]
+    if len(devices) == 1 or num_seeds % len(devices):
+        return state, data
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("seed",))
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec("seed")))
+    if data is not None:
+        data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
+    print(f"[rlzoo] {num_seeds} seeds sharded over {len(devices)} devices")
+    return state, data
