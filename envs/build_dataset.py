@@ -74,6 +74,7 @@ REPLAY = "replay"  # behaviour: the replay buffer of the SAC run that trained th
 REF_EPISODES = 100
 REF_SEED = 1_000_000
 REF_ENVS = 20
+RECIPE_ENVS = 20  # environments a recipe's dataset is collected with (they change the data; see `build`)
 # D4RL's published reference scores (d4rl/infos.py, MuJoCo v2 tasks), used for ref_max_score while
 # envs/policies/<task>-expert.npz does not exist; the random ones are kept for comparison only.
 D4RL_REF_MAX = {"halfcheetah": 12135.0, "hopper": 3234.3, "walker2d": 4592.3, "ant": 3879.7}
@@ -872,7 +873,7 @@ def build(
     force: bool = False,
     steps: int | None = None,
     seed: int | None = None,
-    num_envs: int = 20,
+    num_envs: int = RECIPE_ENVS,
     force_refs: bool = False,
     refs_path: Path = REFS_PATH,
     results_csv: Path | None = RESULTS_CSV,
@@ -948,7 +949,8 @@ def build(
     else:
         steps_n = recipe.steps if steps is None else int(steps)
         seed_n = recipe.seed if seed is None else int(seed)
-        full = steps is None or steps_n == recipe.steps
+        # Only the recipe's own steps, seed and env count make the dataset datasets.csv lists.
+        full = steps_n == recipe.steps and seed_n == recipe.seed and num_envs == RECIPE_ENVS
         log(
             f"{alias}: collecting {steps_n:,} transitions on {recipe.env_id} with {behaviour.name} "
             f"({num_envs} envs, seed {seed_n}) ..."
@@ -970,7 +972,7 @@ def build(
         build_command(alias)
         + ("" if steps is None else f" --steps {steps_n}")
         + ("" if seed is None else f" --seed {seed_n}")
-        + ("" if num_envs == 20 else f" --num-envs {num_envs}")
+        + ("" if num_envs == RECIPE_ENVS else f" --num-envs {num_envs}")
     )
     code = f"{BUILD_SCRIPT} at rlzoo commit {commit()}"
     if replay:
@@ -1083,8 +1085,9 @@ class Config:
     """Transitions per dataset (default: the recipe's, 1M). An override is not written to results/."""
     seed: int | None = None
     """Seed (default: the recipe's): env i is reset with seed + i, the JAX key comes from it."""
-    num_envs: int = 20
-    """Environments stepped in lockstep, one jitted policy call per step for all of them."""
+    num_envs: int = RECIPE_ENVS
+    """Environments stepped in lockstep, one jitted policy call per step for all of them (other than the
+    recipe's 20, a build is not written to results/)."""
     force_refs: bool = False
     """Recompute the cached reference scores in envs/reference_scores.json."""
     replay_from: Path | None = None
@@ -1103,6 +1106,12 @@ def main(config: Config) -> list[dict]:
             f"recipes exist for: {', '.join(sorted(RECIPES))}"
         )
     names = expand(config.datasets)
+    replays = [a for a in names if split_alias(a) and split_alias(a)[1] == "medium-replay"]
+    if config.replay_from is not None and (len(replays) != 1 or len(names) != 1 or "all" in config.datasets):
+        raise RlzooError(
+            f"--replay-from {config.replay_from} reads one SAC run, so it goes with exactly one <task>-medium-replay "
+            f"dataset and nothing else (got: {', '.join(config.datasets)}). Build the others in a separate command."
+        )
     if config.refs_only:
         return [refresh_refs(part) for alias in names for part in _parts(alias)]
     if "all" in config.datasets:

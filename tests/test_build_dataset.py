@@ -228,6 +228,17 @@ def test_policy_behaviour_and_expert_reference(store, monkeypatch):
     assert json.loads((store / "refs.json").read_text())["hopper"]["ref_max_score"] == entry["ref_max_score"]
 
 
+def test_only_the_recipes_own_build_is_listed_in_results(store, monkeypatch):
+    """Another seed or env count changes the data: such a build must not replace the recipe's row."""
+    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    csv_path = store / "datasets.csv"
+    for kw in ({"num_envs": 4}, {"seed": 3, "num_envs": bd.RECIPE_ENVS}):
+        assert _build(store, steps=None, results_csv=csv_path, force=True, **kw)["full_recipe"] is False
+        assert not csv_path.exists()
+    assert _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)["full_recipe"]
+    assert "hopper-random" in csv_path.read_text()
+
+
 def test_committed_expert_scores_about_100_and_random_about_0_on_the_committed_references():
     """The committed hopper expert and reference scores agree: on fresh episodes (other env seeds than the
     reference's), the deterministic expert normalizes to ~100 and the uniform random policy to ~0."""
@@ -426,3 +437,10 @@ def test_refs_only_updates_reference_scores_without_collecting(store, monkeypatc
     assert new["normalized_mean"] == pytest.approx(100 * (record["return_mean"] + 20) / 2020)
     with pytest.raises(RlzooError, match="not built"):
         bd.refresh_refs("walker2d-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
+
+
+def test_replay_from_goes_with_exactly_one_medium_replay_dataset(store, tmp_path):
+    pairs = (["hopper-medium-replay", "walker2d-medium-replay"], ["hopper-medium-replay", "hopper-random"])
+    for names in (["all"], *pairs):
+        with pytest.raises(RlzooError, match="exactly one <task>-medium-replay"):
+            bd.main(bd.Config(datasets=names, replay_from=tmp_path / "sac-run"))
