@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = provenance.info()
     ratio = value / args.baseline_value if args.baseline_value else None
     row = {
-        "benchmark": "update_throughput",
+        "benchmark": "env_throughput" if unit == "env_steps/s" else "update_throughput",
         "algorithm": args.algorithm,
         "device": info["device"],
         "num_seeds": args.num_seeds,

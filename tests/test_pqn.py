@@ -345,3 +345,23 @@ def test_nan_loss_is_dated_in_env_steps(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at step 32768 \(seed 0\)"):
         train_loop(run, {"w": jnp.zeros((1, 2))}, chunk, lambda s: (np.zeros((1, 1)), np.zeros(1)), logger)
     run.checkpointer.close()
+
+
+def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
+    """benchmarks/speed.py: PQN is timed in env steps/s (env_throughput), an offline update in updates/s."""
+    import csv
+
+    from conftest import cli_env
+
+    out = tmp_path / "speed.csv"
+    speed = Path(__file__).parents[1] / "benchmarks" / "speed.py"
+    common = ["--repeats", "1", "--matmul-size", "64", "--out", str(out)]
+    for args in (["--algorithm", "pqn", "--updates", "1"],
+                 ["--algorithm", "iql", "--updates", "5", "--dataset-size", "1000", "--batch-size", "32"]):
+        proc = subprocess.run([sys.executable, str(speed), *args, *common], env=cli_env(jax_cache_dir),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["benchmark"], r["algorithm"], r["unit"]) for r in rows] == [
+        ("env_throughput", "pqn", "env_steps/s"), ("update_throughput", "iql", "updates/s")]
+    assert all(float(r["value"]) > 0 for r in rows)
