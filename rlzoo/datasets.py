@@ -387,7 +387,10 @@ def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
         saved = json.loads(path.read_text())
         now = dataset.summary
         changed = [k for k in ("dataset_ids", "transitions", "episodes") if saved.get(k, now[k]) != now[k]]
-        changed += [k for k in ("ref_min_score", "ref_max_score")
+        # return_mean identifies the data itself. Records from before it counted complete episodes only lack
+        # "returns_over" (their return also counted budget-cut fragments) and are not compared on it.
+        numbers = ("ref_min_score", "ref_max_score") + (("return_mean",) if "returns_over" in saved else ())
+        changed += [k for k in numbers
                     if saved.get(k) is not None and now[k] is not None and not np.isclose(saved[k], now[k], rtol=1e-9)]
         if changed:
             raise RlzooError(

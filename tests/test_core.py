@@ -472,4 +472,8 @@ def test_resume_refuses_a_dataset_rebuilt_or_renormalized_meanwhile(tmp_path):
         datasets.pin_to_run(_tiny_dataset(ref_max=120.0), tmp_path, resuming=True)
     with pytest.raises(RlzooError, match="transitions changed"):
         datasets.pin_to_run(_tiny_dataset(n=8), tmp_path, resuming=True)
+    rebuilt = _tiny_dataset()
+    rebuilt.episode_returns = np.array([3.0, 4.0, 1.0])  # same size and references, other data
+    with pytest.raises(RlzooError, match="return_mean changed"):
+        datasets.pin_to_run(rebuilt, tmp_path, resuming=True)
     assert (tmp_path / "dataset.json").read_text() == record
