@@ -60,13 +60,14 @@ def sampled_return(env_id: str, path: Path, obs_dim: int, act_dim: int, episodes
     return float(got.returns.mean()), float(got.returns.std())
 
 
-def logged_returns(run_dir: Path) -> dict[int, float]:
-    """Mean-action evaluation returns the run logged (eval.csv), by step."""
+def logged_returns(run_dir: Path, seed: int) -> dict[int, float]:
+    """Mean-action evaluation returns the run logged (eval.csv) for `seed`, by step. Policies are read for the
+    run's first seed (seed index 0 of the saved actors), so only its returns may judge them."""
     path = run_dir / "eval.csv"
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
-        return {int(r["step"]): float(r["score"]) for r in csv.DictReader(f)}
+        return {int(r["step"]): float(r["score"]) for r in csv.DictReader(f) if int(r["seed"]) == seed}
 
 
 def check_run(config: Config) -> tuple[str, dict]:
@@ -108,7 +109,7 @@ def main(config: Config) -> dict:
     print(f"[pick_policies] {config.task}: expert (step {total}) sampled return {expert_mean:.1f} +- {expert_std:.1f}"
           f" over {config.expert_episodes} episodes; medium target {target:.1f}")
 
-    logged = logged_returns(run_dir)
+    logged = logged_returns(run_dir, int(sac_config.get("seed", 0)))
     logged_final = logged.get(total, expert_mean)
     snapshots = sorted((int(re.findall(r"\d+", p.stem)[0]), p) for p in (run_dir / "policies").glob("step_*.npz"))
     lo, hi = config.window

@@ -397,7 +397,7 @@ def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(s
     (run / "policy.npz").write_bytes((run / "policies" / "step_40000.npz").read_bytes())
     (run / "summary.json").write_text(json.dumps({"steps": 40000}))
     # Logged (mean-action) returns: step 10000 is outside the window around the final 100 and is skipped.
-    (run / "eval.csv").write_text("step,seed,score\n10000,0,1.0\n20000,0,30.0\n30000,0,40.0\n40000,0,100.0\n")
+    (run / "eval.csv").write_text("step,seed,score\n10000,3,1.0\n20000,3,30.0\n30000,3,40.0\n40000,3,100.0\n")
     records = pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
 
     medium, expert = records["hopper-medium"], records["hopper-expert"]
@@ -444,3 +444,11 @@ def test_replay_from_goes_with_exactly_one_medium_replay_dataset(store, tmp_path
     for names in (["all"], *pairs):
         with pytest.raises(RlzooError, match="exactly one <task>-medium-replay"):
             bd.main(bd.Config(datasets=names, replay_from=tmp_path / "sac-run"))
+
+
+def test_pick_policies_judges_snapshots_by_their_own_seeds_returns(tmp_path):
+    pick = _load_picker()
+    (tmp_path / "eval.csv").write_text("step,seed,return_mean,return_std,score\n"
+                                       "10000,3,100,0,100\n10000,4,900,0,900\n20000,3,200,0,200\n20000,4,50,0,50\n")
+    assert pick.logged_returns(tmp_path, 3) == {10000: 100.0, 20000: 200.0}
+    assert pick.logged_returns(tmp_path, 4) == {10000: 900.0, 20000: 50.0}
