@@ -313,7 +313,7 @@ def train_loop(
     # Training time carried across resumes (up to the checkpoint a resumed run continues from).
     t_start, before = time.perf_counter(), float(run.checkpointer.restored_meta.get("wall_s", 0.0))
     meta = lambda: {"step": step, "host": host_state() if host_state else {},
-                    "wall_s": before + time.perf_counter() - t_start}
+                    "wall_s": before + time.perf_counter() - t_start, "commits": run_commits(run)}
     while step < cfg.total_steps:
         state, metrics = chunk(state)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
@@ -370,13 +370,22 @@ def _upgrade_header(path: Path, columns: list[str]) -> None:
         csv.writer(f).writerows([columns] + [r + [""] * (len(columns) - len(r)) for r in rows[1:]])
 
 
+def run_commits(run: Run) -> list[str]:
+    """The commits of every process that trained this run, in order ("unknown" for earlier processes whose
+    checkpoint predates this record): a run resumed across commits ran the code of each."""
+    meta = run.checkpointer.restored_meta
+    earlier = meta.get("commits", ["unknown"] if meta else [])
+    return list(dict.fromkeys([*earlier, provenance.commit()]))
+
+
 def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
     """Print one line per seed, write summary.json, append to --scores-csv if asked."""
     logger.close()
     run.checkpointer.close()
     wall_s += float(run.checkpointer.restored_meta.get("wall_s", 0.0))  # earlier processes
     scores = final_scores(run.run_dir / "eval.csv", run.seeds)
-    info = provenance.info()
+    commits = run_commits(run)
+    info = {**provenance.info(), "commit": ";".join(commits), "commits": commits}
     for seed, score in scores.items():
         print(f"[rlzoo] {run.algorithm} {task} seed {seed}: final {score_name} {score:.2f}")
     summary = {"algorithm": run.algorithm, "task": task, "data_source": data_source, "score_name": score_name,

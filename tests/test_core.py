@@ -416,8 +416,11 @@ def test_append_scores_upgrades_an_old_header_and_keeps_rows(tmp_path):
     assert rows[2][0] == "sac" and rows[2][-1] == "0.10.2" and rows[2][5] == "-150.0"
 
 
-def test_wall_time_is_carried_across_resume(tmp_path):
+def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
+    from rlzoo import provenance
     from rlzoo.run import finish
+
+    monkeypatch.setattr(provenance, "commit", lambda: "aaa1111")  # the first process's code
 
     class Killed(Exception):
         pass
@@ -442,7 +445,8 @@ def test_wall_time_is_carried_across_resume(tmp_path):
     first = Checkpointer(run.run_dir).restore({"w": jnp.zeros((1, 3))})[1]["wall_s"]
     assert 0 < first < 60
 
-    # A second process restores the newest checkpoint, as an algorithm does on --resume, and finishes.
+    # A second process, at another commit, restores the newest checkpoint as an algorithm does on --resume.
+    monkeypatch.setattr(provenance, "commit", lambda: "bbb2222")
     run = start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
     state, meta = run.checkpointer.restore({"w": jnp.zeros((1, 3))})
     assert meta["step"] == 20
@@ -451,6 +455,7 @@ def test_wall_time_is_carried_across_resume(tmp_path):
     assert Checkpointer(run.run_dir).restore(state)[1]["wall_s"] > first
     summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
     assert summary["wall_s"] == pytest.approx(first + 0.5)
+    assert summary["commits"] == ["aaa1111", "bbb2222"] and summary["commit"] == "aaa1111;bbb2222"
 
 
 def _tiny_dataset(ref_max: float = 100.0, n: int = 6) -> datasets.OfflineDataset:
