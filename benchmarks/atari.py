@@ -9,8 +9,8 @@ steps (frames = 4 x env steps) with the epsilon schedule compressed to that leng
 default: the run's length). Evaluation plays --eval-episodes greedy games per seed with the raw score,
 capped at --eval-max-steps agent steps. Finished runs append their final evaluation to
 results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
-results/curves/pqn-atari-<game>.csv (training episode return, raw score, per chunk) and one line per
-game to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s.
+results/curves/<run>.csv (training episode return, raw score, per chunk; <run> names the game and every
+setting) and one line per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
     for game in args.games:
-        d = root / f"pqn-atari-{game}-{args.total_steps}"
+        # Everything that changes the run is in its name: a rerun with other settings is another run.
+        d = root / (f"pqn-atari-{game}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps or args.total_steps}"
+                    f"-eval{args.eval_episodes}x{args.eval_max_steps}" + ("-host" if args.no_xla else ""))
         if not (d / "summary.json").exists():
             cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
                 "--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
@@ -54,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
             cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
-        shutil.copy(d / "train.csv", CURVES / f"pqn-atari-{game}.csv")
+        shutil.copy(d / "train.csv", CURVES / f"{d.name}.csv")
         summary = json.loads((d / "summary.json").read_text())
         config = json.loads((d / "config.json").read_text())
         runs = CURVES / "pqn-atari-runs.csv"
         new = not runs.exists()
+        if not new:  # a finished run collected again is listed once
+            with runs.open(newline="") as f:
+                if any(r["game"] == game and r["date"] == summary["date"] for r in csv.DictReader(f)):
+                    continue
         with runs.open("a", newline="") as f:
             writer = csv.writer(f)
             if new:

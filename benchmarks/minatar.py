@@ -2,7 +2,7 @@
 
     python benchmarks/minatar.py run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
     python benchmarks/minatar.py run --num-seeds 10                           # the paper's 1e7 steps (GPU)
-    python benchmarks/minatar.py collect                                      # curves of finished/partial runs
+    python benchmarks/minatar.py collect --num-seeds 10                       # curves of finished/partial runs
 
 `run` trains `algorithms/pqn.py` on each game in turn (one process per game, the paper's MinAtar
 defaults, greedy evaluation on 128 envs per seed), resuming a game whose run directory already has a
@@ -10,8 +10,11 @@ checkpoint. The learning-rate and epsilon schedules span --decay-steps (default:
 length), so a shorter run is exactly the first part of a paper-length run and its curve can be read
 against the paper's at the same step count. Each finished run appends one row per seed to
 results/scores.csv (rlzoo.run.append_scores, through pqn.py's --scores-csv). `collect` (also run at
-the end of `run`) copies each game's eval.csv to results/curves/pqn-<game>.csv, plots all games into
-results/curves/pqn-minatar.png, and lists unfinished runs in results/curves/pqn-minatar-in-progress.csv.
+the end of `run`; give it the same settings) copies each game's eval.csv to
+results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pqn-minatar-<settings>.png
+and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
+s<seed>-n<seeds>-<total steps>-decay<decay steps>: runs of other settings are other runs, in other
+folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
 """
 
 from __future__ import annotations
@@ -32,15 +35,21 @@ GAMES = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvader
 PAPER_STEPS = 9_994_240  # pqn.py's default total_steps: 1e7 rounded down to whole chunks
 
 
-def run_dir(root: Path, game: str) -> Path:
-    return root / f"pqn-{game}"
+def run_dir(root: Path, game: str, args) -> Path:
+    """Everything that changes the run is in its name: a paper-length 10-seed run is not mistaken for a short
+    one that finished earlier."""
+    return root / f"pqn-{game}-{settings(args)}"
+
+
+def settings(args) -> str:
+    return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}"
 
 
 def run(args) -> None:
     root = Path(args.runs_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     for game in args.games:
-        d = run_dir(root, game)
+        d = run_dir(root, game, args)
         if (d / "summary.json").exists():
             print(f"{game}: finished already ({d})")
             continue
@@ -65,14 +74,14 @@ def collect(args) -> None:
     fig, axes = plt.subplots(1, len(GAMES), figsize=(4 * len(GAMES), 3.4))
     unfinished = []
     for ax, game in zip(axes, GAMES):
-        d = run_dir(root, game)
+        d = run_dir(root, game, args)
         eval_csv = d / "eval.csv"
         ax.set_title(game)
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
         if not eval_csv.exists():
             continue
-        shutil.copy(eval_csv, CURVES / f"pqn-{game}.csv")
+        shutil.copy(eval_csv, CURVES / f"{d.name}.csv")
         data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
         seeds = sorted(set(data["seed"].astype(int)))
         for s in seeds:
@@ -87,9 +96,9 @@ def collect(args) -> None:
     axes[0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax)")
     fig.tight_layout()
-    fig.savefig(CURVES / "pqn-minatar.png", dpi=110)
+    fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
     plt.close(fig)
-    progress = CURVES / "pqn-minatar-in-progress.csv"
+    progress = CURVES / f"pqn-minatar-{settings(args)}-in-progress.csv"
     if unfinished:
         with progress.open("w", newline="") as f:
             writer = csv.writer(f)
