@@ -391,6 +391,52 @@ def dataset_order(task: str) -> tuple:
     return (0, list(MUJOCO_ENVS).index(parsed[0]), KINDS.index(parsed[1]))
 
 
+# Options of a run that do not change what it learns (bookkeeping, logging, the data's name and length, which are
+# keys of their own): runs that differ only in these are one configuration.
+NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "run_dir", "resume",
+                       "wandb", "wandb_project", "wandb_mode", "scores_csv", "quiet", "download"}
+
+
+def label_variants(rows, curves_root: Path):
+    """Runs of one algorithm with other hyperparameters (a sweep with its own --tag and flags) are other
+    entries: the algorithm of each row becomes e.g. "iql (beta=10.0)" where its recorded config.json differs
+    from the algorithm's most used configuration. Options one of two configs lacks (added to the code later)
+    are not compared. A seed recorded twice for one entry counts once (the newest)."""
+    import json
+
+    def hyperparameters(row) -> dict | None:
+        path = run_folder(row, curves_root) / "config.json"
+        if not path.exists():
+            return None
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in NOT_HYPERPARAMETERS}
+
+    def differing(a: dict, b: dict) -> list[str]:
+        return [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+
+    rows = rows.copy()
+    configs = [hyperparameters(r) for r in rows.itertuples()]
+    labels = list(rows["algorithm"])
+    for algo in dict.fromkeys(labels):
+        mine = [i for i, a in enumerate(labels) if a == algo and configs[i] is not None]
+        distinct = {}
+        for i in mine:
+            distinct.setdefault(json.dumps(configs[i], sort_keys=True), []).append(i)
+        representatives: list[dict] = []  # most used first: the first one is the algorithm's plain entry
+        for key in sorted(distinct, key=lambda k: -len(distinct[k])):
+            config = json.loads(key)
+            rep = next((r for r in representatives if not differing(config, r)), None)
+            if rep is None:
+                representatives.append(rep := config)
+            if rep is not representatives[0]:
+                diff = ", ".join(f"{k}={rep[k]}" for k in differing(rep, representatives[0]))
+                for i in distinct[key]:
+                    labels[i] = f"{algo} ({diff})"
+    rows["algorithm"] = labels
+    keys = ["data_source", "task", "algorithm", "steps", "score_kind", "seed"]
+    return rows.sort_values("date", kind="stable").drop_duplicates(keys, keep="last").sort_values(
+        ["data_source", "task", "algorithm", "steps", "seed", "date"])
+
+
 def groups(rows):
     """One group per (data_source, task, algorithm, steps, score_kind): never across sources or lengths."""
     keys = ["data_source", "task", "algorithm", "steps", "score_kind"]
@@ -488,6 +534,7 @@ def aggregate(grouped, reps: int) -> list[dict]:
         matrix = np.stack([tasks[t][:runs] for t in sorted(tasks)], axis=1)  # [runs, tasks]
         with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable 1.2 passes
             warnings.simplefilter("ignore", FutureWarning)
+            np.random.seed(0)  # arch's bootstrap also draws from numpy's global generator: a reproducible report
             points, intervals = rly.get_interval_estimates(
                 {"x": matrix}, func, reps=reps, random_state=np.random.RandomState(0)
             )
@@ -662,7 +709,7 @@ def report(args: argparse.Namespace) -> int:
     if rows.empty:
         raise RlzooError(f"every offline run in {scores_csv} was trained on another build of its dataset than the "
                          "one in datasets.csv: run the sweep again on the current datasets.")
-    grouped = groups(rows)
+    grouped = groups(label_variants(rows, results / "curves"))
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(grouped, args.reps)
     table = markdown(grouped, agg, datasets, scores_csv, stale)

@@ -300,6 +300,21 @@ def test_report_numbers_and_official_vs_local(tmp_path):
         assert (out / png).stat().st_size > 1000, png
 
 
+def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_path):
+    results = tmp_path / "results"
+    rows = [("iql", "hopper-medium", "local", s, 1000, v, "base") for s, v in enumerate([40, 42, 44])]
+    rows += [("iql", "hopper-medium", "local", s, 1000, v, "beta10") for s, v in enumerate([60, 62])]
+    rows += [("iql", "hopper-medium", "local", 0, 1000, 50, "again")]  # seed 0 of the base config, recorded later
+    write_scores(results / "scores.csv", rows)
+    for ref, config in {"base": {"beta": 3.0, "expectile": 0.7}, "beta10": {"beta": 10.0, "expectile": 0.7},
+                        "again": {"beta": 3.0, "run_dir": "elsewhere", "max_action": 1.0}}.items():
+        (results / "curves" / ref / "config.json").write_text(json.dumps({**config, "seed": 0}))
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    assert "| hopper-medium | iql | 1,000 | 45.3 ± 3.4 | 3 (0, 1, 2) | — |" in table  # 50, 42, 44
+    assert "| hopper-medium | iql (beta=10.0) | 1,000 | 61.0 ± 1.0 | 2 (0, 1) | — |" in table
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
