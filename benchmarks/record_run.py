@@ -25,17 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CURVE_FILES = ("eval.csv", "curve.png", "config.json", "summary.json", "dataset.json")
 
 
-def already_recorded(scores_csv: Path, summary: dict) -> bool:
-    """True when `scores_csv` holds a row of this finished run (algorithm, task, steps, date and one of its seeds)."""
+def recorded_seeds(scores_csv: Path, summary: dict) -> set[str]:
+    """The seeds of this finished run (algorithm, task, steps, date) that `scores_csv` already holds a row of."""
     if not scores_csv.exists():
-        return False
+        return set()
     seeds = {str(s) for s in summary["final_scores"]}
     key = (summary["algorithm"], summary["task"], str(summary["steps"]), summary["date"])
     with scores_csv.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if (row["algorithm"], row["task"], row["steps"], row["date"]) == key and row["seed"] in seeds:
-                return True
-    return False
+        return {row["seed"] for row in csv.DictReader(f)
+                if (row["algorithm"], row["task"], row["steps"], row["date"]) == key and row["seed"] in seeds}
+
+
+def already_recorded(scores_csv: Path, summary: dict) -> bool:
+    """True when `scores_csv` holds a row for every seed of this finished run."""
+    return recorded_seeds(scores_csv, summary) == {str(s) for s in summary["final_scores"]}
 
 
 def curves_folder(curves_root: Path, name: str, summary: dict) -> Path:
@@ -61,8 +64,11 @@ def record(run_dir: Path, scores_csv: Path, curves_root: Path, name: str | None 
     for file in CURVE_FILES:
         if (run_dir / file).exists():
             shutil.copy(run_dir / file, folder / file)
-    # The curve is in place before the rows that point at it ("config" = <curves folder>/config.json).
-    append_scores(scores_csv, summary, f"{folder.name}/config.json")
+    # The curve is in place before the rows that point at it ("config" = <curves folder>/config.json). Seeds
+    # recorded by an earlier, interrupted call are not appended again.
+    done = recorded_seeds(scores_csv, summary)
+    missing = {s: v for s, v in summary["final_scores"].items() if str(s) not in done}
+    append_scores(scores_csv, {**summary, "final_scores": missing}, f"{folder.name}/config.json")
     print(f"recorded {run_dir} -> {scores_csv}, {folder}")
     return folder
 

@@ -158,14 +158,14 @@ def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
 
 
 def test_recording_is_idempotent_and_never_overwrites_another_runs_curve(tmp_path):
-    def fake_run(name: str, date: str) -> Path:
+    def fake_run(name: str, date: str, seeds=("0",)) -> Path:
         run_dir = tmp_path / "runs" / name
         run_dir.mkdir(parents=True)
         summary = {
             "algorithm": "iql",
             "task": "hopper-medium",
             "data_source": "local",
-            "final_scores": {"0": 50.0},
+            "final_scores": {s: 50.0 + int(s) for s in seeds},
             "steps": 1000,
             "wall_s": 3.0,
             "device": "cpu",
@@ -187,6 +187,14 @@ def test_recording_is_idempotent_and_never_overwrites_another_runs_curve(tmp_pat
     assert record_run.record(second, scores, curves) == curves / "iql-x-2"
     assert (curves / "iql-x" / "eval.csv").read_text() == (first / "eval.csv").read_text()
     assert [r["config"] for r in read_rows(scores)] == ["iql-x/config.json", "iql-x-2/config.json"]
+    # A recording interrupted after some of a run's seeds is completed, each seed once.
+    third = fake_run("c/iql-y", "2026-01-03T00:00:03Z", seeds=("0", "1", "2"))
+    summary = json.loads((third / "summary.json").read_text())
+    record_run.append_scores(scores, {**summary, "final_scores": {"0": 50.0}}, "iql-y/config.json")
+    assert not record_run.already_recorded(scores, summary)
+    assert record_run.record(third, scores, curves) == curves / "iql-y"
+    assert [r["seed"] for r in read_rows(scores) if r["date"] == summary["date"]] == ["0", "1", "2"]
+    assert record_run.record(third, scores, curves) is None
 
 
 # ---------------------------------------------------------------------------------------------- the report
