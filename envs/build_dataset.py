@@ -739,24 +739,16 @@ def _minari_root(path: Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(root: Path) -> None:
     """Delete what crashed builds left in the store's staging folder (folders named <pid>-<hex>)."""
+    from rlzoo.run import process_alive
+
     staging = root / STAGING
     if not staging.is_dir():
         return
     for d in staging.iterdir():
         pid = d.name.split("-", 1)[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+        if not pid.isdigit() or not process_alive(int(pid)) or int(pid) == os.getpid():
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -124,7 +124,7 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
     return Run(config, algorithm, run_dir, seeds, Checkpointer(run_dir), bool(config.resume), prepared)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process `pid` is running (a zombie, exited but not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
@@ -147,7 +147,7 @@ def hold_run_dir(run_dir: Path) -> None:
         holder = int(lock.read_text().strip())
     except (OSError, ValueError):
         holder = None
-    if holder is not None and holder != os.getpid() and _alive(holder):
+    if holder is not None and holder != os.getpid() and process_alive(holder):
         raise RlzooError(
             f"{run_dir} is in use by process {holder}, which is still running it. Wait for that process to "
             f"finish (or stop it: kill {holder}) before resuming; two processes in one run directory would "
@@ -250,6 +250,12 @@ def seed_keys(seeds: list[int]) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
 
 
+def _last_good_checkpoint(run: Run) -> str:
+    last = run.checkpointer.latest_step()
+    return (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
+            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+
+
 def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[int], run: Run) -> None:
     """Stop with the step, loss and seed of the first NaN/inf (the last good checkpoint stays).
 
@@ -267,9 +273,7 @@ def _check_finite(metrics: dict[str, np.ndarray], first_step: int, seeds: list[i
     if first is None:
         return
     step, seed_idx, name, k = first
-    last = run.checkpointer.latest_step()
-    kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
-            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+    kept = _last_good_checkpoint(run)
     raise NonFiniteLossError(
         f"training stopped: loss '{name}' became {metrics[name][seed_idx, k]} at step {step} "
         f"(seed {seeds[seed_idx]}); {kept}. Lower the learning rate or check the data for extreme values "
@@ -288,9 +292,7 @@ def _check_state_finite(state, step: int, run: Run) -> None:
     finite losses: check the state itself before it is saved as a good checkpoint."""
     if bool(_all_finite(state)):
         return
-    last = run.checkpointer.latest_step()
-    kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpointer.directory}; resume from it "
-            f"with --resume {run.run_dir}") if last is not None else "no checkpoint had been written yet"
+    kept = _last_good_checkpoint(run)
     raise NonFiniteLossError(
         f"training stopped: the parameters became NaN/inf by step {step} (the losses reported up to then were "
         f"finite); it was not saved, and {kept}. Lower the learning rate or check the data for extreme values "

@@ -259,12 +259,17 @@ def test_save_and_load_params_roundtrip(tmp_path):
 # ---------------------------------------------------------------------------------------------- run loop
 
 
-def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
-    chunk_len = 10
-    config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=50, chunk=chunk_len, eval_every=10,
+def _two_seed_run(tmp_path, total_steps: int):
+    """A run of 2 seeds in chunks of 10 steps, evaluated and checkpointed after each chunk, and its logger."""
+    config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=total_steps, chunk=10, eval_every=10,
                        checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
     run = start_run(config, "fake")
-    logger = RunLogger(run.run_dir, "fake", 2, run.seeds, config.total_steps, quiet=True)
+    return run, RunLogger(run.run_dir, "fake", 2, run.seeds, total_steps, quiet=True)
+
+
+def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
+    chunk_len = 10
+    run, logger = _two_seed_run(tmp_path, total_steps=50)
     calls = []
 
     def chunk(state):
@@ -301,10 +306,7 @@ def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
 def test_nan_parameters_behind_finite_losses_are_never_checkpointed(tmp_path):
     """Losses are computed before each update, so the last update of a chunk can break the parameters while
     every reported loss is finite: the state itself is checked before it is saved as a good checkpoint."""
-    config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=30, chunk=10, eval_every=10,
-                       checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
-    run = start_run(config, "fake")
-    logger = RunLogger(run.run_dir, "fake", 2, run.seeds, config.total_steps, quiet=True)
+    run, logger = _two_seed_run(tmp_path, total_steps=30)
     calls = []
 
     def chunk(state):
