@@ -231,9 +231,7 @@ class OfflineDataset:
 
     @property
     def complete_returns(self) -> np.ndarray:
-        """Returns of the episodes that ended by themselves (all of them when none did). A fragment cut by the
-        collection budget, e.g. the last steps of a 1M-step dataset, is no episode return and is left out."""
-        return self.episode_returns[self.episode_complete] if self.episode_complete.any() else self.episode_returns
+        return complete_returns(self.episode_returns, self.episode_complete)
 
     def reward_scale(self) -> float:
         """IQL's MuJoCo reward scale: 1000 / (max - min return over the episodes that ended by themselves), as
@@ -310,12 +308,17 @@ def _time_limit(env_spec) -> int | None:
     return int(limit) if limit else None
 
 
+def complete_returns(returns: np.ndarray, complete: np.ndarray) -> np.ndarray:
+    """Returns of the episodes that ended by themselves (all of them when none did). A fragment cut by the
+    collection budget, e.g. the last steps of a 1M-step dataset, is no episode return and is left out."""
+    return returns[complete] if complete.any() else returns
+
+
 def _part_summary(dataset_id: str, part: dict) -> dict:
     """What identifies one stored dataset's build: size and mean return over its complete episodes."""
-    complete = part["episode_returns"][part["episode_complete"]] if part["episode_complete"].any() \
-        else part["episode_returns"]
+    returns = complete_returns(part["episode_returns"], part["episode_complete"])
     return {"dataset_id": dataset_id, "transitions": len(part["rewards"]), "episodes": len(part["episode_returns"]),
-            "return_mean": float(complete.mean())}
+            "return_mean": float(returns.mean())}
 
 
 def _read_minari(dataset_id: str, name: str) -> dict:
