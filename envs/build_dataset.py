@@ -50,6 +50,7 @@ from rlzoo.datasets import (
     MUJOCO_ENVS,
     aliases,
     build_command,
+    complete_returns,
     datasets_root,
     local_id,
     normalize,
@@ -265,7 +266,7 @@ class Collected:
     @property
     def complete_returns(self) -> np.ndarray:
         """Returns of the episodes that ended by themselves; all of them if none did (a tiny budget)."""
-        return self.returns[~self.cut] if (~self.cut).any() else self.returns
+        return complete_returns(self.returns, ~self.cut)
 
 
 def env_info(env_id: str) -> tuple[int, int]:
