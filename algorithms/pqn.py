@@ -30,7 +30,6 @@ an episode cut by the time limit is treated as terminal, as the reference does.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,11 +42,19 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo.checkpoint import save_params
 from rlzoo.errors import RlzooError, close_matches, run_cli
-from rlzoo.logging import RunLogger
 from rlzoo.networks import PatchConv
-from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
+from rlzoo.run import (
+    RunConfig,
+    finish,
+    make_logger,
+    resume_state,
+    save_policy,
+    seed_keys,
+    shard_seeds,
+    start_run,
+    train_loop,
+)
 from rlzoo.wrappers import AtariEnvs, atari_env_ids, atari_game, atari_signals
 
 
@@ -555,16 +562,12 @@ def main(config: Config) -> dict:
     config = run.config
     backend, name = resolve_env(config.env)
     keys = seed_keys(run.seeds)
-    start_step = 0
     host_state = None
     t0 = time.perf_counter()
     if backend == "minatar":
         network, init, train_chunk, evaluate_one = make_minatar(config, name)
         state = jax.jit(jax.vmap(init))(keys)
-        if run.resuming:  # the envs are part of the device state: the run continues exactly
-            state, meta = run.checkpointer.restore(state)
-            start_step = meta["step"]
-            print(f"[rlzoo] resumed at step {start_step}")
+        state, start_step, _ = resume_state(run, state)  # the envs are in the device state: continues exactly
         state, _ = shard_seeds(state)
         chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
         eval_jit = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0)))
@@ -586,10 +589,8 @@ def main(config: Config) -> dict:
     else:
         envs, network, learn, act_all, eps_schedule, dims = make_atari(config, name, len(run.seeds))
         state = jax.jit(jax.vmap(lambda k: init_state(config, network, k, envs.obs_shape)))(keys)
-        if run.resuming:  # learner state is restored exactly; the games restart (ale-py cannot save them)
-            state, meta = run.checkpointer.restore(state)
-            start_step = meta["step"]
-            print(f"[rlzoo] resumed at step {start_step} (Atari games restart from fresh episodes)")
+        # The learner state is restored exactly; the games restart (ale-py cannot save them).
+        state, start_step, _ = resume_state(run, state, note=" (Atari games restart from fresh episodes)")
         n = envs.num_envs
         host = {
             "obs": envs.reset(seed=run.seeds[0] * config.num_envs + 7919 * (start_step // config.chunk)),
@@ -606,32 +607,9 @@ def main(config: Config) -> dict:
 
         closers = [envs, eval_envs]
 
-    logger = RunLogger(
-        run.run_dir,
-        f"pqn-{config.env}",
-        config.num_seeds,
-        run.seeds,
-        config.total_steps,
-        start_step,
-        "return",
-        config=dataclasses.asdict(config),
-        use_wandb=config.wandb,
-        wandb_project=config.wandb_project,
-        wandb_mode=config.wandb_mode,
-        quiet=config.quiet,
-    )
+    logger = make_logger(run, "return", start_step)
     state = train_loop(run, state, chunk_fn, evaluate, logger, start_step, host_state=host_state)
-    save_params(
-        run.run_dir / "policy.npz",
-        state["train"].params,
-        meta={
-            "env": config.env,
-            "backend": backend,
-            "seeds": run.seeds,
-            "step": config.total_steps,
-            "algorithm": "pqn",
-        },
-    )
+    save_policy(run, state["train"].params, backend=backend)
     for c in closers:
         c.close()
     return finish(run, logger, "return", config.env, "online", time.perf_counter() - t0)

@@ -28,8 +28,17 @@ from rlzoo import buffers, networks
 from rlzoo.checkpoint import save_params
 from rlzoo.errors import RlzooError, run_cli
 from rlzoo.evaluation import Evaluator, check_env_id
-from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
+from rlzoo.run import (
+    RunConfig,
+    finish,
+    make_logger,
+    resume_state,
+    save_policy,
+    seed_keys,
+    shard_seeds,
+    start_run,
+    train_loop,
+)
 from rlzoo.wrappers import HostVectorEnv
 
 
@@ -218,21 +227,16 @@ def main(config: Config) -> dict:
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
     actor, _ = make_networks(config, envs.act_dim)
     state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(seed_keys(run.seeds))
-    start_step = 0
+    state, start_step, host = resume_state(run, state)
     if run.resuming:
-        state, meta = run.checkpointer.restore(state)
-        start_step = meta["step"]
-        envs.set_state(meta["host"]["envs"])
-        print(f"[rlzoo] resumed at step {start_step}")
+        envs.set_state(host["envs"])
     state, _ = shard_seeds(state)
     act, learn = make_train(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
     evaluator = Evaluator(config.env, policy, run.seeds, config.eval_episodes,
                           evals_done=start_step // config.eval_every)
-    logger = RunLogger(run.run_dir, f"sac-{config.env}", config.num_seeds, run.seeds, config.total_steps,
-                       start_step, "return", config=vars(config), use_wandb=config.wandb,
-                       wandb_project=config.wandb_project, wandb_mode=config.wandb_mode, quiet=config.quiet)
+    logger = make_logger(run, "return", start_step)
     step = start_step
     act_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(run.seeds))
     policy_dir = run.run_dir / "policies"
@@ -261,9 +265,7 @@ def main(config: Config) -> dict:
     t0 = time.perf_counter()
     state = train_loop(run, state, chunk, evaluate, logger, start_step,
                        host_state=lambda: {"envs": envs.get_state()})
-    save_params(run.run_dir / "policy.npz", state["actor"].params,
-                meta={"env": config.env, "hidden_dims": list(config.hidden_dims), "seeds": run.seeds,
-                      "step": config.total_steps, "algorithm": "sac"})
+    save_policy(run, state["actor"].params, hidden_dims=list(config.hidden_dims))
     if config.save_replay:
         save_replay(run.run_dir / "replay.npz", state["replay"], run.seeds)
     envs.close()

@@ -23,8 +23,7 @@ import numpy as np
 from rlzoo import buffers, datasets
 from rlzoo.errors import RlzooError
 from rlzoo.evaluation import Evaluator
-from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, finish, seed_keys, shard_seeds, start_run, train_loop
+from rlzoo.run import RunConfig, finish, make_logger, resume_state, seed_keys, shard_seeds, start_run, train_loop
 
 
 @dataclass
@@ -112,11 +111,7 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
 
     state = jax.vmap(partial(init_state, config, obs_dim=obs_dim, act_dim=act_dim))(seed_keys(run.seeds))
-    start_step = 0
-    if run.resuming:
-        state, meta = run.checkpointer.restore(state)
-        start_step = meta["step"]
-        print(f"[rlzoo] resumed at step {start_step}")
+    state, start_step, _ = resume_state(run, state)
     state, data = shard_seeds(state, data)
 
     act = make_policy(config, act_dim)
@@ -124,10 +119,7 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     policy = lambda params, obs: act(params, (obs - mean_j) / std_j)
     evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes,
                           evals_done=start_step // config.eval_every)
-    logger = RunLogger(run.run_dir, f"{algorithm}-{config.env}", config.num_seeds, run.seeds, config.total_steps,
-                       start_step, "normalized score", config={**vars(config), **dataset.summary},
-                       use_wandb=config.wandb, wandb_project=config.wandb_project, wandb_mode=config.wandb_mode,
-                       quiet=config.quiet)
+    logger = make_logger(run, "normalized score", start_step, extra_config=dataset.summary)
 
     def evaluate(state):
         returns = evaluator(state["actor"].params)

@@ -30,7 +30,7 @@ else:  # Python 3.10
     import tomli as tomllib
 
 from rlzoo import provenance
-from rlzoo.checkpoint import Checkpointer, has_checkpoint
+from rlzoo.checkpoint import Checkpointer, has_checkpoint, save_params
 from rlzoo.errors import NonFiniteLossError, RlzooError
 from rlzoo.logging import RunLogger
 
@@ -248,6 +248,34 @@ def task_defaults(config_cls: type, algorithm: str, configs_dir: Path | None = N
 def seed_keys(seeds: list[int]) -> jax.Array:
     """One PRNG key per seed, stacked on a leading axis: the seed axis every state carries."""
     return jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
+
+
+def resume_state(run: Run, state, note: str = "") -> tuple[object, int, dict]:
+    """`(state, start step, host state)`: the newest checkpoint's when resuming (`state` gives the structure),
+    else `state` itself, step 0 and no host state. `note` is appended to the "resumed" line."""
+    if not run.resuming:
+        return state, 0, {}
+    state, meta = run.checkpointer.restore(state)
+    print(f"[rlzoo] resumed at step {meta['step']}{note}")
+    return state, meta["step"], meta.get("host", {})
+
+
+def make_logger(run: Run, score_name: str, start_step: int, extra_config: dict | None = None) -> RunLogger:
+    """The run's progress bar, CSVs and optional wandb run, named `<algorithm>-<env>`; `extra_config` (e.g. the
+    dataset's summary) is recorded beside the hyperparameters."""
+    cfg = run.config
+    return RunLogger(run.run_dir, f"{run.algorithm}-{cfg.env}", cfg.num_seeds, run.seeds, cfg.total_steps,
+                     start_step, score_name, config={**dataclasses.asdict(cfg), **(extra_config or {})},
+                     use_wandb=cfg.wandb, wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode,
+                     quiet=cfg.quiet)
+
+
+def save_policy(run: Run, params, **meta) -> None:
+    """The final policy parameters as `<run dir>/policy.npz`, with the env, seeds, step and algorithm (and
+    `meta`) beside them: what `envs/` builders and evaluation scripts load."""
+    save_params(run.run_dir / "policy.npz", params,
+                meta={"env": run.config.env, **meta, "seeds": run.seeds, "step": run.config.total_steps,
+                      "algorithm": run.algorithm})
 
 
 def _last_good_checkpoint(run: Run) -> str:
