@@ -562,7 +562,6 @@ def main(config: Config) -> dict:
     config = run.config
     backend, name = resolve_env(config.env)
     keys = seed_keys(run.seeds)
-    host_state = None
     t0 = time.perf_counter()
     if backend == "minatar":
         network, init, train_chunk, evaluate_one = make_minatar(config, name)
@@ -608,7 +607,7 @@ def main(config: Config) -> dict:
         closers = [envs, eval_envs]
 
     logger = make_logger(run, "return", start_step)
-    state = train_loop(run, state, chunk_fn, evaluate, logger, start_step, host_state=host_state)
+    state = train_loop(run, state, chunk_fn, evaluate, logger, start_step)
     save_policy(run, state["train"].params, backend=backend)
     for c in closers:
         c.close()

@@ -22,7 +22,7 @@ from rlzoo.checkpoint import Checkpointer, load_params, save_params
 from rlzoo.errors import NonFiniteLossError, RlzooError
 from rlzoo.evaluation import check_env_id
 from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, seed_keys, start_run, train_loop
+from rlzoo.run import RunConfig, make_logger, resume_state, save_policy, seed_keys, start_run, train_loop
 
 ALGORITHMS = Path(__file__).resolve().parents[1] / "algorithms"
 
@@ -267,6 +267,29 @@ def _two_seed_run(tmp_path, total_steps: int):
     return run, RunLogger(run.run_dir, "fake", 2, run.seeds, total_steps, quiet=True)
 
 
+def test_run_helpers_fresh_start_policy_file_and_logged_config(tmp_path, monkeypatch):
+    """A fresh run starts from its own state at step 0; `save_policy` records env, seeds, final step, algorithm
+    and the extras; `make_logger` names the run <algorithm>-<env> and logs the extras beside the hyperparameters."""
+    config = RunConfig(env="fake", seed=3, num_seeds=2, total_steps=20, chunk=10, eval_every=10,
+                       checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True, wandb=True)
+    run = start_run(config, "algo")
+    state = {"w": jnp.ones((2, 3))}
+    got, start_step, host = resume_state(run, state)
+    assert got is state and start_step == 0 and host == {}
+
+    save_policy(run, {"layer": {"kernel": np.arange(3.0)}}, backend="minatar")
+    params, meta = load_params(run.run_dir / "policy.npz")
+    assert meta == {"env": "fake", "backend": "minatar", "seeds": [3, 4], "step": 20, "algorithm": "algo"}
+    np.testing.assert_array_equal(params["layer"]["kernel"], np.arange(3.0))
+
+    logged = {}
+    monkeypatch.setattr(RunLogger, "_init_wandb", lambda self, cfg, project, mode: logged.update(cfg))
+    logger = make_logger(run, "return", start_step, extra_config={"dataset_id": "x", "seed": 99})
+    assert logger.name == "algo-fake" and logger.seeds == [3, 4]
+    assert logged["dataset_id"] == "x" and logged["total_steps"] == 20 and logged["seed"] == 99  # extras win
+    logger.close()
+
+
 def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
     chunk_len = 10
     run, logger = _two_seed_run(tmp_path, total_steps=50)
@@ -450,10 +473,11 @@ def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
     # A second process, at another commit, restores the newest checkpoint as an algorithm does on --resume.
     monkeypatch.setattr(provenance, "commit", lambda: "bbb2222")
     run = start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
-    state, meta = run.checkpointer.restore({"w": jnp.zeros((1, 3))})
-    assert meta["step"] == 20
-    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, meta["step"], quiet=True)
-    train_loop(run, state, chunk, evaluate, logger, meta["step"])
+    state, start_step, host = resume_state(run, {"w": jnp.zeros((1, 3))})
+    assert start_step == 20 and host == {}
+    np.testing.assert_array_equal(state["w"], np.full((1, 3), 2.0))
+    logger = make_logger(run, "return", start_step)
+    train_loop(run, state, chunk, evaluate, logger, start_step)
     assert Checkpointer(run.run_dir).restore(state)[1]["wall_s"] > first
     summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
     assert summary["wall_s"] == pytest.approx(first + 0.5)
