@@ -227,7 +227,7 @@ def main(config: Config) -> dict:
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
     actor, _ = make_networks(config, envs.act_dim)
     state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(seed_keys(run.seeds))
-    state, start_step, host = resume_state(run, state)
+    state, start_step, host = resume_state(run, state, host_keys=("envs",))
     if run.resuming:
         envs.set_state(host["envs"])
     state, _ = shard_seeds(state)

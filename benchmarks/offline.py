@@ -394,7 +394,8 @@ def dataset_order(task: str) -> tuple:
 # Options of a run that do not change what it learns (bookkeeping, logging, the data's name and length, which are
 # keys of their own): runs that differ only in these are one configuration.
 NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "run_dir", "resume",
-                       "wandb", "wandb_project", "wandb_mode", "scores_csv", "quiet", "download"}
+                       "wandb", "wandb_project", "wandb_mode", "scores_csv", "quiet", "download",
+                       "algorithm"}
 
 
 def label_variants(rows, curves_root: Path):

@@ -120,7 +120,17 @@ def _by_id(name: str, dataset_id: str) -> Resolved:
 def resolve(name: str, download: bool = True) -> Resolved:
     """Map a dataset name to Minari ids following the order in this module's docstring."""
     if os.path.isdir(name):
-        return _by_id(name, str(Path(name).resolve()))
+        path = Path(name).resolve()
+        if path.name == "data" and (path / "metadata.json").is_file():
+            path = path.parent  # the dataset's data/ folder itself was given
+        if not (path / "data").is_dir():
+            raise RlzooError(
+                f"'{name}' is a directory but not a Minari dataset: a dataset directory holds a data/ folder "
+                "(data/metadata.json and the episodes' file). Pass such a directory (e.g. "
+                f"{datasets_root() / local_id('hopper', 'medium')}), a Minari id such as mujoco/hopper/medium-v0, "
+                "or a D4RL-style name such as hopper-medium."
+            )
+        return _by_id(name, str(path))
     parsed = split_alias(name)
     if parsed is None:
         if "/" in name and name.rsplit("-v", 1)[-1].isdigit():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ class RunConfig:
     """Log to Weights & Biases, one run per seed grouped by run name."""
     wandb_project: str = "rlzoo"
     """Weights & Biases project."""
-    wandb_mode: str = "auto"
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """online, offline or disabled; auto = online if WANDB_API_KEY is set, else offline."""
     scores_csv: str | None = None
     """If set, append the final per-seed scores to this CSV (the results/scores.csv schema)."""
@@ -82,6 +83,48 @@ class Run:
     prepared: object = None  # what `start_run(..., prepare=...)` returned (e.g. the loaded dataset)
 
 
+# What each numeric option may be, by field name across the algorithms' Configs: a value outside its range
+# is refused before anything is built (a zero batch size would otherwise surface as a NaN loss at step 2).
+# A new numeric option gets a row here; tests/test_core.py checks that every algorithm's options have one.
+_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+_POSITIVE = ("positive", lambda v: v > 0)
+_IN_0_1 = ("in [0, 1]", lambda v: 0 <= v <= 1)
+OPTION_RANGES = {
+    **dict.fromkeys(("num_seeds", "chunk", "batch_size", "eval_episodes", "num_envs", "num_steps", "num_epochs",
+                     "num_minibatches", "policy_freq", "cql_n_actions", "buffer_size", "update_every",
+                     "num_critics", "eval_max_steps", "hidden_dims"), _AT_LEAST_1),
+    **dict.fromkeys(("seed", "learning_starts", "bc_steps", "save_policy_every", "decay_steps", "env_threads",
+                     "policy_noise", "noise_clip", "cql_alpha", "alpha_multiplier"), _AT_LEAST_0),
+    **dict.fromkeys(("actor_lr", "critic_lr", "value_lr", "policy_lr", "qf_lr", "alpha_lr", "lr", "beta",
+                     "max_weight", "alpha", "cql_temp", "max_grad_norm", "max_action", "init_alpha"), _POSITIVE),
+    **dict.fromkeys(("gamma", "lam", "eps_start", "eps_finish", "eps_decay", "sticky_actions"), _IN_0_1),
+    "tau": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "expectile": ("in (0, 1)", lambda v: 0 < v < 1),
+}
+# Numeric options with no fixed range: steps checked against --chunk in start_run, signed or unbounded values.
+OPTION_RANGES_EXEMPT = {"total_steps", "eval_every", "checkpoint_every", "cql_target_action_gap",
+                        "cql_clip_diff_min", "cql_clip_diff_max"}
+
+
+def check_option_ranges(config) -> None:
+    """Refuse a numeric option outside its range (OPTION_RANGES) or NaN, naming the flag and what it may be."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not numbers:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = "" if field.default is dataclasses.MISSING else f" (its default is {field.default})"
+        if any(v != v for v in numbers):
+            raise RlzooError(f"{flag} is NaN; give it a number{default}.")
+        allowed, ok = OPTION_RANGES.get(field.name, ("", lambda v: True))
+        if not all(ok(v) for v in numbers):
+            each = "each entry " if isinstance(value, (tuple, list)) else ""
+            raise RlzooError(f"{flag} {value}: {each}must be {allowed}{default}.")
+
+
 def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], object] | None = None) -> Run:
     """Validate the options, run `prepare(config)` (e.g. load the dataset, check the env id), then create
     (or reopen with --resume) the run directory: bad input never leaves an empty run directory behind."""
@@ -94,6 +137,12 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
                 "without --resume."
             )
         saved = json.loads((run_dir / "config.json").read_text())
+        if saved.get("algorithm", algorithm) != algorithm:  # config.json of runs before 2026-11-26 has none
+            raise RlzooError(
+                f"--resume {config.resume}: that directory holds a {saved['algorithm']} run, not {algorithm}. "
+                f"Resume it with its own file (python algorithms/{saved['algorithm']}.py --resume "
+                f"{config.resume}), or point --resume at a {algorithm} run directory."
+            )
         fields = {f.name for f in dataclasses.fields(config)}
         # Hyperparameters come from the saved config; how this invocation reports comes from the CLI.
         keep = {"resume", "quiet", "scores_csv", "wandb", "wandb_mode", "wandb_project"}
@@ -103,21 +152,19 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = config.env.replace("/", "_")
         run_dir = Path(config.run_dir or f"runs/{algorithm}-{name}-{stamp}")
-    if config.chunk < 1:
-        raise RlzooError(f"--chunk {config.chunk} must be at least 1")
+    check_option_ranges(config)
     for option in ("eval_every", "checkpoint_every", "total_steps"):
         value = getattr(config, option)
         if value <= 0 or value % config.chunk:
             raise RlzooError(f"--{option.replace('_', '-')} {value} must be a positive multiple of --chunk "
                              f"{config.chunk}; change one of them.")
-    if config.num_seeds < 1:
-        raise RlzooError(f"--num-seeds {config.num_seeds} must be at least 1")
     prepared = prepare(config) if prepare is not None else None
     if not config.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
     hold_run_dir(run_dir)
     if not config.resume:
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(config), "algorithm": algorithm},
+                                                        indent=2))
     seeds = list(range(config.seed, config.seed + config.num_seeds))
     print(f"[rlzoo] {algorithm} on {config.env}, seeds {seeds}, run dir {run_dir}")
     provenance.commit()  # cached now: results name the code this process started with, not HEAD at its end
@@ -250,14 +297,23 @@ def seed_keys(seeds: list[int]) -> jax.Array:
     return jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
 
 
-def resume_state(run: Run, state, note: str = "") -> tuple[object, int, dict]:
+def resume_state(run: Run, state, note: str = "", host_keys: tuple[str, ...] = ()) -> tuple[object, int, dict]:
     """`(state, start step, host state)`: the newest checkpoint's when resuming (`state` gives the structure),
-    else `state` itself, step 0 and no host state. `note` is appended to the "resumed" line."""
+    else `state` itself, step 0 and no host state. `note` is appended to the "resumed" line; `host_keys` are
+    the host-state entries the run cannot continue without (e.g. the envs' emulator state)."""
     if not run.resuming:
         return state, 0, {}
     state, meta = run.checkpointer.restore(state)
+    host = meta.get("host", {})
+    missing = [key for key in host_keys if key not in host]
+    if missing:
+        raise RlzooError(
+            f"--resume {run.run_dir}: its checkpoint at step {meta['step']} holds no {', '.join(missing)} state "
+            "(it was written by an older rlzoo), so the run cannot continue where it stopped. Start a new run "
+            "without --resume; the old run's logs and checkpoints stay in place."
+        )
     print(f"[rlzoo] resumed at step {meta['step']}{note}")
-    return state, meta["step"], meta.get("host", {})
+    return state, meta["step"], host
 
 
 def make_logger(run: Run, score_name: str, start_step: int, extra_config: dict | None = None) -> RunLogger:

@@ -135,6 +135,12 @@ def test_hopper_random_arrays_boundaries_and_metadata(store):
     lid = datasets.local_id("hopper", "random")
     assert datasets.resolve(lid, download=False).source == "local"
     assert datasets.resolve(str(datasets.datasets_root() / lid), download=False).source == "local"
+    by_data_dir = datasets.resolve(str(datasets.datasets_root() / lid / "data"), download=False)
+    assert by_data_dir.dataset_ids == [str(datasets.datasets_root() / lid)] and by_data_dir.source == "local"
+    # A directory that is not a dataset is named as such (not called corrupt, nothing to delete).
+    with pytest.raises(RlzooError, match="is a directory but not a Minari dataset") as err:
+        datasets.resolve(str(store), download=False)
+    assert "Delete" not in str(err.value)
     # Nothing is left in the staging folder; an existing dataset is skipped without --force.
     assert not (datasets.datasets_root() / bd.STAGING).exists()
     assert _build(store) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import socket
 import sys
 import time
@@ -290,6 +291,19 @@ def test_run_helpers_fresh_start_policy_file_and_logged_config(tmp_path, monkeyp
     logger.close()
 
 
+def test_resume_state_returns_host_state_and_refuses_a_checkpoint_without_a_needed_entry(tmp_path):
+    run, logger = _two_seed_run(tmp_path, total_steps=20)
+    logger.close()
+    state = {"w": jnp.arange(6.0).reshape(2, 3)}
+    run.checkpointer.save(10, state, {"step": 10, "host": {"other": 1}})
+    resumed = start_run(RunConfig(resume=str(run.run_dir), quiet=True), "fake")
+    got, step, host = resume_state(resumed, {"w": jnp.zeros((2, 3))})
+    np.testing.assert_array_equal(got["w"], state["w"])
+    assert step == 10 and host == {"other": 1}
+    with pytest.raises(RlzooError, match="checkpoint at step 10 holds no envs state"):
+        resume_state(resumed, {"w": jnp.zeros((2, 3))}, host_keys=("envs",))
+
+
 def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
     chunk_len = 10
     run, logger = _two_seed_run(tmp_path, total_steps=50)
@@ -413,10 +427,47 @@ def test_resume_from_empty_dir_raises(tmp_path):
         start_run(RunConfig(resume=str(tmp_path / "does-not-exist")), "iql")
 
 
+def test_resume_with_another_algorithms_file_names_the_right_one(tmp_path):
+    run = start_run(RunConfig(env="fake", run_dir=str(tmp_path / "r"), quiet=True), "sac")
+    assert json.loads((run.run_dir / "config.json").read_text())["algorithm"] == "sac"
+    run.checkpointer.save(1000, {"w": jnp.zeros(3)}, {"step": 1000})
+    with pytest.raises(RlzooError, match=r"holds a sac run, not iql.*python algorithms/sac.py --resume"):
+        start_run(RunConfig(resume=str(tmp_path / "r")), "iql")
+
+
 def test_start_run_rejects_chunk_mismatch(tmp_path):
     with pytest.raises(RlzooError, match="multiple of --chunk"):
         start_run(RunConfig(run_dir=str(tmp_path / "r"), chunk=300, eval_every=1000, total_steps=3000,
                             checkpoint_every=3000), "iql")
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("batch_size", 0, "--batch-size 0: must be at least 1"),
+    ("expectile", 1.0, "--expectile 1.0: must be in (0, 1)"),
+    ("hidden_dims", (256, 0), "--hidden-dims (256, 0): each entry must be at least 1"),
+    ("gamma", float("nan"), "--gamma is NaN"),
+    ("num_seeds", 0, "--num-seeds 0: must be at least 1"),
+])
+def test_start_run_refuses_an_out_of_range_option_before_making_the_run_dir(tmp_path, flag, value, says):
+    config = dataclasses.replace(_import_iql().Config(run_dir=str(tmp_path / "r")), **{flag: value})
+    with pytest.raises(RlzooError) as err:
+        start_run(config, "iql")
+    assert str(err.value).startswith(says)
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_numeric_option_of_every_algorithm_has_a_range():
+    """A new numeric option must be given its range in rlzoo.run.OPTION_RANGES (or be exempted on purpose)."""
+    from rlzoo.run import OPTION_RANGES, OPTION_RANGES_EXEMPT, check_option_ranges
+
+    _import_iql()
+    for name in ("iql", "td3_bc", "cql", "sac", "pqn"):
+        config = __import__(name).Config()
+        check_option_ranges(config)  # the defaults are in range
+        numeric = {f.name for f in dataclasses.fields(config)
+                   if any(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          for v in (lambda x: x if isinstance(x, tuple) else (x,))(getattr(config, f.name)))}
+        assert numeric <= set(OPTION_RANGES) | OPTION_RANGES_EXEMPT, (name, numeric - set(OPTION_RANGES))
 
 
 def test_seed_keys_are_distinct_and_match_prngkey():
