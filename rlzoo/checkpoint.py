@@ -43,9 +43,21 @@ class Checkpointer:
                 "--resume, or point --resume at the right folder."
             )
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        try:
+            out = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
+        except Exception as err:
+            older = [s for s in self.manager.all_steps() if s < step]
+            bad = Path(self.directory) / str(step)
+            fallback = (
+                f"To continue from step {max(older)}, the newest older one, move it aside (mv {bad} {bad}.corrupt) "
+                "and resume again." if older else "There is no older checkpoint: start a new run without --resume."
+            )
+            raise RlzooError(
+                f"the checkpoint at step {step} in {self.directory} is corrupt or does not fit this run and cannot "
+                f"be restored ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {fallback}"
+            ) from err
         self.restored_meta = dict(out["meta"])
         return out["state"], out["meta"]
 

@@ -243,6 +243,24 @@ def test_checkpoint_restore_without_checkpoint_raises(tmp_path):
         Checkpointer(tmp_path).restore(fresh())
 
 
+def test_a_corrupt_checkpoint_is_reported_with_the_way_back_to_the_older_one(tmp_path):
+    ckpt = Checkpointer(tmp_path)
+    state = {"w": jnp.arange(512.0)}
+    ckpt.save(10, state, {"step": 10})
+    ckpt.save(20, {"w": state["w"] + 1}, {"step": 20})
+    for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:16])
+    with pytest.raises(RlzooError, match=r"checkpoint at step 20 .* is corrupt.*continue from step 10.*mv ") as err:
+        Checkpointer(tmp_path).restore({"w": jnp.zeros(512)})
+    bad = tmp_path / "checkpoints" / "20"
+    assert f"mv {bad.resolve()} {bad.resolve()}.corrupt" in str(err.value)
+    bad.resolve().rename(f"{bad.resolve()}.corrupt")  # what the message says to do
+    restored, meta = Checkpointer(tmp_path).restore({"w": jnp.zeros(512)})
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert meta["step"] == 10
+
+
 def test_save_and_load_params_roundtrip(tmp_path):
     state, _ = _iql_state()
     params = jax.tree_util.tree_map(lambda x: x[0], state["actor"].params)
