@@ -102,6 +102,7 @@ def save_params(path: str | Path, params, meta: dict | None = None) -> None:
 def load_params(path: str | Path) -> tuple[dict, dict]:
     """Inverse of `save_params`: (nested params dict, meta)."""
     import json
+    import zipfile
 
     import numpy as np
 
@@ -117,7 +118,7 @@ def load_params(path: str | Path) -> tuple[dict, dict]:
                 for p in parents:
                     node = node.setdefault(p, {})
                 node[leaf] = data[name]
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise RlzooError(f"cannot read parameters from {path} ({type(err).__name__}: {err}); the file is "
                          "missing or corrupt") from err
     return params, meta

@@ -273,6 +273,11 @@ def test_save_and_load_params_roundtrip(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), b)
     with pytest.raises(RlzooError, match="cannot read parameters"):
         load_params(tmp_path / "missing.npz")
+    whole = (tmp_path / "sub" / "policy.npz").read_bytes()
+    for cut in (len(whole) // 2, 100):  # a truncated file: a broken zip member, or no zip directory at all
+        (tmp_path / "cut.npz").write_bytes(whole[:cut])
+        with pytest.raises(RlzooError, match="cut.npz .*missing or corrupt"):
+            load_params(tmp_path / "cut.npz")
 
 
 # ---------------------------------------------------------------------------------------------- run loop
