@@ -35,6 +35,14 @@ def run_name(env: str, seed: int) -> str:
 
 
 def launch(args) -> None:
+    from rlzoo.errors import RlzooError
+    from rlzoo.evaluation import check_env_id
+
+    for env in args.envs:  # refused here, not in a background log the user may never read
+        try:
+            check_env_id(env)
+        except RlzooError as err:
+            raise SystemExit(f"error: {err}") from None
     root = Path(args.runs_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     for env in args.envs:

@@ -146,3 +146,9 @@ def test_online_launch_skips_finished_runs_and_refuses_another_length(tmp_path, 
     (done / "config.json").write_text(json.dumps({"total_steps": 300_000}))
     with pytest.raises(SystemExit, match="a run of 300,000 steps, not --total-steps 1,000,000"):
         online.launch(args)
+    # An unknown env is refused before anything starts in the background.
+    typo = argparse.Namespace(runs_root=str(tmp_path / "other"), envs=["Hopper-v5", "Antt-v5"], seed=0,
+                              total_steps=1_000_000)
+    with pytest.raises(SystemExit, match="unknown environment 'Antt-v5'. Close matches: Ant-v5"):
+        online.launch(typo)
+    assert not (tmp_path / "other").exists()
