@@ -136,6 +136,14 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
                 "--resume at the run directory printed at the start of an earlier run, or start a new run "
                 "without --resume."
             )
+        done = run_dir / "summary.json"
+        if done.is_file():
+            raise RlzooError(
+                f"--resume {config.resume}: that run has finished (its final scores are in {done}); resuming it "
+                "would only record the same scores a second time. Start a new run without --resume to train "
+                "again. If its scores are missing from a scores CSV, add them with: python "
+                f"benchmarks/record_run.py {config.resume}"
+            )
         saved = json.loads((run_dir / "config.json").read_text())
         if saved.get("algorithm", algorithm) != algorithm:  # config.json of runs before 2026-11-26 has none
             raise RlzooError(

@@ -556,6 +556,9 @@ def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
     summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
     assert summary["wall_s"] == pytest.approx(first + 0.5)
     assert summary["commits"] == ["aaa1111", "bbb2222"] and summary["commit"] == "aaa1111;bbb2222"
+    # A finished run is not resumed again: that would record its scores twice.
+    with pytest.raises(RlzooError, match="that run has finished .*record_run.py"):
+        start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
 
 
 def _tiny_dataset(ref_max: float = 100.0, n: int = 6) -> datasets.OfflineDataset:
