@@ -206,7 +206,11 @@ def check_config(config: Config) -> None:
     space = gym.make(config.env).action_space
     if not isinstance(space, gym.spaces.Box):
         raise RlzooError(f"SAC needs a continuous (Box) action space; {config.env} has {space}. Use a MuJoCo "
-                         "task such as HalfCheetah-v5 (discrete-action algorithms: PQN, planned).")
+                         "task such as HalfCheetah-v5, or algorithms/pqn.py for discrete actions (MinAtar, Atari).")
+    if config.autotune and config.init_alpha == 0:
+        raise RlzooError("--init-alpha 0 needs --no-autotune: the tuned temperature is learned as log(alpha), "
+                         "which cannot start at log(0). Give a positive --init-alpha, or add --no-autotune for "
+                         "SAC without an entropy bonus.")
 
 
 def save_replay(path, replay: buffers.Replay, seeds: list[int]) -> None:

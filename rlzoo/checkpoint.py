@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import jax
@@ -43,23 +44,32 @@ class Checkpointer:
                 "--resume, or point --resume at the right folder."
             )
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        args = lambda: ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         try:
-            out = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-            )
+            out = self.manager.restore(step, args=args())
         except Exception as err:
-            older = [s for s in self.manager.all_steps() if s < step]
-            bad = Path(self.directory) / str(step)
-            fallback = (
-                f"To continue from step {max(older)}, the newest older one, move it aside (mv {bad} {bad}.corrupt) "
-                "and resume again." if older else "There is no older checkpoint: start a new run without --resume."
-            )
-            raise RlzooError(
-                f"the checkpoint at step {step} in {self.directory} is corrupt or does not fit this run and cannot "
-                f"be restored ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {fallback}"
-            ) from err
+            raise RlzooError(self._unrestorable(step, err, args)) from err
         self.restored_meta = dict(out["meta"])
         return out["state"], out["meta"]
+
+    def _unrestorable(self, step: int, err: Exception, args) -> str:
+        """What to do when checkpoint `step` cannot be restored: if the newest older one can, the newest is
+        damaged (move it aside, resume from the older); if not, no checkpoint fits this run's code or config."""
+        detail = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        older = [s for s in self.manager.all_steps() if s < step]
+        if older:
+            try:
+                self.manager.restore(max(older), args=args())
+            except Exception:
+                older = []
+        if not older:
+            return (f"no checkpoint in {self.directory} can be restored into this run ({detail}). Either they do "
+                    "not fit this code and configuration (the code changed since they were written: resume with "
+                    "the code the run was started with) or they are damaged; start a new run without --resume.")
+        bad = shlex.quote(str(Path(self.directory) / str(step)))
+        return (f"the checkpoint at step {step} in {self.directory} is damaged and cannot be restored ({detail}); "
+                f"the one at step {max(older)} can. To continue from there, move the step-{step} checkpoint "
+                f"aside (mv {bad} {bad}.corrupt) and resume again.")
 
     def read(self, step: int | None = None):
         """Restore (state, meta) as saved, without a template: nested dicts of arrays (dataclasses such

@@ -94,10 +94,13 @@ OPTION_RANGES = {
     **dict.fromkeys(("num_seeds", "chunk", "batch_size", "eval_episodes", "num_envs", "num_steps", "num_epochs",
                      "num_minibatches", "policy_freq", "cql_n_actions", "buffer_size", "update_every",
                      "num_critics", "eval_max_steps", "hidden_dims"), _AT_LEAST_1),
+    # 0 switches a term off: alpha (TD3+BC) or beta (IQL) 0 is behaviour cloning, init_alpha 0 with
+    # --no-autotune is SAC without the entropy bonus.
     **dict.fromkeys(("seed", "learning_starts", "bc_steps", "save_policy_every", "decay_steps", "env_threads",
-                     "policy_noise", "noise_clip", "cql_alpha", "alpha_multiplier"), _AT_LEAST_0),
-    **dict.fromkeys(("actor_lr", "critic_lr", "value_lr", "policy_lr", "qf_lr", "alpha_lr", "lr", "beta",
-                     "max_weight", "alpha", "cql_temp", "max_grad_norm", "max_action", "init_alpha"), _POSITIVE),
+                     "policy_noise", "noise_clip", "cql_alpha", "alpha_multiplier", "alpha", "beta", "init_alpha"),
+                    _AT_LEAST_0),
+    **dict.fromkeys(("actor_lr", "critic_lr", "value_lr", "policy_lr", "qf_lr", "alpha_lr", "lr", "max_weight",
+                     "cql_temp", "max_grad_norm", "max_action"), _POSITIVE),
     **dict.fromkeys(("gamma", "lam", "eps_start", "eps_finish", "eps_decay", "sticky_actions"), _IN_0_1),
     "tau": ("in (0, 1]", lambda v: 0 < v <= 1),
     "expectile": ("in (0, 1)", lambda v: 0 < v < 1),
@@ -116,13 +119,14 @@ def check_option_ranges(config) -> None:
         if not numbers:
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = "" if field.default is dataclasses.MISSING else f" (its default is {field.default})"
         if any(v != v for v in numbers):
-            raise RlzooError(f"{flag} is NaN; give it a number{default}.")
+            raise RlzooError(f"{flag} is NaN; give it a number (--help lists every option with its default).")
         allowed, ok = OPTION_RANGES.get(field.name, ("", lambda v: True))
         if not all(ok(v) for v in numbers):
             each = "each entry " if isinstance(value, (tuple, list)) else ""
-            raise RlzooError(f"{flag} {value}: {each}must be {allowed}{default}.")
+            shown = " ".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+            raise RlzooError(f"{flag} {shown}: {each}must be {allowed} (--help lists every option with its "
+                             "default).")
 
 
 def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], object] | None = None) -> Run:
@@ -143,6 +147,7 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
                 "would only record the same scores a second time. Start a new run without --resume to train "
                 "again. If its scores are missing from a scores CSV, add them with: python "
                 f"benchmarks/record_run.py {config.resume}"
+                + (f" --scores-csv {config.scores_csv}" if config.scores_csv else "")
             )
         saved = json.loads((run_dir / "config.json").read_text())
         if saved.get("algorithm", algorithm) != algorithm:  # config.json of runs before 2026-11-26 has none

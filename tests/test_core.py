@@ -251,9 +251,12 @@ def test_a_corrupt_checkpoint_is_reported_with_the_way_back_to_the_older_one(tmp
     for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(f.read_bytes()[:16])
-    with pytest.raises(RlzooError, match=r"checkpoint at step 20 .* is corrupt.*continue from step 10.*mv ") as err:
+    with pytest.raises(RlzooError, match=r"checkpoint at step 20 .* is damaged.*one at step 10 can.*mv ") as err:
         Checkpointer(tmp_path).restore({"w": jnp.zeros(512)})
     bad = tmp_path / "checkpoints" / "20"
+    # A template that fits no checkpoint (the code changed) is not blamed on the newest one.
+    with pytest.raises(RlzooError, match=r"no checkpoint in .* can be restored into this run"):
+        Checkpointer(tmp_path).restore({"w": jnp.zeros(7)})
     assert f"mv {bad.resolve()} {bad.resolve()}.corrupt" in str(err.value)
     bad.resolve().rename(f"{bad.resolve()}.corrupt")  # what the message says to do
     restored, meta = Checkpointer(tmp_path).restore({"w": jnp.zeros(512)})
@@ -467,7 +470,8 @@ def test_start_run_rejects_chunk_mismatch(tmp_path):
 @pytest.mark.parametrize("flag, value, says", [
     ("batch_size", 0, "--batch-size 0: must be at least 1"),
     ("expectile", 1.0, "--expectile 1.0: must be in (0, 1)"),
-    ("hidden_dims", (256, 0), "--hidden-dims (256, 0): each entry must be at least 1"),
+    ("hidden_dims", (256, 0), "--hidden-dims 256 0: each entry must be at least 1"),
+    ("beta", -1.0, "--beta -1.0: must be at least 0"),
     ("gamma", float("nan"), "--gamma is NaN"),
     ("num_seeds", 0, "--num-seeds 0: must be at least 1"),
 ])
@@ -487,6 +491,8 @@ def test_every_numeric_option_of_every_algorithm_has_a_range():
     for name in ("iql", "td3_bc", "cql", "sac", "pqn"):
         config = __import__(name).Config()
         check_option_ranges(config)  # the defaults are in range
+        if name in ("td3_bc", "iql"):  # 0 switches the RL term off (behaviour cloning): allowed
+            check_option_ranges(dataclasses.replace(config, **{"alpha" if name == "td3_bc" else "beta": 0.0}))
         numeric = {f.name for f in dataclasses.fields(config)
                    if any(isinstance(v, (int, float)) and not isinstance(v, bool)
                           for v in (lambda x: x if isinstance(x, tuple) else (x,))(getattr(config, f.name)))}

@@ -152,3 +152,11 @@ def test_online_launch_skips_finished_runs_and_refuses_another_length(tmp_path, 
     with pytest.raises(SystemExit, match="unknown environment 'Antt-v5'. Close matches: Ant-v5"):
         online.launch(typo)
     assert not (tmp_path / "other").exists()
+
+
+def test_init_alpha_zero_is_sac_without_entropy_only_when_not_tuned():
+    from rlzoo.errors import RlzooError
+
+    sac.check_config(sac.Config(env="Pendulum-v1", init_alpha=0.0, autotune=False))
+    with pytest.raises(RlzooError, match="--init-alpha 0 needs --no-autotune"):
+        sac.check_config(sac.Config(env="Pendulum-v1", init_alpha=0.0))
