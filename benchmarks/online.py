@@ -6,11 +6,11 @@
 `launch` starts one background process per env (one CPU core each, XLA intra-op threading off),
 each a plain `algorithms/sac.py` run with checkpoints, logging to <runs-root>/<name>.log; an
 interrupted run is continued with `launch` again (it resumes from the newest checkpoint).
-Finished runs append their final return to results/scores.csv themselves (`--scores-csv`).
 `collect` copies each run's eval.csv into results/curves/<name>.csv, plots every run into
-results/curves/<name>.png, and records runs that have not finished yet in
-results/curves/in_progress.csv (steps reached, latest return) so that partial curves are never
-mistaken for final numbers.
+results/curves/<name>.png, records each finished run once (benchmarks/record_run.py: its final return
+in results/scores.csv, its curve files in results/curves/<name>-<steps>/, e.g. sac-Ant-v5-s0-1M), and
+lists runs that have not finished yet in results/curves/in_progress.csv (steps reached, latest return)
+so that partial curves are never mistaken for final numbers.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from rlzoo.run import start_or_resume_command
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_run import record  # noqa: E402
+
+from rlzoo.run import start_or_resume_command  # noqa: E402
+
 CURVES = ROOT / "results" / "curves"
 
 
@@ -60,8 +64,9 @@ def launch(args) -> None:
         cmd = start_or_resume_command(ROOT / "algorithms" / "sac.py", run_dir, [
             "--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps), "--eval-every", "10000",
             "--checkpoint-every", "20000", "--save-policy-every", "10000"])
-        # How a run reports is not part of its saved configuration: say it again when resuming.
-        cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
+        # How a run reports is not part of its saved configuration: say it again when resuming. Its scores are
+        # recorded by `collect` (with the curve files the row points at), not by the run itself.
+        cmd += ["--quiet"]
         log = open(root / f"{name}.log", "a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         print(f"started {name} (pid {proc.pid}): {' '.join(cmd)}")
@@ -92,7 +97,11 @@ def collect(args) -> None:
         fig.tight_layout()
         fig.savefig(CURVES / f"{name}.png", dpi=110)
         plt.close(fig)
-        if not done:
+        if done:
+            steps = json.loads((run_dir / "summary.json").read_text())["steps"]
+            label = f"{steps // 1_000_000}M" if steps % 1_000_000 == 0 else f"{steps // 1000}k"
+            record(run_dir, Path(args.scores_csv), CURVES, name=f"{name}-{label}")
+        else:
             progress.append([name, int(data["step"][-1]), round(float(data["return_mean"][-1]), 1)])
         print(f"{name}: {int(data['step'][-1]):,} steps, latest return {data['return_mean'][-1]:.0f}"
               + ("" if done else " (in progress)"))
@@ -112,6 +121,8 @@ def main() -> None:
     p.add_argument("--runs-root", default="~/rlzoo-runs")
     c = sub.add_parser("collect", help="copy curves of the runs under --runs-root into results/curves")
     c.add_argument("--runs-root", default="~/rlzoo-runs")
+    c.add_argument("--scores-csv", default=str(ROOT / "results" / "scores.csv"),
+                   help="where finished runs' final returns are recorded")
     args = parser.parse_args()
     launch(args) if args.command == "launch" else collect(args)
 
