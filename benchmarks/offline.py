@@ -50,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_run import already_recorded, record  # noqa: E402
+from record_run import already_recorded, record, short_steps  # noqa: E402
 
 from rlzoo.checkpoint import has_checkpoint  # noqa: E402
 from rlzoo.errors import RlzooError  # noqa: E402
@@ -89,13 +89,6 @@ class Job:
     @property
     def resumable(self) -> bool:
         return has_checkpoint(self.run_dir)
-
-
-def short_steps(steps: int) -> str:
-    """200000 -> 200k, 1000000 -> 1M, 300 -> 300."""
-    if steps % 1_000_000 == 0:
-        return f"{steps // 1_000_000}M"
-    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
 
 
 def run_name(algo: str, dataset: str, seed: int, num_seeds: int, steps: int, tag: str = "") -> str:

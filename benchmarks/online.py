@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_run import record  # noqa: E402
+from record_run import record, short_steps  # noqa: E402
 
 from rlzoo.run import start_or_resume_command  # noqa: E402
 
@@ -99,8 +99,7 @@ def collect(args) -> None:
         plt.close(fig)
         if done:
             steps = json.loads((run_dir / "summary.json").read_text())["steps"]
-            label = f"{steps // 1_000_000}M" if steps % 1_000_000 == 0 else f"{steps // 1000}k"
-            record(run_dir, Path(args.scores_csv), CURVES, name=f"{name}-{label}")
+            record(run_dir, Path(args.scores_csv), CURVES, name=f"{name}-{short_steps(steps)}")
         else:
             progress.append([name, int(data["step"][-1]), round(float(data["return_mean"][-1]), 1)])
         print(f"{name}: {int(data['step'][-1]):,} steps, latest return {data['return_mean'][-1]:.0f}"

@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CURVE_FILES = ("eval.csv", "curve.png", "config.json", "summary.json", "dataset.json")
 
 
+def short_steps(steps: int) -> str:
+    """200000 -> 200k, 1000000 -> 1M, 300 -> 300."""
+    if steps % 1_000_000 == 0:
+        return f"{steps // 1_000_000}M"
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
+
+
 def recorded_seeds(scores_csv: Path, summary: dict) -> set[str]:
     """The seeds of this finished run (algorithm, task, steps, date) that `scores_csv` already holds a row of."""
     if not scores_csv.exists():
