@@ -54,7 +54,7 @@ from record_run import already_recorded, record, short_steps  # noqa: E402
 
 from rlzoo.checkpoint import has_checkpoint  # noqa: E402
 from rlzoo.errors import RlzooError  # noqa: E402
-from rlzoo.run import start_or_resume_command  # noqa: E402
+from rlzoo.run import HOST_OPTIONS, start_or_resume_command  # noqa: E402
 
 ALGORITHMS_DIR = ROOT / "algorithms"
 # Options the harness sets itself for every run; they may not be passed after `--`.
@@ -386,9 +386,8 @@ def dataset_order(task: str) -> tuple:
 
 # Options of a run that do not change what it learns (bookkeeping, logging, the data's name and length, which are
 # keys of their own): runs that differ only in these are one configuration.
-NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "run_dir", "resume",
-                       "wandb", "wandb_project", "wandb_mode", "scores_csv", "quiet", "download",
-                       "algorithm"}
+# what a run is (task, seeds, length) and how it runs (chunk, checkpoints, downloads), beside HOST_OPTIONS
+NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download"}
 
 
 def label_variants(rows, curves_root: Path):
@@ -402,7 +401,7 @@ def label_variants(rows, curves_root: Path):
         path = run_folder(row, curves_root) / "config.json"
         if not path.exists():
             return None
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in NOT_HYPERPARAMETERS}
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in NOT_HYPERPARAMETERS | HOST_OPTIONS}
 
     def differing(a: dict, b: dict) -> list[str]:
         return [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]

@@ -29,10 +29,9 @@ import build_dataset as bd
 
 from rlzoo.datasets import MUJOCO_ENVS
 from rlzoo.errors import RlzooError, close_matches, run_cli
+from rlzoo.run import HOST_OPTIONS
 
 # Run options that say how a run reports, not how it trains: not recorded as its configuration.
-HOST_OPTIONS = {"run_dir", "resume", "scores_csv", "quiet", "wandb", "wandb_project", "wandb_mode",
-                "algorithm"}
 EVAL_SEED = 2_000_000  # env seeds of these evaluations: apart from the datasets' and the reference scores'
 
 

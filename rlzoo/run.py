@@ -83,6 +83,11 @@ class Run:
     prepared: object = None  # what `start_run(..., prepare=...)` returned (e.g. the loaded dataset)
 
 
+# Options that say where and how a run reports, not what it computes (config.json records them too): a
+# resumed run takes them from its command line, and comparisons of hyperparameters ignore them.
+HOST_OPTIONS = frozenset({"run_dir", "resume", "quiet", "scores_csv", "wandb", "wandb_mode", "wandb_project",
+                          "algorithm"})
+
 # What each numeric option may be, by field name across the algorithms' Configs: a value outside its range
 # is refused before anything is built (a zero batch size would otherwise surface as a NaN loss at step 2).
 # A new numeric option gets a row here; tests/test_core.py checks that every algorithm's options have one.
@@ -158,7 +163,7 @@ def start_run(config: RunConfig, algorithm: str, prepare: Callable[[RunConfig], 
             )
         fields = {f.name for f in dataclasses.fields(config)}
         # Hyperparameters come from the saved config; how this invocation reports comes from the CLI.
-        keep = {"resume", "quiet", "scores_csv", "wandb", "wandb_mode", "wandb_project"}
+        keep = HOST_OPTIONS - {"run_dir"}  # the run directory is the saved one
         config = dataclasses.replace(config, **{k: v for k, v in saved.items() if k in fields and k not in keep})
         config = dataclasses.replace(config, resume=str(run_dir))
     else:
