@@ -30,7 +30,9 @@ behaviour data's own normalized score from <results>/datasets.csv), curve-<sourc
 mean across tasks with 95% stratified bootstrap CIs). Scores on official and on locally built data
 are different tasks: they never share a table row or an aggregate; runs of different lengths are
 kept apart too. So are runs trained on another build of their dataset than the one datasets.csv now
-lists (judged by the dataset.json recorded with the run): they are listed apart, outside the tables.
+lists (judged by the dataset.json recorded with the run): they are listed apart, outside the tables. A
+run on a rebuild of the listed recipe on another CPU type (same policy file, seed, steps and reference
+scores; builds are bit-exact only per CPU type) counts, marked †, with its own data score stated.
 """
 
 from __future__ import annotations
@@ -296,8 +298,15 @@ def dataset_records(datasets_csv: Path):
     fields = ("ref_min_score", "ref_max_score", "return_mean", "normalized_mean")
     if not datasets_csv.exists():
         return lambda dataset, source: None
-    table = pd.read_csv(datasets_csv)
-    out = {(r.dataset, r.source): ({f: float(getattr(r, f)) for f in fields}, int(r.steps)) for r in table.itertuples()}
+    table = pd.read_csv(datasets_csv, dtype={"policy_sha256": str})
+
+    def record(r) -> dict:
+        sha = getattr(r, "policy_sha256", None)
+        recipe = {"policy_sha256": sha if isinstance(sha, str) and sha else None, "seed": int(r.seed),
+                  "steps": int(r.steps), "kind": r.kind, "env_id": r.env_id}
+        return {**{f: float(getattr(r, f)) for f in fields}, "recipe": recipe}
+
+    out = {(r.dataset, r.source): (record(r), int(r.steps)) for r in table.itertuples()}
 
     def lookup(dataset: str, source: str) -> dict | None:
         if (dataset, source) in out:
@@ -322,46 +331,70 @@ def run_folder(row, curves_root: Path) -> Path:
     return ref.parent if ref.is_absolute() else curves_root / ref.parts[0]
 
 
-def build_mismatch(row, curves_root: Path, current) -> str | None:
-    """Why a recorded run's dataset is not the build now in datasets.csv (None when it is, or when there is
-    nothing to compare with): its normalized score then measures another task and stays out of the table.
-    A build is known by its reference scores and its data return (over complete episodes); a composite
-    (medium-expert) by each part's return, as its dataset.json lists them."""
+def same_recipe(part: dict, listed: dict | None) -> bool:
+    """Whether a run's dataset part (its dataset.json entry) was built by the recipe datasets.csv lists:
+    the same behaviour policy file (sha256), seed, steps and kind, with the recipe's own settings."""
+    recipe = part.get("recipe")
+    if not recipe or listed is None or not recipe.get("full_recipe"):
+        return False
+    want = listed["recipe"]
+    return all(recipe.get(k) == want[k] for k in ("policy_sha256", "seed", "steps", "kind", "env_id"))
+
+
+def build_status(row, curves_root: Path, current) -> tuple[str | None, str | None]:
+    """(mismatch, rebuild) for a recorded run. `mismatch` says why its dataset is not the build now in
+    datasets.csv (None when it is, or when there is nothing to compare with): its normalized score then
+    measures another task and stays out of the table. A build is known by its reference scores and its data
+    return (over complete episodes); a composite (medium-expert) by each part's return, as its dataset.json
+    lists them. `rebuild` describes a run whose data were built by the listed recipe on another machine:
+    the same policy, seed and steps and reference scores, but not bit-identical data (XLA rounds float32 per
+    CPU and MuJoCo amplifies it). Such a run counts, with its own data score stated beside the table."""
     import json
 
     from rlzoo.datasets import COMPOSITES, split_alias
 
     expected = current(row.task, row.data_source)
     if expected is None:
-        return None
+        return None, None
     record = run_folder(row, curves_root) / "dataset.json"
     if not record.exists():
-        return "no dataset record (dataset.json) with the run, so its build is unknown"
+        return "no dataset record (dataset.json) with the run, so its build is unknown", None
     got = json.loads(record.read_text())
     parsed = split_alias(row.task)
+    parts = got.get("parts") or []
     if parsed and parsed[1] in COMPOSITES:
         names = [f"{parsed[0]}-{part}" for part in COMPOSITES[parsed[1]]]
-        parts = got.get("parts") or []
         if len(parts) != len(names):
-            return "a dataset record without its parts' returns, so its build is unknown"
+            return "a dataset record without its parts' returns, so its build is unknown", None
         # (name, recorded return, the return of the build now listed)
         returns = [(n, p.get("return_mean"), (current(n, row.data_source) or {}).get("return_mean"))
                    for n, p in zip(names, parts)]
     else:
+        names = [row.task]
         returns = [(row.task, got.get("return_mean"), expected["return_mean"])]
     refs = [(k, got.get(k), expected[k]) for k in ("ref_min_score", "ref_max_score")]
     unknown = [k for k, g, _ in refs if g is None] + [f"return_mean of {n}" for n, g, _ in returns if g is None]
     if unknown:
-        return f"a dataset record without {', '.join(unknown)}, so its build is unknown"
+        return f"a dataset record without {', '.join(unknown)}, so its build is unknown", None
     close = lambda a, b: b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b))
     if all(close(g, e) for _, g, e in refs + returns):
-        return None
+        return None, None
+    if (all(close(g, e) for _, g, e in refs) and len(parts) == len(names)
+            and all(same_recipe(p, current(n, row.data_source)) for n, p in zip(names, parts))):
+        lo, hi = expected["ref_min_score"], expected["ref_max_score"]
+        steps = [p.get("transitions") or 0 for p in parts]
+        data = sum(100 * (p["return_mean"] - lo) / (hi - lo) * n for p, n in zip(parts, steps)) / sum(steps)
+        machines = sorted({str(p.get("built_on", "unrecorded")) for p in parts})
+        return None, (
+            "data return " + ", ".join(f"{n} {fmt(g)} (listed {fmt(e)})" for n, g, e in returns)
+            + f", behaviour data {fmt(data)}; built on {'; '.join(machines)}"
+        )
     return (
         "an earlier build (data return " + ", ".join(f"{n} {fmt(g)}" for n, g, _ in returns)
         + f", reference scores {fmt(got['ref_min_score'])} / {fmt(got['ref_max_score'])}; now "
         + ", ".join(f"{fmt(e) if e is not None else 'not listed'}" for _, _, e in returns)
         + f", {fmt(expected['ref_min_score'])} / {fmt(expected['ref_max_score'])})"
-    )
+    ), None
 
 
 def offline_rows(scores_csv: Path):
@@ -633,10 +666,25 @@ def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -
             record = datasets(key["task"], source)
             data = None if record is None else record["normalized_mean"]
             kind = "" if key["score_kind"] == "last" else f" ({key['score_kind']})"
+            mark = " †" if "rebuild" in g and g["rebuild"].notna().any() else ""
             lines.append(
                 f"| {key['task']} | {key['algorithm']} | {int(key['steps']):,} | {fmt(s.mean())} ± "
-                f"{fmt(s.std())}{kind} | {seed_text} | {'—' if data is None else fmt(data)} |"
+                f"{fmt(s.std())}{kind} | {seed_text} | {'—' if data is None else fmt(data)}{mark} |"
             )
+        rebuilt = [(key, g) for key, g in mine if "rebuild" in g and g["rebuild"].notna().any()]
+        if rebuilt:
+            lines += [
+                "",
+                "† Trained on a rebuild of the dataset by the recipe `datasets.csv` lists (the same behaviour "
+                "policy file, seed, steps and reference scores) on another machine: the builds are bit-identical "
+                "only on one CPU type (XLA compiles float32 code for the host CPU; MuJoCo amplifies the last-bit "
+                "differences), so the data differ slightly from the listed build. Its own data score:",
+                "",
+            ]
+            for key, g in rebuilt:
+                for config, note in sorted({(str(c), str(n)) for c, n in zip(g["config"], g["rebuild"])
+                                            if isinstance(n, str)}):
+                    lines.append(f"- {key['task']}, {key['algorithm']} (`{Path(config).parent}`): {note}")
         rows = [a for a in agg if a["data_source"] == source]
         if rows:
             lines += [
@@ -697,7 +745,8 @@ def report(args: argparse.Namespace) -> int:
     if rows.empty:
         raise RlzooError(f"{scores_csv} has no offline rows (data_source official/local/...): run a sweep first.")
     datasets = dataset_records(results / "datasets.csv")
-    rows["mismatch"] = [build_mismatch(r, results / "curves", datasets) for r in rows.itertuples()]
+    status = [build_status(r, results / "curves", datasets) for r in rows.itertuples()]
+    rows["mismatch"], rows["rebuild"] = [m for m, _ in status], [b for _, b in status]
     stale, rows = rows[rows["mismatch"].notna()], rows[rows["mismatch"].isna()]
     if rows.empty:
         raise RlzooError(f"every offline run in {scores_csv} was trained on another build of its dataset than the "

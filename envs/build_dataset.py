@@ -86,6 +86,7 @@ DATASET_COLUMNS = [
     "kind",
     "source",
     "policy",
+    "policy_sha256",
     "seed",
     "episodes",
     "steps",
@@ -797,7 +798,7 @@ def write_dataset(
                 ref_max_score=float(ref_max),
                 description=description,
             )
-            ds.storage.update_metadata({"rlzoo_build": record})
+            ds.storage.update_metadata({"rlzoo_build": json.dumps(record)})
         env.close()
         staged = stage / dataset_id
         (staged / "rlzoo_build.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -832,6 +833,47 @@ def upsert_row(path: Path, row: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episodes", "steps", "return_mean",
+                     "normalized_mean", "policy_sha256", "seed", "listed_return_mean", "identical_to_listed"]
+
+
+def list_build(results_csv: Path, record: dict) -> str:
+    """Log a recipe build in builds.csv (beside datasets.csv) and list it in datasets.csv, unless datasets.csv
+    already lists a build of the same recipe (policy file, seed, steps, reference scores) with other data: a
+    rebuild on another CPU type (bit-exact only per CPU, see rlzoo.provenance.cpu_signature). The listed build
+    then stays, so that the runs trained on it keep their data score; returns what was done, for the log."""
+    listed = None
+    if results_csv.is_file():
+        with open(results_csv, newline="") as f:
+            listed = next((r for r in csv.DictReader(f) if r.get("dataset") == record["dataset"]), None)
+    same = lambda a, b: abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    same_recipe = listed is not None and (
+        (listed.get("policy_sha256") or "") == (record["policy_sha256"] or "")
+        and int(listed["seed"]) == record["seed"] and int(listed["steps"]) == record["steps"]
+        and same(listed["ref_min_score"], record["ref_min_score"])
+        and same(listed["ref_max_score"], record["ref_max_score"])
+    )
+    identical = same_recipe and int(listed["episodes"]) == record["episodes"] and same(
+        listed["return_mean"], record["return_mean"])
+    log_path = results_csv.with_name("builds.csv")
+    new_log = not log_path.is_file()
+    with open(log_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore")
+        if new_log:
+            writer.writeheader()
+        writer.writerow({**record, "commit": record["code"].rsplit(" ", 1)[-1],
+                         "listed_return_mean": listed["return_mean"] if same_recipe else "",
+                         "identical_to_listed": identical if same_recipe else ""})
+    if same_recipe and not identical:
+        return (f"the data differ from the build {_rel(results_csv)} lists (return {record['return_mean']:.1f} "
+                f"over {record['episodes']} episodes, listed {float(listed['return_mean']):.1f} over "
+                f"{listed['episodes']}) although the recipe is the same: built on another CPU type "
+                f"({record['machine']}). The listed row stays; this build is logged in {_rel(log_path)}, and "
+                "runs trained on it are reported as runs on a rebuild.")
+    upsert_row(results_csv, record)
+    return f"row written to {_rel(results_csv)}; build logged in {_rel(log_path)}"
 
 
 # ---------------------------------------------------------------- the build
@@ -956,7 +998,7 @@ def build(
     import minari
     import mujoco
 
-    from rlzoo.provenance import commit
+    from rlzoo.provenance import commit, cpu_signature
 
     rets = got.complete_returns
     ref_min, ref_max = float(refs["ref_min_score"]), float(refs["ref_max_score"])
@@ -990,6 +1032,9 @@ def build(
         "mujoco": mujoco.__version__,
         "minari": minari.__version__,
         "rlzoo": rlzoo.__version__,
+        # the data are bit-identical only on a CPU of the same signature (see rlzoo.provenance.cpu_signature)
+        "machine": cpu_signature(),
+        "xla_flags": os.environ.get("XLA_FLAGS", "").strip(),  # e.g. --xla_cpu_max_isa changes the data too
         "code": code,
         "policy": behaviour.name,
         "policy_sha256": behaviour.sha256,
@@ -1044,8 +1089,7 @@ def build(
         f"{rets.std():.1f}, normalized {normalized:.1f}; collect {collect_s:.0f}s, write {write_s:.0f}s)"
     )
     if full and results_csv is not None:
-        upsert_row(Path(results_csv), record)
-        log(f"{alias}: row written to {_rel(Path(results_csv))}")
+        log(f"{alias}: {list_build(Path(results_csv), record)}")
     return record
 
 

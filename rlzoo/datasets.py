@@ -324,11 +324,22 @@ def complete_returns(returns: np.ndarray, complete: np.ndarray) -> np.ndarray:
     return returns[complete] if complete.any() else returns
 
 
+# What makes a locally built dataset the one results/datasets.csv lists, apart from the CPU it was built on
+# (envs/build_dataset.py's record; the data are bit-identical only on the same CPU signature).
+RECIPE_KEYS = ("env_id", "kind", "policy_sha256", "seed", "num_envs", "steps", "full_recipe")
+
+
 def _part_summary(dataset_id: str, part: dict) -> dict:
-    """What identifies one stored dataset's build: size and mean return over its complete episodes."""
+    """What identifies one stored dataset's build: size and mean return over its complete episodes, and for a
+    locally built one the recipe it followed and the CPU it was built on."""
     returns = complete_returns(part["episode_returns"], part["episode_complete"])
-    return {"dataset_id": dataset_id, "transitions": len(part["rewards"]), "episodes": len(part["episode_returns"]),
-            "return_mean": float(returns.mean())}
+    summary = {"dataset_id": dataset_id, "transitions": len(part["rewards"]),
+               "episodes": len(part["episode_returns"]), "return_mean": float(returns.mean())}
+    build = part["metadata"].get("rlzoo_build")
+    if isinstance(build, dict):
+        summary["recipe"] = {k: build.get(k) for k in RECIPE_KEYS}
+        summary["built_on"] = build.get("machine", "unrecorded")
+    return summary
 
 
 def _read_minari(dataset_id: str, name: str) -> dict:
@@ -362,6 +373,8 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         spec = ds.spec.env_spec if hasattr(ds, "spec") else None
         env_spec = spec or ds.env_spec
         metadata["env_id"] = env_spec.id if env_spec is not None else None
+        if (path / "rlzoo_build.json").is_file():  # envs/build_dataset.py's full record of a local build
+            metadata["rlzoo_build"] = json.loads((path / "rlzoo_build.json").read_text())
         time_limit = _time_limit(env_spec)
     except RlzooError:
         raise
@@ -391,6 +404,21 @@ def _read_minari(dataset_id: str, name: str) -> dict:
     return out
 
 
+def _upgrade_parts(saved: dict, now: dict) -> bool:
+    """Add the build recipe to a record written before runs recorded it, when each part is provably the same
+    data (same id, size and return); True when something was added."""
+    old, new = saved.get("parts") or [], now.get("parts") or []
+    if len(old) != len(new) or all("recipe" in p for p in old):
+        return False
+    same = all(o.get(k) == n.get(k) for o, n in zip(old, new) for k in ("dataset_id", "transitions", "episodes"))
+    same = same and all(o.get("return_mean") is not None and np.isclose(o["return_mean"], n["return_mean"], rtol=1e-12)
+                        for o, n in zip(old, new))
+    if not same or not all("recipe" in n for n in new):
+        return False
+    saved["parts"] = [{**o, "recipe": n["recipe"], "built_on": n["built_on"]} for o, n in zip(old, new)]
+    return True
+
+
 def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
     """Record which data a run trains on (dataset.json); a resumed run must find the same data again: not an
     official copy downloaded in between, nor a rebuild or new reference scores (`--refs-only`), which would
@@ -405,6 +433,8 @@ def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
         numbers = ("ref_min_score", "ref_max_score") + (("return_mean",) if "returns_over" in saved else ())
         changed += [k for k in numbers
                     if saved.get(k) is not None and now[k] is not None and not np.isclose(saved[k], now[k], rtol=1e-9)]
+        if not changed and _upgrade_parts(saved, now):
+            path.write_text(json.dumps(saved, indent=2))
         if changed:
             raise RlzooError(
                 f"the run in {run_dir} trained on {saved['dataset_ids']} ({saved['data_source']}, "

@@ -14,6 +14,7 @@ import pytest
 
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
+from rlzoo.provenance import cpu_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -458,3 +459,31 @@ def test_pick_policies_judges_snapshots_by_their_own_seeds_returns(tmp_path):
                                        "10000,3,100,0,100\n10000,4,900,0,900\n20000,3,200,0,200\n20000,4,50,0,50\n")
     assert pick.logged_returns(tmp_path, 3) == {10000: 100.0, 20000: 200.0}
     assert pick.logged_returns(tmp_path, 4) == {10000: 900.0, 20000: 50.0}
+
+
+def test_a_rebuild_with_other_data_keeps_the_listed_build_and_is_logged(store, monkeypatch):
+    """Builds are bit-exact per CPU type only. A rebuild of the listed recipe that gives other data (here:
+    the listed row says so) keeps the listed row, which the recorded runs were trained on, and goes to
+    builds.csv; an identical rebuild is logged as such; another recipe (seed) replaces the row."""
+    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    csv_path = store / "datasets.csv"
+    first = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    again = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    assert again["return_mean"] == first["return_mean"] and again["machine"] == cpu_signature()
+    with open(csv_path, newline="") as f:
+        row = next(csv.DictReader(f))
+    row["return_mean"] = str(first["return_mean"] + 1.0)  # as if listed from a build on another CPU
+    bd.upsert_row(csv_path, row)
+    _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    with open(csv_path, newline="") as f:
+        assert float(next(csv.DictReader(f))["return_mean"]) == first["return_mean"] + 1.0
+    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400, seed=5))
+    _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    with open(csv_path, newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["seed"] == "5" and float(row["return_mean"]) != first["return_mean"] + 1.0
+    with open(store / "builds.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert [r["identical_to_listed"] for r in log] == ["", "True", "False", ""]
+    assert {r["machine"] for r in log} == {cpu_signature()}
+    assert float(log[2]["listed_return_mean"]) == first["return_mean"] + 1.0

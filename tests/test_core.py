@@ -591,3 +591,23 @@ def test_resume_refuses_a_dataset_rebuilt_or_renormalized_meanwhile(tmp_path):
     with pytest.raises(RlzooError, match="return_mean changed"):
         datasets.pin_to_run(rebuilt, tmp_path, resuming=True)
     assert (tmp_path / "dataset.json").read_text() == record
+
+
+def test_resume_adds_the_build_recipe_to_an_older_record_of_the_same_data(tmp_path):
+    """Runs recorded before dataset.json named the build recipe get it on resume, only for provably the same
+    data, so that the report can tell a rebuild of the listed recipe on another CPU from another dataset."""
+    part = {"dataset_id": "rlzoo-local/hopper/medium-v0", "transitions": 6, "episodes": 3, "return_mean": 2.5}
+    recipe = {"policy_sha256": "aaa", "seed": 0, "steps": 6, "full_recipe": True}
+    old = _tiny_dataset()
+    old.metadata = {"part_summaries": [part]}
+    datasets.pin_to_run(old, tmp_path, resuming=False)
+    assert "recipe" not in (tmp_path / "dataset.json").read_text()
+    other = _tiny_dataset()
+    other.metadata = {"part_summaries": [{**part, "return_mean": 2.4, "recipe": recipe, "built_on": "cpu A"}]}
+    datasets.pin_to_run(other, tmp_path, resuming=True)  # a part's return differs: nothing is added
+    assert "recipe" not in (tmp_path / "dataset.json").read_text()
+    new = _tiny_dataset()
+    new.metadata = {"part_summaries": [{**part, "recipe": recipe, "built_on": "cpu A"}]}
+    datasets.pin_to_run(new, tmp_path, resuming=True)
+    saved = json.loads((tmp_path / "dataset.json").read_text())
+    assert saved["parts"] == [{**part, "recipe": recipe, "built_on": "cpu A"}]

@@ -326,6 +326,60 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
 # ---------------------------------------------------------------------------------------------- bad input
 
 
+
+def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_path):
+    """Builds are bit-identical per CPU type only: a run on data rebuilt elsewhere by the listed recipe (same
+    policy file, seed, steps, reference scores) counts, with its own data score stated; a run on data from
+    another policy, or from a non-recipe build (other steps), stays out."""
+    results = tmp_path / "results"
+    recipe = {"env_id": "Hopper-v5", "kind": "medium", "policy_sha256": "aaa", "seed": 0, "num_envs": 20,
+              "steps": 1000, "full_recipe": True}
+    expert = {**recipe, "kind": "expert", "policy_sha256": "bbb"}
+
+    def parts(medium_return, medium_recipe):
+        return [{"transitions": 1000, "return_mean": medium_return, "recipe": medium_recipe, "built_on": "cpu B"},
+                {"transitions": 1000, "return_mean": 80.0, "recipe": expert, "built_on": "cpu B"}]
+
+    builds = {"same": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 40.0,
+                       "parts": [{"transitions": 1000, "return_mean": 40.0}]},
+              "rebuilt": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
+                          "parts": [{"transitions": 1000, "return_mean": 41.0, "recipe": recipe,
+                                     "built_on": "cpu B"}]},
+              "other-policy": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
+                               "parts": [{"transitions": 1000, "return_mean": 41.0,
+                                          "recipe": {**recipe, "policy_sha256": "ccc"}, "built_on": "cpu B"}]},
+              "short": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
+                        "parts": [{"transitions": 500, "return_mean": 41.0,
+                                   "recipe": {**recipe, "steps": 500, "full_recipe": False}, "built_on": "cpu B"}]},
+              "me-rebuilt": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 60.0,
+                             "parts": parts(42.0, recipe)},
+              "me-other": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 60.0,
+                           "parts": parts(42.0, {**recipe, "seed": 1})}}
+    rows = [("iql", "hopper-medium", "local", 0, 1000, 50, "same"),
+            ("iql", "hopper-medium", "local", 1, 1000, 52, "rebuilt"),
+            ("iql", "hopper-medium", "local", 2, 1000, 11, "other-policy"),
+            ("iql", "hopper-medium", "local", 3, 1000, 12, "short"),
+            ("iql", "hopper-medium-expert", "local", 0, 1000, 70, "me-rebuilt"),
+            ("iql", "hopper-medium-expert", "local", 1, 1000, 13, "me-other")]
+    write_scores(results / "scores.csv", rows, builds)
+    (results / "datasets.csv").write_text(
+        "dataset,env_id,kind,source,policy,policy_sha256,seed,episodes,steps,return_mean,return_std,ref_min_score,"
+        "ref_max_score,normalized_mean\n"
+        "hopper-expert,Hopper-v5,expert,local,p,bbb,0,10,1000,81.0,0,0,100,81.0\n"
+        "hopper-medium,Hopper-v5,medium,local,p,aaa,0,10,1000,40.0,0,0,100,40.0\n"
+    )
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    counted, left_out = table.split("## Left out")
+    assert "| hopper-medium | iql | 1,000 | 51.0 ± 1.0 | 2 (0, 1) | 40.0 † |" in counted
+    assert "| hopper-medium-expert | iql | 1,000 | 70.0 ± 0.0 | 1 (0) | 60.5 † |" in counted
+    # each rebuilt run's own data: hopper-medium 41 -> 41.0; medium-expert (42 + 80) / 2 -> 61.0
+    assert "- hopper-medium, iql (`rebuilt`): data return hopper-medium 41.0 (listed 40.0), behaviour data " \
+        "41.0; built on cpu B" in counted
+    assert "hopper-medium 42.0 (listed 40.0), hopper-expert 80.0 (listed 81.0), behaviour data 61.0" in counted
+    for score in ("11.0", "12.0", "13.0"):
+        assert score not in counted and f"| {score} ± 0.0 |" in left_out
+
 def test_unknown_algorithm_lists_the_algorithm_files(pendulum_store, jax_cache_dir, tmp_path):
     proc = subprocess.run(
         [
