@@ -55,6 +55,8 @@ from rlzoo.datasets import (
     local_id,
     normalize,
     on_disk,
+    recipe_of,
+    same_recipe,
     split_alias,
 )
 from rlzoo.errors import RlzooError, close_matches, run_cli
@@ -632,10 +634,11 @@ def refresh_refs(alias: str, *, refs_path: Path = REFS_PATH, results_csv: Path |
         normalized_mean=float(normalize(record["return_mean"], ref_min, ref_max)),
     )
     ds = MinariDataset(path / "data")
-    ds.storage.update_metadata({"ref_min_score": ref_min, "ref_max_score": ref_max, "rlzoo_build": record})
+    ds.storage.update_metadata({"ref_min_score": ref_min, "ref_max_score": ref_max,
+                                "rlzoo_build": json.dumps(record)})
     _write_atomic(path / "rlzoo_build.json", json.dumps(record, indent=2) + "\n")
     if record.get("full_recipe") and results_csv is not None:
-        upsert_row(Path(results_csv), record)
+        list_build(Path(results_csv), record)
     if not quiet:
         print(f"[build_dataset] {alias}: reference scores now {ref_min:.1f} / {ref_max:.1f}, normalized "
               f"{record['normalized_mean']:.1f}", flush=True)
@@ -798,6 +801,7 @@ def write_dataset(
                 ref_max_score=float(ref_max),
                 description=description,
             )
+            # as JSON text: Minari would store a dict as its Python repr
             ds.storage.update_metadata({"rlzoo_build": json.dumps(record)})
         env.close()
         staged = stage / dataset_id
@@ -849,13 +853,12 @@ def list_build(results_csv: Path, record: dict) -> str:
         with open(results_csv, newline="") as f:
             listed = next((r for r in csv.DictReader(f) if r.get("dataset") == record["dataset"]), None)
     same = lambda a, b: abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
-    same_recipe = listed is not None and (
-        (listed.get("policy_sha256") or "") == (record["policy_sha256"] or "")
-        and int(listed["seed"]) == record["seed"] and int(listed["steps"]) == record["steps"]
+    recipe_matches = listed is not None and (
+        same_recipe(recipe_of(record), listed)
         and same(listed["ref_min_score"], record["ref_min_score"])
         and same(listed["ref_max_score"], record["ref_max_score"])
     )
-    identical = same_recipe and int(listed["episodes"]) == record["episodes"] and same(
+    identical = recipe_matches and int(listed["episodes"]) == record["episodes"] and same(
         listed["return_mean"], record["return_mean"])
     log_path = results_csv.with_name("builds.csv")
     new_log = not log_path.is_file()
@@ -864,14 +867,18 @@ def list_build(results_csv: Path, record: dict) -> str:
         if new_log:
             writer.writeheader()
         writer.writerow({**record, "commit": record["code"].rsplit(" ", 1)[-1],
-                         "listed_return_mean": listed["return_mean"] if same_recipe else "",
-                         "identical_to_listed": identical if same_recipe else ""})
-    if same_recipe and not identical:
+                         "listed_return_mean": listed["return_mean"] if recipe_matches else "",
+                         "identical_to_listed": identical if recipe_matches else ""})
+    if recipe_matches and not identical:
+        why = ("the SAC re-run did not reproduce the committed medium actor, so this is the replay of another "
+               "training run; runs trained on it are left out of the offline report's table"
+               if (record.get("replay") or {}).get("reproduces_medium_policy") is False else
+               f"most likely a build on another CPU type (this one: {record['machine']}); runs trained on it "
+               "are reported as runs on a rebuild")
         return (f"the data differ from the build {_rel(results_csv)} lists (return {record['return_mean']:.1f} "
                 f"over {record['episodes']} episodes, listed {float(listed['return_mean']):.1f} over "
-                f"{listed['episodes']}) although the recipe is the same: built on another CPU type "
-                f"({record['machine']}). The listed row stays; this build is logged in {_rel(log_path)}, and "
-                "runs trained on it are reported as runs on a rebuild.")
+                f"{listed['episodes']}) although the policy, seed, steps and reference scores are the same: {why}. "
+                f"The listed row stays; this build is logged in {_rel(log_path)}.")
     upsert_row(results_csv, record)
     return f"row written to {_rel(results_csv)}; build logged in {_rel(log_path)}"
 

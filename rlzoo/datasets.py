@@ -329,6 +329,21 @@ def complete_returns(returns: np.ndarray, complete: np.ndarray) -> np.ndarray:
 RECIPE_KEYS = ("env_id", "kind", "policy_sha256", "seed", "num_envs", "steps", "full_recipe")
 
 
+def recipe_of(build: dict) -> dict:
+    """The recipe part of a build record; for a medium-replay re-run also whether it reproduced the committed
+    medium actor (when it did not, its replay is that of another training run)."""
+    return {**{k: build.get(k) for k in RECIPE_KEYS},
+            "reproduces_medium_policy": (build.get("replay") or {}).get("reproduces_medium_policy")}
+
+
+def same_recipe(recipe: dict, listed: dict) -> bool:
+    """Whether a build's recipe has the inputs of a results/datasets.csv row: the same env, kind, behaviour
+    policy file (sha256; none for random), seed and steps. Reference scores are compared by the callers."""
+    return ((listed.get("policy_sha256") or "") == (recipe.get("policy_sha256") or "")
+            and str(listed.get("kind")) == str(recipe.get("kind")) and listed.get("env_id") == recipe.get("env_id")
+            and int(listed["seed"]) == int(recipe["seed"]) and int(listed["steps"]) == int(recipe["steps"]))
+
+
 def _part_summary(dataset_id: str, part: dict) -> dict:
     """What identifies one stored dataset's build: size and mean return over its complete episodes, and for a
     locally built one the recipe it followed and the CPU it was built on."""
@@ -336,8 +351,13 @@ def _part_summary(dataset_id: str, part: dict) -> dict:
     summary = {"dataset_id": dataset_id, "transitions": len(part["rewards"]),
                "episodes": len(part["episode_returns"]), "return_mean": float(returns.mean())}
     build = part["metadata"].get("rlzoo_build")
+    if isinstance(build, str):  # the Minari metadata copy (JSON text) of a dataset moved without its record
+        try:
+            build = json.loads(build)
+        except ValueError:
+            build = None
     if isinstance(build, dict):
-        summary["recipe"] = {k: build.get(k) for k in RECIPE_KEYS}
+        summary["recipe"] = recipe_of(build)
         summary["built_on"] = build.get("machine", "unrecorded")
     return summary
 

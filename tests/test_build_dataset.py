@@ -487,3 +487,26 @@ def test_a_rebuild_with_other_data_keeps_the_listed_build_and_is_logged(store, m
     assert [r["identical_to_listed"] for r in log] == ["", "True", "False", ""]
     assert {r["machine"] for r in log} == {cpu_signature()}
     assert float(log[2]["listed_return_mean"]) == first["return_mean"] + 1.0
+
+
+def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
+    """list_build on records alone: a rebuild of the listed policy/seed/steps/references with other data keeps
+    the row (and says why: another CPU, or a medium-replay re-run that did not reproduce the medium actor);
+    another policy file replaces it."""
+    csv_path = tmp_path / "datasets.csv"
+    record = {"dataset": "hopper-medium", "env_id": "Hopper-v5", "kind": "medium", "source": "local",
+              "policy": "envs/policies/hopper-medium.npz", "policy_sha256": "aaa", "seed": 0, "steps": 1000,
+              "num_envs": 20, "full_recipe": True, "episodes": 10, "return_mean": 500.0, "return_std": 1.0,
+              "ref_min_score": 0.0, "ref_max_score": 1000.0, "normalized_mean": 50.0, "machine": "cpu A",
+              "code": "envs/build_dataset.py at rlzoo commit abc", "date": "2026-01-01T00:00:00Z", "replay": None}
+    assert "row written" in bd.list_build(csv_path, record)
+    assert "most likely a build on another CPU" in bd.list_build(csv_path, {**record, "return_mean": 510.0})
+    replay = {**record, "return_mean": 520.0, "replay": {"reproduces_medium_policy": False}}
+    assert "did not reproduce the committed medium actor" in bd.list_build(csv_path, replay)
+    with open(csv_path, newline="") as f:
+        assert float(next(csv.DictReader(f))["return_mean"]) == 500.0
+    assert "row written" in bd.list_build(csv_path, {**record, "policy_sha256": "bbb", "return_mean": 530.0})
+    with open(csv_path, newline="") as f:
+        assert float(next(csv.DictReader(f))["return_mean"]) == 530.0
+    with open(tmp_path / "builds.csv", newline="") as f:
+        assert [r["identical_to_listed"] for r in csv.DictReader(f)] == ["", "False", "False", ""]

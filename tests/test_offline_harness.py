@@ -323,14 +323,11 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
     assert "| hopper-medium | iql (beta=10.0) | 1,000 | 61.0 ± 1.0 | 2 (0, 1) | — |" in table
 
 
-# ---------------------------------------------------------------------------------------------- bad input
-
-
-
 def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_path):
     """Builds are bit-identical per CPU type only: a run on data rebuilt elsewhere by the listed recipe (same
-    policy file, seed, steps, reference scores) counts, with its own data score stated; a run on data from
-    another policy, or from a non-recipe build (other steps), stays out."""
+    policy file, seed, steps, reference scores, about the same data score) counts, with its own data score
+    stated; data from another policy or seed, a build with other settings, a medium-replay re-run that did not
+    reproduce the medium actor, or data too far from the listed build stay out."""
     results = tmp_path / "results"
     recipe = {"env_id": "Hopper-v5", "kind": "medium", "policy_sha256": "aaa", "seed": 0, "num_envs": 20,
               "steps": 1000, "full_recipe": True}
@@ -348,9 +345,14 @@ def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_pat
               "other-policy": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
                                "parts": [{"transitions": 1000, "return_mean": 41.0,
                                           "recipe": {**recipe, "policy_sha256": "ccc"}, "built_on": "cpu B"}]},
-              "short": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
-                        "parts": [{"transitions": 500, "return_mean": 41.0,
-                                   "recipe": {**recipe, "steps": 500, "full_recipe": False}, "built_on": "cpu B"}]},
+              "not-recipe": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
+                             "parts": [{"transitions": 1000, "return_mean": 41.0,
+                                        "recipe": {**recipe, "full_recipe": False}, "built_on": "cpu B"}]},
+              "other-run": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 41.0,
+                            "parts": [{"transitions": 1000, "return_mean": 41.0, "built_on": "cpu B",
+                                       "recipe": {**recipe, "reproduces_medium_policy": False}}]},
+              "far": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 43.0,
+                      "parts": [{"transitions": 1000, "return_mean": 43.0, "recipe": recipe, "built_on": "cpu B"}]},
               "me-rebuilt": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 60.0,
                              "parts": parts(42.0, recipe)},
               "me-other": {"ref_min_score": 0.0, "ref_max_score": 100.0, "return_mean": 60.0,
@@ -358,7 +360,9 @@ def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_pat
     rows = [("iql", "hopper-medium", "local", 0, 1000, 50, "same"),
             ("iql", "hopper-medium", "local", 1, 1000, 52, "rebuilt"),
             ("iql", "hopper-medium", "local", 2, 1000, 11, "other-policy"),
-            ("iql", "hopper-medium", "local", 3, 1000, 12, "short"),
+            ("iql", "hopper-medium", "local", 3, 1000, 12, "not-recipe"),
+            ("iql", "hopper-medium", "local", 4, 1000, 14, "other-run"),
+            ("iql", "hopper-medium", "local", 5, 1000, 15, "far"),
             ("iql", "hopper-medium-expert", "local", 0, 1000, 70, "me-rebuilt"),
             ("iql", "hopper-medium-expert", "local", 1, 1000, 13, "me-other")]
     write_scores(results / "scores.csv", rows, builds)
@@ -371,14 +375,17 @@ def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_pat
     assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
     table = (results / "offline" / "table.md").read_text()
     counted, left_out = table.split("## Left out")
-    assert "| hopper-medium | iql | 1,000 | 51.0 ± 1.0 | 2 (0, 1) | 40.0 † |" in counted
-    assert "| hopper-medium-expert | iql | 1,000 | 70.0 ± 0.0 | 1 (0) | 60.5 † |" in counted
+    assert "| hopper-medium | iql | 1,000 | 51.0 ± 1.0 | 2 (0, 1†) | 40.0 |" in counted
+    assert "| hopper-medium-expert | iql | 1,000 | 70.0 ± 0.0 | 1 (0†) | 60.5 |" in counted
     # each rebuilt run's own data: hopper-medium 41 -> 41.0; medium-expert (42 + 80) / 2 -> 61.0
     assert "- hopper-medium, iql (`rebuilt`): data return hopper-medium 41.0 (listed 40.0), behaviour data " \
         "41.0; built on cpu B" in counted
     assert "hopper-medium 42.0 (listed 40.0), hopper-expert 80.0 (listed 81.0), behaviour data 61.0" in counted
-    for score in ("11.0", "12.0", "13.0"):
+    for score in ("11.0", "12.0", "13.0", "14.0", "15.0"):
         assert score not in counted and f"| {score} ± 0.0 |" in left_out
+
+# ---------------------------------------------------------------------------------------------- bad input
+
 
 def test_unknown_algorithm_lists_the_algorithm_files(pendulum_store, jax_cache_dir, tmp_path):
     proc = subprocess.run(
