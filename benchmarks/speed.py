@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
             "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
             "(XLA counts a while-loop body once)"]),
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
+        f"CPU {provenance.cpu_signature()}",
     ]
     info = provenance.info()
     ratio = value / args.baseline_value if args.baseline_value else None
