@@ -357,8 +357,8 @@ def build_status(row, curves_root: Path, current) -> tuple[str | None, str | Non
     measures another task and stays out of the table. A build is known by its reference scores and its data
     return (over complete episodes); a composite (medium-expert) by each part's return, as its dataset.json
     lists them. `rebuild` describes a run whose data were built by the listed recipe on another machine:
-    the same policy, seed and steps and reference scores, but not bit-identical data (XLA rounds float32 per
-    CPU and MuJoCo amplifies it). Such a run counts, with its own data score stated beside the table."""
+    the same policy, seed and steps and reference scores, but not bit-identical data (most likely XLA's
+    per-CPU float32 code, amplified by MuJoCo). Such a run counts, with its own data score stated."""
     import json
 
     from rlzoo.datasets import COMPOSITES, split_alias
@@ -429,9 +429,9 @@ def dataset_order(task: str) -> tuple:
     return (0, list(MUJOCO_ENVS).index(parsed[0]), KINDS.index(parsed[1]))
 
 
-# Options of a run that do not change what it learns (bookkeeping, logging, the data's name and length, which are
-# keys of their own): runs that differ only in these are one configuration.
-# what a run is (task, seeds, length) and how it runs (chunk, checkpoints, downloads), beside HOST_OPTIONS
+# Options of a run that do not change what it learns, beside rlzoo.run.HOST_OPTIONS (logging and bookkeeping):
+# the data's name, seeds and length (keys of their own) and how it runs (chunk, checkpoints, downloads). Runs
+# that differ only in these are one configuration.
 NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download"}
 
 

@@ -845,9 +845,10 @@ BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episo
 
 def list_build(results_csv: Path, record: dict) -> str:
     """Log a recipe build in builds.csv (beside datasets.csv) and list it in datasets.csv, unless datasets.csv
-    already lists a build of the same recipe (policy file, seed, steps, reference scores) with other data: a
-    rebuild on another CPU type (bit-exact only per CPU, see rlzoo.provenance.cpu_signature). The listed build
-    then stays, so that the runs trained on it keep their data score; returns what was done, for the log."""
+    already lists a build of the same recipe (policy file, seed, steps, reference scores) with other data:
+    most likely a rebuild on another CPU type (builds repeat bit for bit per CPU type, see
+    rlzoo.provenance.cpu_signature), or a medium-replay re-run that did not reproduce the medium actor. The
+    listed build then stays, so that the runs trained on it keep their data score; returns what was done."""
     listed = None
     if results_csv.is_file():
         with open(results_csv, newline="") as f:
