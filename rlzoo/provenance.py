@@ -22,14 +22,20 @@ def commit() -> str:
 
 
 @lru_cache
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 @lru_cache
@@ -37,15 +43,7 @@ def cpu_signature() -> str:
     """The CPU as far as it decides float rounding: model, family/model numbers and the widest vector ISA.
     XLA compiles for the host's instruction set, so the same float32 program can round differently on
     another CPU, and a chaotic simulation (MuJoCo) then diverges; bit-exact rebuilds hold per signature."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model", "flags") and key not in fields:
-                fields[key] = value.strip()
-    except OSError:
-        pass
+    fields = _cpuinfo()
     flags = set(fields.get("flags", "").split())
     isa = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), platform.machine())
     numbers = f", family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else ""
