@@ -361,7 +361,7 @@ def build_status(row, curves_root: Path, current) -> tuple[str | None, str | Non
     per-CPU float32 code, amplified by MuJoCo). Such a run counts, with its own data score stated."""
     import json
 
-    from rlzoo.datasets import COMPOSITES, split_alias
+    from rlzoo.datasets import COMPOSITES, normalize, split_alias
 
     expected = current(row.task, row.data_source)
     if expected is None:
@@ -391,8 +391,6 @@ def build_status(row, curves_root: Path, current) -> tuple[str | None, str | Non
         return None, None
     if (all(close(g, e) for _, g, e in refs) and len(parts) == len(names)
             and all(rebuild_of_listed(p, current(n, row.data_source)) for n, p in zip(names, parts))):
-        from rlzoo.datasets import normalize
-
         lo, hi = expected["ref_min_score"], expected["ref_max_score"]
         steps = [p.get("transitions") or 0 for p in parts]
         data = sum(normalize(p["return_mean"], lo, hi) * n for p, n in zip(parts, steps)) / sum(steps)
