@@ -551,8 +551,11 @@ def plot_curves(grouped, curves_root: Path, out_dir: Path) -> list[Path]:
 
 def aggregate(grouped, reps: int) -> list[dict]:
     """rliable IQM / median / mean across tasks with 95% stratified bootstrap CIs, one entry per
-    (data source, algorithm, steps, score kind). Tasks with more runs than others are cut to the
-    smallest number of runs (lowest seeds first) so that the score matrix is runs × tasks."""
+    (data source, algorithm, steps, score kind) over all of its tasks (task_set "all"). Where several
+    algorithms of one (data source, steps, score kind) cover different tasks, each gets a second entry over
+    only the tasks all of them have (task_set "common"): aggregates over different task sets are not
+    comparable. Tasks with more runs than others are cut to the smallest number of runs (lowest seeds
+    first) so that the score matrix is runs × tasks."""
     import warnings
 
     import numpy as np
@@ -563,9 +566,18 @@ def aggregate(grouped, reps: int) -> list[dict]:
     for key, g in grouped:
         k = (key["data_source"], key["algorithm"], int(key["steps"]), key["score_kind"])
         entries.setdefault(k, {})[key["task"]] = g["score"].to_numpy(float)
+    jobs = [(k, tasks, "all") for k, tasks in sorted(entries.items())]
+    settings: dict[tuple, dict[str, dict]] = {}
+    for (source, algo, steps, kind), tasks in entries.items():
+        settings.setdefault((source, steps, kind), {})[algo] = tasks
+    for (source, steps, kind), algos in sorted(settings.items()):
+        common = set.intersection(*(set(tasks) for tasks in algos.values()))
+        if len(algos) > 1 and len(common) > 1 and any(set(tasks) != common for tasks in algos.values()):
+            jobs += [((source, algo, steps, kind), {t: tasks[t] for t in common}, "common")
+                     for algo, tasks in sorted(algos.items())]
     func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
     out = []
-    for (source, algo, steps, kind), tasks in sorted(entries.items()):
+    for (source, algo, steps, kind), tasks, task_set in jobs:
         runs = min(len(v) for v in tasks.values())
         matrix = np.stack([tasks[t][:runs] for t in sorted(tasks)], axis=1)  # [runs, tasks]
         with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable 1.2 passes
@@ -581,6 +593,7 @@ def aggregate(grouped, reps: int) -> list[dict]:
                     "algorithm": algo,
                     "steps": steps,
                     "score_kind": kind,
+                    "task_set": task_set,
                     "metric": name,
                     "value": float(points["x"][m]),
                     "ci_low": float(intervals["x"][0, m]),
@@ -602,7 +615,8 @@ def plot_aggregate(agg: list[dict], path: Path) -> None:
 
     sources = sorted({a["data_source"] for a in agg})
     labels = {
-        s: sorted({(a["algorithm"], a["steps"], a["score_kind"], a["tasks"]) for a in agg if a["data_source"] == s})
+        s: sorted({(a["task_set"], a["algorithm"], a["steps"], a["score_kind"], a["tasks"]) for a in agg
+                   if a["data_source"] == s})
         for s in sources
     }
     rows = max(len(v) for v in labels.values())
@@ -615,12 +629,12 @@ def plot_aggregate(agg: list[dict], path: Path) -> None:
     for r, source in enumerate(sources):
         for c, metric in enumerate(METRICS):
             ax = axes[r, c]
-            for y, (algo, steps, kind, _tasks) in enumerate(labels[source]):
+            for y, (task_set, algo, steps, kind, _tasks) in enumerate(labels[source]):
                 a = next(
                     a
                     for a in agg
-                    if (a["data_source"], a["algorithm"], a["steps"], a["score_kind"], a["metric"])
-                    == (source, algo, steps, kind, metric)
+                    if (a["data_source"], a["task_set"], a["algorithm"], a["steps"], a["score_kind"], a["metric"])
+                    == (source, task_set, algo, steps, kind, metric)
                 )
                 ax.errorbar(
                     [a["value"]],
@@ -630,8 +644,9 @@ def plot_aggregate(agg: list[dict], path: Path) -> None:
                     capsize=4,
                 )
             names = [
-                f"{a} ({short_steps(s)}{'' if k == 'last' else ', ' + k}, {t} task{'s' if t > 1 else ''})"
-                for a, s, k, t in labels[source]
+                f"{a} ({short_steps(s)}{'' if k == 'last' else ', ' + k}, {t} task{'s' if t > 1 else ''}"
+                f"{' in common' if ts == 'common' else ''})"
+                for ts, a, s, k, t in labels[source]
             ]
             ax.set_yticks(range(len(names)), names if c == 0 else [""] * len(names))
             ax.set_ylim(-0.7, len(names) - 0.3)
@@ -647,6 +662,31 @@ def plot_aggregate(agg: list[dict], path: Path) -> None:
 
 def fmt(x: float) -> str:
     return f"{x:.1f}".replace("-", "−")
+
+
+def side_by_side(mine, datasets, source: str) -> list[str]:
+    """Markdown lines: for each (steps, score kind) with several algorithms, one row per dataset and one
+    column per algorithm (mean ± std over seeds, and the number of seeds), beside the behaviour data."""
+    settings: dict[tuple, dict[str, dict]] = {}
+    for key, g in mine:
+        s = g["score"].to_numpy(float)
+        settings.setdefault((int(key["steps"]), key["score_kind"]), {}).setdefault(key["algorithm"], {})[
+            key["task"]] = f"{fmt(s.mean())} ± {fmt(s.std())} ({len(s)})"
+    lines = []
+    for (steps, kind), algos in sorted(settings.items()):
+        if len(algos) < 2:
+            continue
+        names = sorted(algos)
+        tasks = sorted({t for cells in algos.values() for t in cells}, key=dataset_order)
+        what = "last evaluation" if kind == "last" else kind
+        lines += ["", f"Side by side, {steps:,} steps ({what}; mean ± std (seeds)):", "",
+                  "| dataset | " + " | ".join(names) + " | behaviour data |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for task in tasks:
+            record = datasets(task, source)
+            data = "—" if record is None else fmt(record["normalized_mean"])
+            lines.append(f"| {task} | " + " | ".join(algos[a].get(task, "—") for a in names) + f" | {data} |")
+    return lines
 
 
 def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -> str:
@@ -695,25 +735,30 @@ def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -
                 for config, note in sorted({(str(c), str(n)) for c, n in zip(g["config"], g["rebuild"])
                                             if isinstance(n, str)}):
                     lines.append(f"- {key['task']}, {key['algorithm']} (`{Path(config).parent}`): {note}")
+        lines += side_by_side(mine, datasets, source)
         rows = [a for a in agg if a["data_source"] == source]
         if rows:
             lines += [
                 "",
-                "Aggregate across tasks (rliable, 95% stratified bootstrap CIs; `aggregate.csv`):",
+                "Aggregate across tasks (rliable, 95% stratified bootstrap CIs; `aggregate.csv`). Compare "
+                "algorithms only over the same tasks: rows marked \"in common\" use just the tasks that every "
+                "algorithm of that length has.",
                 "",
                 "| algorithm | steps | tasks | runs per task | IQM | median | mean |",
                 "|---|---|---|---|---|---|---|",
             ]
-            for algo, steps, kind in sorted({(a["algorithm"], a["steps"], a["score_kind"]) for a in rows}):
+            for task_set, algo, steps, kind in sorted(
+                {(a["task_set"], a["algorithm"], a["steps"], a["score_kind"]) for a in rows}
+            ):
                 m = {
-                    a["metric"]: a for a in rows if (a["algorithm"], a["steps"], a["score_kind"]) == (algo, steps, kind)
+                    a["metric"]: a for a in rows
+                    if (a["task_set"], a["algorithm"], a["steps"], a["score_kind"]) == (task_set, algo, steps, kind)
                 }
                 cells = [f"{fmt(m[n]['value'])} [{fmt(m[n]['ci_low'])}, {fmt(m[n]['ci_high'])}]" for n in METRICS]
                 label = algo + ("" if kind == "last" else f" ({kind})")
+                tasks = f"{m['IQM']['tasks']}" + (" in common" if task_set == "common" else "")
                 lines.append(
-                    f"| {label} | {steps:,} | {m['IQM']['tasks']} | {m['IQM']['runs_per_task']} | "
-                    + " | ".join(cells)
-                    + " |"
+                    f"| {label} | {steps:,} | {tasks} | {m['IQM']['runs_per_task']} | " + " | ".join(cells) + " |"
                 )
         devices = sorted({str(d) for _, g in mine for d in g["device"]})
         commits = sorted({str(c) for _, g in mine for c in g["commit"]})

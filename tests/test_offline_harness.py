@@ -323,6 +323,30 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
     assert "| hopper-medium | iql (beta=10.0) | 1,000 | 61.0 ± 1.0 | 2 (0, 1) | — |" in table
 
 
+def test_report_compares_algorithms_on_the_tasks_they_share(tmp_path):
+    """Two algorithms on different task sets: a side-by-side table, and besides each one's aggregate over its
+    own tasks, one over only the tasks both have (aggregates over different task sets do not compare)."""
+    results = tmp_path / "results"
+    scores = {("iql", "halfcheetah-medium"): [40, 42, 44], ("iql", "hopper-medium"): [60, 62, 64],
+              ("iql", "walker2d-medium"): [10, 12, 14],
+              ("td3_bc", "halfcheetah-medium"): [50, 52, 54], ("td3_bc", "hopper-medium"): [70, 72, 74]}
+    rows = [(algo, task, "local", seed, 1000, v, f"{algo}-{task}")
+            for (algo, task), values in scores.items() for seed, v in enumerate(values)]
+    write_scores(results / "scores.csv", rows)
+    assert offline.main(["report", "--results", str(results), "--reps", "200"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    assert "| dataset | iql | td3_bc | behaviour data |" in table
+    assert "| hopper-medium | 62.0 ± 1.6 (3) | 72.0 ± 1.6 (3) | — |" in table
+    assert "| walker2d-medium | 12.0 ± 1.6 (3) | — | — |" in table
+    agg = {(r["algorithm"], r["task_set"], r["metric"]): r for r in read_rows(results / "offline" / "aggregate.csv")}
+    assert set(agg) == {(a, t, m) for a in ("iql", "td3_bc") for t in ("all", "common") for m in offline.METRICS}
+    assert float(agg[("iql", "all", "mean")]["value"]) == pytest.approx((42 + 62 + 12) / 3)
+    assert float(agg[("iql", "common", "mean")]["value"]) == pytest.approx((42 + 62) / 2)
+    assert agg[("iql", "common", "mean")]["task_list"] == "halfcheetah-medium;hopper-medium"
+    assert float(agg[("td3_bc", "common", "mean")]["value"]) == pytest.approx((52 + 72) / 2)
+    assert "| iql | 1,000 | 2 in common | 3 |" in table and "| iql | 1,000 | 3 | 3 |" in table
+
+
 def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_path):
     """Builds are bit-identical per CPU type only: a run on data rebuilt elsewhere by the listed recipe (same
     policy file, seed, steps, reference scores, about the same data score) counts, with its own data score
