@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated Minari store and a tiny Pendulum dataset from a competent controller."""
+"""Shared fixtures: isolated Minari stores with tiny datasets from competent controllers (Pendulum-v1,
+InvertedPendulum-v5)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 PENDULUM_ID = "rlzoo-test/pendulum/controller-v0"
+INVERTED_PENDULUM_ID = "rlzoo-test/invertedpendulum/controller-v0"
 
 
 def pendulum_controller(obs: np.ndarray) -> float:
@@ -26,31 +28,49 @@ def pendulum_controller(obs: np.ndarray) -> float:
     return float(2.0 * np.sign(w) if energy < 0 else -0.5 * np.sign(w))
 
 
-def build_pendulum_dataset(dataset_id: str = PENDULUM_ID, episodes: int = 20, noise: float = 0.3,
-                           seed: int = 0) -> str:
-    """Write `episodes` noisy-controller episodes of Pendulum-v1 into the Minari store; returns the id."""
+def write_controller_dataset(dataset_id: str, env_id: str, controller, episodes: int, noise: float, seed: int,
+                             ref_min_score: float, ref_max_score: float) -> str:
+    """Write `episodes` episodes of `controller(obs)` plus Gaussian action noise (std `noise`, clipped to the
+    action bounds) into the Minari store; returns the id."""
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
 
     rng = np.random.default_rng(seed)
-    env = gym.make("Pendulum-v1")
+    env = gym.make(env_id)
+    low, high = float(env.action_space.low[0]), float(env.action_space.high[0])
     buffers = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         o, a, r, te, tr = [obs], [], [], [], []
         done = False
         while not done:
-            action = np.clip(pendulum_controller(obs) + noise * 2.0 * rng.standard_normal(), -2, 2)
+            action = np.clip(controller(obs) + noise * rng.standard_normal(), low, high)
             obs, reward, terminated, truncated, _ = env.step(np.array([action], np.float32))
             o.append(obs), a.append([action]), r.append(reward), te.append(terminated), tr.append(truncated)
             done = terminated or truncated
         buffers.append(EpisodeBuffer(id=ep, observations=np.asarray(o, np.float32),
                                      actions=np.asarray(a, np.float32), rewards=np.asarray(r),
                                      terminations=np.asarray(te), truncations=np.asarray(tr), infos={}))
-    minari.create_dataset_from_buffers(dataset_id, buffers, env="Pendulum-v1", ref_min_score=-1200.0,
-                                       ref_max_score=-140.0, algorithm_name="swing-up controller + noise")
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env_id, ref_min_score=ref_min_score,
+                                       ref_max_score=ref_max_score, algorithm_name="controller + noise")
     return dataset_id
+
+
+def build_pendulum_dataset(dataset_id: str = PENDULUM_ID, episodes: int = 20, noise: float = 0.3,
+                           seed: int = 0) -> str:
+    """20 swing-up-controller episodes of Pendulum-v1 (data return about -156), action noise 0.3 x the bound 2."""
+    return write_controller_dataset(dataset_id, "Pendulum-v1", pendulum_controller, episodes, noise * 2.0, seed,
+                                    ref_min_score=-1200.0, ref_max_score=-140.0)
+
+
+def build_inverted_pendulum_dataset(dataset_id: str = INVERTED_PENDULUM_ID, episodes: int = 5, noise: float = 0.5,
+                                    seed: int = 0) -> str:
+    """5 episodes of InvertedPendulum-v5 under a linear balancer with action noise 0.5 (bound 3): each one
+    balances for the full 1000 steps; the random policy falls after about 5 steps, doing nothing after 24."""
+    gains = np.array([1.0, 10.0, 1.0, 1.0])  # cart position, pole angle, their velocities
+    return write_controller_dataset(dataset_id, "InvertedPendulum-v5", lambda obs: float(gains @ obs), episodes,
+                                    noise, seed, ref_min_score=0.0, ref_max_score=1000.0)
 
 
 def pendulum_random_return(episodes: int = 10, seed: int = 123) -> float:
@@ -79,20 +99,29 @@ def minari_store(tmp_path, monkeypatch):
     return path
 
 
-@pytest.fixture(scope="session")
-def pendulum_store(tmp_path_factory):
-    """A Minari store holding the Pendulum controller dataset (built once per session)."""
-    path = tmp_path_factory.mktemp("minari-pendulum")
+def _store(path: Path, build) -> Path:
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(path)
     try:
-        build_pendulum_dataset()
+        build()
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH")
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
     return path
+
+
+@pytest.fixture(scope="session")
+def pendulum_store(tmp_path_factory):
+    """A Minari store holding the Pendulum controller dataset (built once per session)."""
+    return _store(tmp_path_factory.mktemp("minari-pendulum"), build_pendulum_dataset)
+
+
+@pytest.fixture(scope="session")
+def inverted_pendulum_store(tmp_path_factory):
+    """A Minari store holding the InvertedPendulum controller dataset (built once per session)."""
+    return _store(tmp_path_factory.mktemp("minari-inverted-pendulum"), build_inverted_pendulum_dataset)
 
 
 @pytest.fixture(scope="session")
