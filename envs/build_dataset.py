@@ -979,11 +979,12 @@ def build(
                                           replay_from=replay_from)
         steps_n, seed_n, full = int(got.lengths.sum()), replay_info["seed"], steps is None and seed is None
         medium = replay_info["medium_policy"]
-        behaviour = Behaviour(
-            f"replay of the SAC run that trained {medium}", None, sha256=sha256(ROOT / medium) if medium else None,
-            meta=replay_info,
-        )
-        if replay_info.get("reproduces_medium_policy") is False:
+        reproduced = replay_info.get("reproduces_medium_policy") is not False
+        name = (f"replay of the SAC run that trained {medium}" if reproduced else
+                f"replay of a re-run of the SAC training of {medium} (same command and seed; its actor at step "
+                f"{replay_info['medium_step']} differs from that file)")
+        behaviour = Behaviour(name, None, sha256=sha256(ROOT / medium) if medium else None, meta=replay_info)
+        if not reproduced:
             log(
                 f"WARNING: the re-run's actor at step {replay_info['medium_step']} differs from {medium} "
                 f"(max abs diff {replay_info['medium_policy_max_abs_diff']:.3g}; other code, library versions "

@@ -303,6 +303,7 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
     record = bd.build("hopper-medium-replay", refs_path=store / "refs.json", results_csv=None, quiet=True)
     # The builder re-ran the training: same actor bit for bit, so this is that run's replay.
     assert record["replay"]["reproduces_medium_policy"] is True and record["steps"] == 600
+    assert record["policy"] == f"replay of the SAC run that trained {entry['file']}"
     ds = datasets.load("hopper-medium-replay", download=False)
     with np.load(run_dir / "replay.npz") as f:
         replay = {k: f[k][0] for k in f.files if k != "seeds"}
@@ -339,6 +340,15 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
                                          "batch_size = 32"):
         bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
                  quiet=True, replay_from=run_dir)
+
+    # A re-run whose actor is not the committed one (here: the file was changed) is that of another training
+    # run, and says so in its record and its name.
+    with np.load(store / "policies" / "hopper-medium.npz") as f:
+        arrays = {k: f[k] + 1.0 if f[k].dtype.kind == "f" else f[k] for k in f.files}
+    np.savez(store / "policies" / "hopper-medium.npz", **arrays)
+    other = bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None, quiet=True)
+    assert other["replay"]["reproduces_medium_policy"] is False and other["replay"]["medium_policy_max_abs_diff"] > 0
+    assert other["policy"].startswith(f"replay of a re-run of the SAC training of {entry['file']} (same command")
 
 
 def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
