@@ -27,7 +27,9 @@ and its evaluation curve in <results>/curves/<run name>/ (benchmarks/record_run.
 <results>/offline/: table.md (mean ± std over seeds per dataset × algorithm × steps, beside the
 behaviour data's own normalized score from <results>/datasets.csv), curve-<source>-<dataset>.png
 (learning curves, mean ± std over seeds), aggregate.png and aggregate.csv (rliable IQM, median and
-mean across tasks with 95% stratified bootstrap CIs). Scores on official and on locally built data
+mean across tasks with 95% stratified bootstrap CIs). With several algorithms at one length, table.md
+also sets them side by side per dataset, and where their task sets differ, each also gets an aggregate
+over the tasks they share ("in common"), the only aggregates that compare. Scores on official and on locally built data
 are different tasks: they never share a table row or an aggregate; runs of different lengths are
 kept apart too. So are runs trained on another build of their dataset than the one datasets.csv now
 lists (judged by the dataset.json recorded with the run): they are listed apart, outside the tables. A
@@ -549,32 +551,47 @@ def plot_curves(grouped, curves_root: Path, out_dir: Path) -> list[Path]:
     return written
 
 
+def by_setting(grouped, value) -> dict[tuple, dict[str, dict[str, object]]]:
+    """{(data source, steps, score kind): {algorithm: {task: value(group)}}}: what one comparison holds."""
+    out: dict[tuple, dict[str, dict[str, object]]] = {}
+    for key, g in grouped:
+        setting = (key["data_source"], int(key["steps"]), key["score_kind"])
+        out.setdefault(setting, {}).setdefault(key["algorithm"], {})[key["task"]] = value(g)
+    return out
+
+
+def common_tasks(algos: dict[str, dict]) -> set[str]:
+    """The tasks every plain algorithm of one setting has (hyperparameter variants such as "iql (beta=10.0)",
+    often run on a few tasks only, do not narrow it); empty when fewer than two plain algorithms differ in
+    their tasks or fewer than two tasks are shared."""
+    plain = [set(tasks) for algo, tasks in algos.items() if " (" not in algo]
+    if len(plain) < 2 or all(t == plain[0] for t in plain):
+        return set()
+    common = set.intersection(*plain)
+    return common if len(common) > 1 else set()
+
+
 def aggregate(grouped, reps: int) -> list[dict]:
     """rliable IQM / median / mean across tasks with 95% stratified bootstrap CIs, one entry per
-    (data source, algorithm, steps, score kind) over all of its tasks (task_set "all"). Where several
-    algorithms of one (data source, steps, score kind) cover different tasks, each gets a second entry over
-    only the tasks all of them have (task_set "common"): aggregates over different task sets are not
-    comparable. Tasks with more runs than others are cut to the smallest number of runs (lowest seeds
-    first) so that the score matrix is runs × tasks."""
+    (data source, algorithm, steps, score kind) over all of its tasks (task_set "all"). Aggregates over
+    different task sets are not comparable, so where the plain algorithms of one (data source, steps, score
+    kind) cover different tasks and share at least two (`common_tasks`), every algorithm that has those
+    shared tasks gets a second entry over only them (task_set "common"; for an algorithm with no other
+    tasks it equals its "all" entry). Tasks with more runs than others are cut to the smallest number of
+    runs (lowest seeds first) so that the score matrix is runs × tasks."""
     import warnings
 
     import numpy as np
     from rliable import library as rly
     from rliable import metrics
 
-    entries: dict[tuple, dict[str, np.ndarray]] = {}
-    for key, g in grouped:
-        k = (key["data_source"], key["algorithm"], int(key["steps"]), key["score_kind"])
-        entries.setdefault(k, {})[key["task"]] = g["score"].to_numpy(float)
-    jobs = [(k, tasks, "all") for k, tasks in sorted(entries.items())]
-    settings: dict[tuple, dict[str, dict]] = {}
-    for (source, algo, steps, kind), tasks in entries.items():
-        settings.setdefault((source, steps, kind), {})[algo] = tasks
-    for (source, steps, kind), algos in sorted(settings.items()):
-        common = set.intersection(*(set(tasks) for tasks in algos.values()))
-        if len(algos) > 1 and len(common) > 1 and any(set(tasks) != common for tasks in algos.values()):
-            jobs += [((source, algo, steps, kind), {t: tasks[t] for t in common}, "common")
-                     for algo, tasks in sorted(algos.items())]
+    jobs = []
+    for (source, steps, kind), algos in sorted(by_setting(grouped, lambda g: g["score"].to_numpy(float)).items()):
+        common = common_tasks(algos)
+        for algo, tasks in sorted(algos.items()):
+            jobs.append(((source, algo, steps, kind), tasks, "all"))
+            if common and common <= set(tasks):
+                jobs.append(((source, algo, steps, kind), {t: tasks[t] for t in common}, "common"))
     func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
     out = []
     for (source, algo, steps, kind), tasks, task_set in jobs:
@@ -667,13 +684,12 @@ def fmt(x: float) -> str:
 def side_by_side(mine, datasets, source: str) -> list[str]:
     """Markdown lines: for each (steps, score kind) with several algorithms, one row per dataset and one
     column per algorithm (mean ± std over seeds, and the number of seeds), beside the behaviour data."""
-    settings: dict[tuple, dict[str, dict]] = {}
-    for key, g in mine:
-        s = g["score"].to_numpy(float)
-        settings.setdefault((int(key["steps"]), key["score_kind"]), {}).setdefault(key["algorithm"], {})[
-            key["task"]] = f"{fmt(s.mean())} ± {fmt(s.std())} ({len(s)})"
+    def cell(g) -> str:
+        scores = g["score"].to_numpy(float)
+        return f"{fmt(scores.mean())} ± {fmt(scores.std())} ({len(scores)})"
+
     lines = []
-    for (steps, kind), algos in sorted(settings.items()):
+    for (_, steps, kind), algos in sorted(by_setting(mine, cell).items()):
         if len(algos) < 2:
             continue
         names = sorted(algos)
@@ -738,11 +754,13 @@ def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -
         lines += side_by_side(mine, datasets, source)
         rows = [a for a in agg if a["data_source"] == source]
         if rows:
+            shared = sorted({(a["steps"], a["task_list"]) for a in rows if a["task_set"] == "common"})
             lines += [
                 "",
-                "Aggregate across tasks (rliable, 95% stratified bootstrap CIs; `aggregate.csv`). Compare "
-                "algorithms only over the same tasks: rows marked \"in common\" use just the tasks that every "
-                "algorithm of that length has.",
+                "Aggregate across tasks (rliable, 95% stratified bootstrap CIs; `aggregate.csv`)."
+                + ("" if not shared else " Compare algorithms over the same tasks only: the rows marked \"in "
+                   "common\" use just the tasks that every algorithm of that length has ("
+                   + "; ".join(f"{steps:,} steps: {tasks.replace(';', ', ')}" for steps, tasks in shared) + ")."),
                 "",
                 "| algorithm | steps | tasks | runs per task | IQM | median | mean |",
                 "|---|---|---|---|---|---|---|",

@@ -840,7 +840,27 @@ def upsert_row(path: Path, row: dict) -> None:
 
 
 BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episodes", "steps", "return_mean",
-                     "normalized_mean", "policy_sha256", "seed", "listed_return_mean", "identical_to_listed"]
+                     "normalized_mean", "policy_sha256", "seed", "listed_return_mean", "identical_to_listed",
+                     "medium_policy_max_abs_diff"]  # the last for medium-replay re-runs: 0.0 = the committed actor
+
+
+def _append_log(path: Path, row: dict) -> None:
+    """Append a row to builds.csv; a log written with fewer columns is rewritten with all of them first."""
+    header, rows = None, []
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, list(reader)
+    if header == BUILD_LOG_COLUMNS:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore").writerow(row)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([*rows, row])
+    os.replace(tmp, path)
 
 
 def list_build(results_csv: Path, record: dict) -> str:
@@ -862,14 +882,11 @@ def list_build(results_csv: Path, record: dict) -> str:
     identical = recipe_matches and int(listed["episodes"]) == record["episodes"] and same(
         listed["return_mean"], record["return_mean"])
     log_path = results_csv.with_name("builds.csv")
-    new_log = not log_path.is_file()
-    with open(log_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore")
-        if new_log:
-            writer.writeheader()
-        writer.writerow({**record, "commit": record["code"].rsplit(" ", 1)[-1],
-                         "listed_return_mean": listed["return_mean"] if recipe_matches else "",
-                         "identical_to_listed": identical if recipe_matches else ""})
+    _append_log(log_path, {**record, "commit": record["code"].rsplit(" ", 1)[-1],
+                           "listed_return_mean": listed["return_mean"] if recipe_matches else "",
+                           "identical_to_listed": identical if recipe_matches else "",
+                           "medium_policy_max_abs_diff": (record.get("replay") or {}).get(
+                               "medium_policy_max_abs_diff", "")})
     if recipe_matches and not identical:
         why = ("the SAC re-run did not reproduce the committed medium actor, so this is the replay of another "
                "training run; runs trained on it are left out of the offline report's table"
@@ -979,12 +996,17 @@ def build(
                                           replay_from=replay_from)
         steps_n, seed_n, full = int(got.lengths.sum()), replay_info["seed"], steps is None and seed is None
         medium = replay_info["medium_policy"]
-        reproduced = replay_info.get("reproduces_medium_policy") is not False
-        name = (f"replay of the SAC run that trained {medium}" if reproduced else
-                f"replay of a re-run of the SAC training of {medium} (same command and seed; its actor at step "
-                f"{replay_info['medium_step']} differs from that file)")
+        # Read from the training run itself (--replay-from checks its actor) or a re-run that reproduced the
+        # actor: that run's replay. A re-run with another actor: another training run's. A re-run with another
+        # seed or length is not compared with the committed actor.
+        reproduced = replay_info.get("reproduces_medium_policy", True if replay_from is not None else None)
+        name = {True: f"replay of the SAC run that trained {medium}",
+                False: f"replay of a re-run of the SAC training of {medium} (same command and seed; its actor at "
+                       f"step {replay_info['medium_step']} differs from that file)",
+                None: f"replay of a SAC run with the training settings of {medium} (seed {seed_n}, "
+                      f"{steps_n:,} steps; not compared with that file)"}[reproduced]
         behaviour = Behaviour(name, None, sha256=sha256(ROOT / medium) if medium else None, meta=replay_info)
-        if not reproduced:
+        if reproduced is False:
             log(
                 f"WARNING: the re-run's actor at step {replay_info['medium_step']} differs from {medium} "
                 f"(max abs diff {replay_info['medium_policy_max_abs_diff']:.3g}; other code, library versions "

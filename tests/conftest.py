@@ -59,15 +59,17 @@ def write_controller_dataset(dataset_id: str, env_id: str, controller, episodes:
 
 def build_pendulum_dataset(dataset_id: str = PENDULUM_ID, episodes: int = 20, noise: float = 0.3,
                            seed: int = 0) -> str:
-    """20 swing-up-controller episodes of Pendulum-v1 (data return about -156), action noise 0.3 x the bound 2."""
+    """Swing-up-controller episodes of Pendulum-v1 (20: data return about -156); `noise` is the action noise's
+    std as a fraction of the torque bound 2."""
     return write_controller_dataset(dataset_id, "Pendulum-v1", pendulum_controller, episodes, noise * 2.0, seed,
                                     ref_min_score=-1200.0, ref_max_score=-140.0)
 
 
 def build_inverted_pendulum_dataset(dataset_id: str = INVERTED_PENDULUM_ID, episodes: int = 5, noise: float = 0.5,
                                     seed: int = 0) -> str:
-    """5 episodes of InvertedPendulum-v5 under a linear balancer with action noise 0.5 (bound 3): each one
-    balances for the full 1000 steps; the random policy falls after about 5 steps, doing nothing after 24."""
+    """Episodes of InvertedPendulum-v5 under a linear balancer; `noise` is the action noise's std in action
+    units (the bound is 3). With 5 episodes and noise 0.5 each one balances for the full 1000 steps; the
+    random policy falls after about 5 steps, doing nothing after 24."""
     gains = np.array([1.0, 10.0, 1.0, 1.0])  # cart position, pole angle, their velocities
     return write_controller_dataset(dataset_id, "InvertedPendulum-v5", lambda obs: float(gains @ obs), episodes,
                                     noise, seed, ref_min_score=0.0, ref_max_score=1000.0)

@@ -327,6 +327,7 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
                          quiet=True, replay_from=run_dir)
         assert again["replay"]["read_from"].endswith("checkpoints/600" if drop_npz else "replay.npz")
         assert again["steps"] == 600 and again["episodes"] == record["episodes"]
+        assert again["policy"] == record["policy"]  # the run's own replay, its actor checked
         ds2 = datasets.load("hopper-medium-replay", download=False)
         for field in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
             np.testing.assert_array_equal(getattr(ds2, field), getattr(ds, field))
@@ -509,9 +510,12 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
               "num_envs": 20, "full_recipe": True, "episodes": 10, "return_mean": 500.0, "return_std": 1.0,
               "ref_min_score": 0.0, "ref_max_score": 1000.0, "normalized_mean": 50.0, "machine": "cpu A",
               "code": "envs/build_dataset.py at rlzoo commit abc", "date": "2026-01-01T00:00:00Z", "replay": None}
+    # A log from before the medium_policy_max_abs_diff column: rewritten with it, its row kept.
+    (tmp_path / "builds.csv").write_text(",".join(bd.BUILD_LOG_COLUMNS[:-1]) + "\nold-build" + "," * 12 + "\n")
     assert "row written" in bd.list_build(csv_path, record)
     assert "most likely a build on another CPU" in bd.list_build(csv_path, {**record, "return_mean": 510.0})
-    replay = {**record, "return_mean": 520.0, "replay": {"reproduces_medium_policy": False}}
+    replay = {**record, "return_mean": 520.0,
+              "replay": {"reproduces_medium_policy": False, "medium_policy_max_abs_diff": 4.25}}
     assert "did not reproduce the committed medium actor" in bd.list_build(csv_path, replay)
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == 500.0
@@ -519,4 +523,8 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == 530.0
     with open(tmp_path / "builds.csv", newline="") as f:
-        assert [r["identical_to_listed"] for r in csv.DictReader(f)] == ["", "False", "False", ""]
+        reader = csv.DictReader(f)
+        log = list(reader)
+    assert reader.fieldnames == bd.BUILD_LOG_COLUMNS and log[0]["dataset"] == "old-build"
+    assert [r["identical_to_listed"] for r in log[1:]] == ["", "False", "False", ""]
+    assert [r["medium_policy_max_abs_diff"] for r in log] == ["", "", "", "4.25", ""]

@@ -284,8 +284,10 @@ def test_report_numbers_and_official_vs_local(tmp_path):
     assert "| hopper-medium-expert | iql | 200,000 | 13.0 ± 0.0 | 1 (0) | `hme-old` | an earlier build (data " \
         "return hopper-medium 1190.6, hopper-expert 3195.8" in left_out
 
-    agg = {(r["data_source"], r["steps"], r["metric"]): r for r in read_rows(out / "aggregate.csv")}
-    assert set(agg) == {
+    agg_rows = read_rows(out / "aggregate.csv")
+    assert {r["task_set"] for r in agg_rows} == {"all"}  # one algorithm: nothing to compare
+    agg = {(r["data_source"], r["steps"], r["metric"]): r for r in agg_rows}
+    assert len(agg) == len(agg_rows) and set(agg) == {
         (s, n, m)
         for s, n in [("local", "200000"), ("local", "50000"), ("official", "200000")]
         for m in ("IQM", "median", "mean")
@@ -325,26 +327,49 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
 
 def test_report_compares_algorithms_on_the_tasks_they_share(tmp_path):
     """Two algorithms on different task sets: a side-by-side table, and besides each one's aggregate over its
-    own tasks, one over only the tasks both have (aggregates over different task sets do not compare)."""
+    own tasks, one over only the tasks both have (aggregates over different task sets do not compare). A
+    hyperparameter variant run on one task does not narrow the shared set; equal task sets need no second
+    aggregate."""
     results = tmp_path / "results"
     scores = {("iql", "halfcheetah-medium"): [40, 42, 44], ("iql", "hopper-medium"): [60, 62, 64],
               ("iql", "walker2d-medium"): [10, 12, 14],
               ("td3_bc", "halfcheetah-medium"): [50, 52, 54], ("td3_bc", "hopper-medium"): [70, 72, 74]}
-    rows = [(algo, task, "local", seed, 1000, v, f"{algo}-{task}")
-            for (algo, task), values in scores.items() for seed, v in enumerate(values)]
-    write_scores(results / "scores.csv", rows)
-    assert offline.main(["report", "--results", str(results), "--reps", "200"]) == 0
-    table = (results / "offline" / "table.md").read_text()
+
+    def report(scores: dict, variants: dict | None = None) -> tuple[str, dict]:
+        rows = [(algo, task, "local", seed, 1000, v, f"{algo}-{task}")
+                for (algo, task), values in scores.items() for seed, v in enumerate(values)]
+        write_scores(results / "scores.csv", rows)
+        for (algo, task), config in (variants or {}).items():
+            (results / "curves" / f"{algo}-{task}" / "config.json").write_text(json.dumps(config))
+        assert offline.main(["report", "--results", str(results), "--reps", "200"]) == 0
+        rows = read_rows(results / "offline" / "aggregate.csv")
+        agg = {(r["algorithm"], r["task_set"], r["metric"]): r for r in rows}
+        assert len(agg) == len(rows)
+        return (results / "offline" / "table.md").read_text(), agg
+
+    table, agg = report(scores)
     assert "| dataset | iql | td3_bc | behaviour data |" in table
     assert "| hopper-medium | 62.0 ± 1.6 (3) | 72.0 ± 1.6 (3) | — |" in table
     assert "| walker2d-medium | 12.0 ± 1.6 (3) | — | — |" in table
-    agg = {(r["algorithm"], r["task_set"], r["metric"]): r for r in read_rows(results / "offline" / "aggregate.csv")}
     assert set(agg) == {(a, t, m) for a in ("iql", "td3_bc") for t in ("all", "common") for m in offline.METRICS}
     assert float(agg[("iql", "all", "mean")]["value"]) == pytest.approx((42 + 62 + 12) / 3)
     assert float(agg[("iql", "common", "mean")]["value"]) == pytest.approx((42 + 62) / 2)
     assert agg[("iql", "common", "mean")]["task_list"] == "halfcheetah-medium;hopper-medium"
     assert float(agg[("td3_bc", "common", "mean")]["value"]) == pytest.approx((52 + 72) / 2)
     assert "| iql | 1,000 | 2 in common | 3 |" in table and "| iql | 1,000 | 3 | 3 |" in table
+    assert "1,000 steps: halfcheetah-medium, hopper-medium)" in table
+
+    # An iql variant with another beta on hopper-medium only: its own entry, the shared set unchanged.
+    variant = {**scores, ("iql", "hopper-medium-replay"): [30, 31, 32]}
+    table, agg = report(variant, {("iql", task): {"beta": 3.0} for task in
+                                  ("halfcheetah-medium", "hopper-medium", "walker2d-medium")}
+                        | {("iql", "hopper-medium-replay"): {"beta": 10.0}})
+    assert ("iql (beta=10.0)", "all", "mean") in agg and ("iql (beta=10.0)", "common", "mean") not in agg
+    assert agg[("td3_bc", "common", "mean")]["task_list"] == "halfcheetah-medium;hopper-medium"
+
+    # The same tasks for both: the "all" aggregates compare as they are.
+    table, agg = report({k: v for k, v in scores.items() if k[1] != "walker2d-medium"})
+    assert {t for _, t, _ in agg} == {"all"} and "in common" not in table
 
 
 def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_path):
