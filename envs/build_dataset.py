@@ -822,21 +822,29 @@ def write_dataset(
     return final
 
 
-def upsert_row(path: Path, row: dict) -> None:
-    """Replace the row of `row["dataset"]` in the CSV at `path` (or append it), keeping the other rows."""
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("dataset") != row["dataset"]]
-    rows.append({k: row.get(k, "") for k in DATASET_COLUMNS})
-    rows.sort(key=lambda r: r["dataset"])
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Write `rows` under the header `columns` to `path` atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=DATASET_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def upsert_row(path: Path, row: dict) -> None:
+    """Replace the row of `row["dataset"]` in the CSV at `path` (or append it), keeping the other rows."""
+    rows = [r for r in _read_csv(path) if r.get("dataset") != row["dataset"]]
+    rows.append({k: row.get(k, "") for k in DATASET_COLUMNS})
+    _write_csv(path, DATASET_COLUMNS, sorted(rows, key=lambda r: r["dataset"]))
 
 
 BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episodes", "steps", "return_mean",
@@ -845,22 +853,9 @@ BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episo
 
 
 def _append_log(path: Path, row: dict) -> None:
-    """Append a row to builds.csv; a log written with fewer columns is rewritten with all of them first."""
-    header, rows = None, []
-    if path.is_file():
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header, rows = reader.fieldnames, list(reader)
-    if header == BUILD_LOG_COLUMNS:
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore").writerow(row)
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=BUILD_LOG_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([*rows, row])
-    os.replace(tmp, path)
+    """Append a row to builds.csv, written with all of BUILD_LOG_COLUMNS (a log from before a column was
+    added gets it, empty in its old rows)."""
+    _write_csv(path, BUILD_LOG_COLUMNS, [*_read_csv(path), row])
 
 
 def list_build(results_csv: Path, record: dict) -> str:
@@ -869,10 +864,7 @@ def list_build(results_csv: Path, record: dict) -> str:
     most likely a rebuild on another CPU type (builds repeat bit for bit per CPU type, see
     rlzoo.provenance.cpu_signature), or a medium-replay re-run that did not reproduce the medium actor. The
     listed build then stays, so that the runs trained on it keep their data score; returns what was done."""
-    listed = None
-    if results_csv.is_file():
-        with open(results_csv, newline="") as f:
-            listed = next((r for r in csv.DictReader(f) if r.get("dataset") == record["dataset"]), None)
+    listed = next((r for r in _read_csv(results_csv) if r.get("dataset") == record["dataset"]), None)
     same = lambda a, b: abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
     recipe_matches = listed is not None and (
         same_recipe(recipe_of(record), listed)
