@@ -281,13 +281,21 @@ def test_wrong_max_action_is_caught_before_the_run_starts(pendulum_store, monkey
     assert not (tmp_path / "run").exists()
 
 
-def test_td3_bc_copied_file_trains(pendulum_store, jax_cache_dir, tmp_path):
-    script = Path(shutil.copy(ALGORITHMS / "td3_bc.py", tmp_path / "td3_bc_copy.py"))
+@pytest.mark.parametrize("name", ["td3_bc", "cql"])
+def test_copied_file_trains(name, pendulum_store, jax_cache_dir, tmp_path):
+    """Copied alone into another directory, the file trains, evaluates and writes its run folder there."""
+    script = Path(shutil.copy(ALGORITHMS / f"{name}.py", tmp_path / f"{name}_copy.py"))
     args = SMALL + ["--total-steps", "200", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "200"]
+    if name == "cql":
+        args += ["--cql-n-actions", "4"]
     proc = run_script(script, args, cli_env(jax_cache_dir, pendulum_store), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summaries = list((tmp_path / "runs").glob("td3_bc-*/summary.json"))
-    assert len(summaries) == 1 and json.loads(summaries[0].read_text())["steps"] == 200
+    summaries = list((tmp_path / "runs").glob(f"{name}-*/summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    assert summary["steps"] == 200 and summary["algorithm"] == name
+    evals = np.atleast_1d(np.genfromtxt(summaries[0].parent / "eval.csv", delimiter=",", names=True))
+    assert list(evals["step"]) == [200] and np.isfinite(evals["return_mean"]).all()
 
 
 # ---------------------------------------------------------------------------------------------- configs/
