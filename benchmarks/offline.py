@@ -105,17 +105,25 @@ def available_algorithms() -> list[str]:
     return sorted(p.stem for p in ALGORITHMS_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
+def algorithm_config(algo: str) -> type:
+    """The tyro Config dataclass of algorithms/<algo>.py (the module is loaded once)."""
+    import importlib.util
+
+    name = f"_rlzoo_algo_{algo}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ALGORITHMS_DIR / f"{algo}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name].Config
+
+
 def algorithm_flags(algo: str) -> set[str]:
     """The --flags of algorithms/<algo>.py, read from its tyro Config dataclass."""
     import dataclasses
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"_rlzoo_algo_{algo}", ALGORITHMS_DIR / f"{algo}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
     flags = set()
-    for f in dataclasses.fields(module.Config):
+    for f in dataclasses.fields(algorithm_config(algo)):
         flags.add(f.name.replace("_", "-"))
         if f.type in (bool, "bool"):
             flags.add("no-" + f.name.replace("_", "-"))
@@ -435,12 +443,28 @@ def dataset_order(task: str) -> tuple:
 NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download"}
 
 
+def default_hyperparameters(algo: str, task: str) -> dict | None:
+    """What algorithms/<algo>.py trains `task` with when no flag is given: its Config defaults (the paper's)
+    with the per-task settings of configs/<algo>.toml, as config.json would record them; None if the file
+    is gone."""
+    import dataclasses
+
+    from rlzoo.run import task_settings
+
+    if not (ALGORITHMS_DIR / f"{algo}.py").is_file():
+        return None
+    config_cls = algorithm_config(algo)
+    settings = task_settings(algo, task, {f.name for f in dataclasses.fields(config_cls)})
+    config = json.loads(json.dumps(dataclasses.asdict(config_cls(**settings))))  # tuples as JSON lists
+    return {k: v for k, v in config.items() if k not in NOT_HYPERPARAMETERS | HOST_OPTIONS}
+
+
 def label_variants(rows, curves_root: Path):
     """Runs of one algorithm with other hyperparameters (a sweep with its own --tag and flags) are other
     entries: the algorithm of each row becomes e.g. "iql (beta=10.0)" where its recorded config.json differs
-    from the algorithm's most used configuration. Options one of two configs lacks (added to the code later)
-    are not compared. A seed recorded twice for one entry counts once (the newest)."""
-    import json
+    from what the algorithm file uses on that task by default (`default_hyperparameters`); for an algorithm
+    whose file is gone, from its most used configuration. Options one of two configs lacks (added to the code
+    later) are not compared. A seed recorded twice for one entry counts once (the newest)."""
 
     def hyperparameters(row) -> dict | None:
         path = run_folder(row, curves_root) / "config.json"
@@ -454,8 +478,16 @@ def label_variants(rows, curves_root: Path):
     rows = rows.copy()
     configs = [hyperparameters(r) for r in rows.itertuples()]
     labels = list(rows["algorithm"])
+    tasks = list(rows["task"])
     for algo in dict.fromkeys(labels):
         mine = [i for i, a in enumerate(labels) if a == algo and configs[i] is not None]
+        if (ALGORITHMS_DIR / f"{algo}.py").is_file():
+            for i in mine:
+                default = default_hyperparameters(algo, tasks[i])
+                diff = differing(configs[i], default)
+                if diff:
+                    labels[i] = f"{algo} ({', '.join(f'{k}={configs[i][k]}' for k in diff)})"
+            continue
         distinct = {}
         for i in mine:
             distinct.setdefault(json.dumps(configs[i], sort_keys=True), []).append(i)
@@ -505,6 +537,29 @@ def curve_of(row, curves_root: Path):
     return (mine["step"], mine["score"]) if len(mine) else None
 
 
+# The second score kind of the report: each seed's mean over its last LAST_N evaluations, the protocol of the
+# TD3+BC paper (evaluations every 5k steps, the final 10 averaged). One evaluation of 10 episodes is noisy
+# where a policy swings between gaits from one evaluation to the next.
+LAST_N = 10
+
+
+def with_last_n(rows, curves_root: Path, n: int = LAST_N):
+    """`rows` plus, for each last-evaluation row whose curve holds at least `n` evaluations up to its length,
+    a row of score_kind f"last{n}" with the mean of those last `n` (read from the run's eval.csv)."""
+    import pandas as pd
+
+    extra = []
+    for row in rows[rows["score_kind"] == "last"].itertuples(index=False):
+        curve = curve_of(row, curves_root)
+        if curve is None:
+            continue
+        steps, scores = curve
+        scores = scores[steps <= row.steps]
+        if len(scores) >= n:
+            extra.append({**row._asdict(), "score": float(scores[-n:].mean()), "score_kind": f"last{n}"})
+    return pd.concat([rows, pd.DataFrame(extra, columns=rows.columns)], ignore_index=True) if extra else rows
+
+
 def plot_curves(grouped, curves_root: Path, out_dir: Path) -> list[Path]:
     """One PNG per (data source, dataset): mean ± std over seeds of each algorithm × steps group."""
     import matplotlib
@@ -515,6 +570,8 @@ def plot_curves(grouped, curves_root: Path, out_dir: Path) -> list[Path]:
 
     by_task: dict[tuple[str, str], list] = {}
     for key, g in grouped:
+        if key["score_kind"] != "last":  # another summary of the same curves
+            continue
         by_task.setdefault((key["data_source"], key["task"]), []).append((key, g))
     written = []
     for (source, task), entries in by_task.items():
@@ -712,7 +769,9 @@ def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -
         f"Generated by `python benchmarks/offline.py report` from `{scores_csv.name}` "
         f"({time.strftime('%Y-%m-%d')}); do not edit by hand. Score: D4RL normalized score "
         "100·(R − R_random)/(R_expert − R_random) with the dataset's reference scores, at the last "
-        "evaluation (score_kind last) unless marked; mean ± std (population std) over seeds. "
+        "evaluation (score_kind last) unless marked; (last10): each seed's mean over its last 10 evaluations, "
+        "the TD3+BC paper's protocol (every 5k steps at the default), from the run's curve; mean ± std "
+        "(population std) over seeds. "
         "Behaviour data: the dataset's own average normalized score (`datasets.csv`; medium-expert = its "
         "parts weighted by steps). Runs of different lengths are separate rows.",
     ]
@@ -737,7 +796,8 @@ def markdown(grouped, agg: list[dict], datasets, scores_csv: Path, stale=None) -
                 f"| {key['task']} | {key['algorithm']} | {int(key['steps']):,} | {fmt(s.mean())} ± "
                 f"{fmt(s.std())}{kind} | {seed_text} | {'—' if data is None else fmt(data)} |"
             )
-        rebuilt = [(key, g) for key, g in mine if "rebuild" in g and g["rebuild"].notna().any()]
+        rebuilt = [(key, g) for key, g in mine
+                   if key["score_kind"] == "last" and "rebuild" in g and g["rebuild"].notna().any()]
         if rebuilt:
             lines += [
                 "",
@@ -824,7 +884,7 @@ def report(args: argparse.Namespace) -> int:
     if rows.empty:
         raise RlzooError(f"every offline run in {scores_csv} was trained on another build of its dataset than the "
                          "one in datasets.csv: run the sweep again on the current datasets.")
-    grouped = groups(label_variants(rows, results / "curves"))
+    grouped = groups(with_last_n(label_variants(rows, results / "curves"), results / "curves"))
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(grouped, args.reps)
     table = markdown(grouped, agg, datasets, scores_csv, stale)

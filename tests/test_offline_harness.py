@@ -145,12 +145,14 @@ def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
     assert read_rows(scores_csv) == rows
     assert (run_dir / "harness.log").read_text() == log_before
 
-    # 4. The report's table holds the mean over the two seeds, and the PNGs exist.
+    # 4. The report's table holds the mean over the two seeds, and the PNGs exist. The tiny run is named by
+    # the options it sets against IQL's defaults.
     assert offline.main(["report", "--results", str(results), "--reps", "200"]) == 0
     table = (results / "offline" / "table.md").read_text()
     scores = np.array([summary["final_scores"][s] for s in ("0", "1")])
+    label = "iql (batch_size=64, eval_episodes=1, eval_every=400, hidden_dims=[32, 32], max_action=2.0)"
     expected = (
-        f"| {PENDULUM_ID} | iql | {STEPS} | {offline.fmt(scores.mean())} ± {offline.fmt(scores.std())} | 2 (0, 1) |"
+        f"| {PENDULUM_ID} | {label} | {STEPS} | {offline.fmt(scores.mean())} ± {offline.fmt(scores.std())} | 2 (0, 1) |"
     )
     assert expected in table, table
     assert (results / "offline" / "aggregate.png").stat().st_size > 0
@@ -323,6 +325,52 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
     table = (results / "offline" / "table.md").read_text()
     assert "| hopper-medium | iql | 1,000 | 45.3 ± 3.4 | 3 (0, 1, 2) | — |" in table  # 50, 42, 44
     assert "| hopper-medium | iql (beta=10.0) | 1,000 | 61.0 ± 1.0 | 2 (0, 1) | — |" in table
+
+
+def test_report_names_variants_by_the_files_defaults_per_task(tmp_path):
+    """A variant is named by how its config differs from what the algorithm file trains that task with by
+    default (its Config and configs/<algo>.toml's per-task settings), not by which configuration ran more."""
+    results = tmp_path / "results"
+    rows = [("td3_bc", "hopper-medium", "local", s, 1000, v, "paper") for s, v in enumerate([40, 42])]
+    rows += [("td3_bc", "hopper-medium", "local", s, 1000, v, "alpha10") for s, v in enumerate([50, 60, 70])]
+    rows += [("cql", "hopper-medium", "local", 0, 1000, 30, "cql-hm"), ("cql", "walker2d-medium", "local", 0, 1000, 20,
+                                                                        "cql-wm")]
+    write_scores(results / "scores.csv", rows)
+    configs = {"paper": {"alpha": 2.5, "policy_noise": 0.2}, "alpha10": {"alpha": 10.0, "policy_noise": 0.2},
+               "cql-hm": {"scale_rewards": True}, "cql-wm": {"scale_rewards": True}}  # configs/cql.toml: hopper-medium
+    for ref, config in configs.items():
+        (results / "curves" / ref / "config.json").write_text(json.dumps(config))
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    assert "| hopper-medium | td3_bc | 1,000 | 41.0 ± 1.0 | 2 (0, 1) | — |" in table
+    assert "| hopper-medium | td3_bc (alpha=10.0) | 1,000 | 60.0 ± 8.2 | 3 (0, 1, 2) | — |" in table
+    assert "| hopper-medium | cql | 1,000 | 30.0 ± 0.0 | 1 (0) | — |" in table
+    assert "| walker2d-medium | cql (scale_rewards=True) | 1,000 | 20.0 ± 0.0 | 1 (0) | — |" in table
+
+
+def test_report_adds_the_mean_of_the_last_ten_evaluations(tmp_path):
+    """Besides the last evaluation, each seed's mean over its last 10 evaluations up to the run's recorded
+    length (the TD3+BC paper's protocol), read from its curve; a curve with fewer evaluations gets none."""
+    results = tmp_path / "results"
+    rows = [("td3_bc", "hopper-medium", "local", s, 1000, v, "long") for s, v in enumerate([40, 44])]
+    rows += [("td3_bc", "walker2d-medium", "local", 0, 1000, 20, "short")]  # 2 evaluations only
+    write_scores(results / "scores.csv", rows)
+    # 12 evaluations per seed: one before and one after the ten that count (steps 100..1000, score step / 10
+    # + 5 * seed, so means 55 and 60), each far off so that counting it would show.
+    lines = ["step,seed,return_mean,return_std,score"]
+    for seed in (0, 1):
+        lines += [f"50,{seed},0,0,1000"] + [f"{t},{seed},0,0,{t / 10 + 5 * seed}" for t in range(100, 1001, 100)]
+        lines += [f"1100,{seed},0,0,-1000"]
+    (results / "curves" / "long" / "eval.csv").write_text("\n".join(lines) + "\n")
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    table = (results / "offline" / "table.md").read_text()
+    assert "| hopper-medium | td3_bc | 1,000 | 42.0 ± 2.0 | 2 (0, 1) | — |" in table  # the last evaluations
+    assert "| hopper-medium | td3_bc | 1,000 | 57.5 ± 2.5 (last10) | 2 (0, 1) | — |" in table
+    assert "(last10) | 1 (0)" not in table  # walker2d-medium's short curve
+    agg = {(r["score_kind"], r["metric"]): r for r in read_rows(results / "offline" / "aggregate.csv")}
+    assert agg[("last10", "mean")]["task_list"] == "hopper-medium"
+    assert float(agg[("last10", "mean")]["value"]) == pytest.approx(57.5)
+    assert agg[("last", "mean")]["task_list"] == "hopper-medium;walker2d-medium"
 
 
 def test_report_compares_algorithms_on_the_tasks_they_share(tmp_path):
