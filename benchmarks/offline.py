@@ -443,16 +443,13 @@ def dataset_order(task: str) -> tuple:
 NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download"}
 
 
-def default_hyperparameters(algo: str, task: str) -> dict | None:
+def default_hyperparameters(algo: str, task: str) -> dict:
     """What algorithms/<algo>.py trains `task` with when no flag is given: its Config defaults (the paper's)
-    with the per-task settings of configs/<algo>.toml, as config.json would record them; None if the file
-    is gone."""
+    with the per-task settings of configs/<algo>.toml, as config.json would record them."""
     import dataclasses
 
     from rlzoo.run import task_settings
 
-    if not (ALGORITHMS_DIR / f"{algo}.py").is_file():
-        return None
     config_cls = algorithm_config(algo)
     settings = task_settings(algo, task, {f.name for f in dataclasses.fields(config_cls)})
     config = json.loads(json.dumps(dataclasses.asdict(config_cls(**settings))))  # tuples as JSON lists
@@ -482,9 +479,9 @@ def label_variants(rows, curves_root: Path):
     for algo in dict.fromkeys(labels):
         mine = [i for i, a in enumerate(labels) if a == algo and configs[i] is not None]
         if (ALGORITHMS_DIR / f"{algo}.py").is_file():
+            defaults = {task: default_hyperparameters(algo, task) for task in {tasks[i] for i in mine}}
             for i in mine:
-                default = default_hyperparameters(algo, tasks[i])
-                diff = differing(configs[i], default)
+                diff = differing(configs[i], defaults[tasks[i]])
                 if diff:
                     labels[i] = f"{algo} ({', '.join(f'{k}={configs[i][k]}' for k in diff)})"
             continue
