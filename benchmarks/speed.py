@@ -247,14 +247,19 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
-    """Median GFLOP/s of a jitted float32 n x n @ n x n matmul."""
+    """Median GFLOP/s of a jitted float32 n x n @ n x n matmul; with several local devices (the CPU split by
+    --cpu-devices), one such matmul per device in one sharded call, summed: what those cores reach together."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    devices = jax.local_devices()
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
-    f = jax.jit(lambda a, b: a @ b)
+    one_per_device = NamedSharding(Mesh(np.asarray(devices), ("d",)), PartitionSpec("d"))
+    a = jax.device_put(jax.random.normal(ka, (len(devices), n, n), jnp.float32), one_per_device)
+    b = jax.device_put(jax.random.normal(kb, (len(devices), n, n), jnp.float32), one_per_device)
+    f = jax.jit(jax.vmap(lambda a, b: a @ b))
     for _ in range(2):
         f(a, b).block_until_ready()
     times = []
@@ -262,7 +267,7 @@ def matmul_gflops(n: int, repeats: int) -> float:
         t0 = time.perf_counter()
         f(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e9
+    return len(devices) * 2.0 * n**3 / statistics.median(times) / 1e9
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -333,7 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"steady = median of {args.repeats} calls x {work} {what} x {args.num_seeds} seeds "
         f"(per-seed {unit} min {min(per_seed):.1f} max {max(per_seed):.1f})",
         f"compile_s = first call {first:.2f}s minus one steady call",
-        f"matmul {args.matmul_size}^2 float32 jitted, median",
+        f"matmul {args.matmul_size}^2 float32 jitted, median"
+        + (f", one per device on {args.cpu_devices} devices at once, summed" if args.cpu_devices > 1 else ""),
         *([] if args.algorithm == "pqn" else [
             "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
             "(XLA counts a while-loop body once)"]),
