@@ -3,6 +3,7 @@
     python envs/build_dataset.py halfcheetah-random hopper-random      # two datasets
     python envs/build_dataset.py all                                   # every recipe whose policy exists
     python envs/build_dataset.py halfcheetah-medium --force            # rebuild one
+    python envs/build_dataset.py halfcheetah-medium --relist           # list the build on disk in results/
 
 A recipe (the table `RECIPES` below) names the environment, the behaviour policy, the number of
 transitions and the seed. The behaviour policy is either `random` (uniform random actions) or a SAC actor
@@ -645,6 +646,31 @@ def refresh_refs(alias: str, *, refs_path: Path = REFS_PATH, results_csv: Path |
     return record
 
 
+def relist(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool = False) -> dict:
+    """Make the build of `alias` on disk the one results/datasets.csv lists, replacing the listed row: for a
+    rebuild that gave other data (another CPU type, or a medium-replay re-run that did not reproduce the
+    medium actor) and is to be benchmarked here. Runs recorded on the replaced build then leave the offline
+    report's table (their rows stay in scores.csv); re-run them on this build."""
+    task, kind = split_alias(alias)
+    path = datasets_root() / local_id(task, kind)
+    if not (path / "rlzoo_build.json").is_file():
+        raise RlzooError(f"'{alias}' is not built at {path}, so there is nothing to list; build it with "
+                         f"{build_command(alias)}")
+    record = json.loads((path / "rlzoo_build.json").read_text())
+    if not record.get("full_recipe"):
+        raise RlzooError(f"the build of '{alias}' at {path} is not the full recipe (other steps, seed or env count), "
+                         f"so it cannot be the listed one; build it again with {build_command(alias)} --force")
+    listed = next((r for r in _read_csv(Path(results_csv)) if r.get("dataset") == alias), None)
+    upsert_row(Path(results_csv), record)
+    if not quiet:
+        was = (f" (it listed {listed['episodes']} episodes, return {float(listed['return_mean']):.1f})"
+               if listed else "")
+        print(f"[build_dataset] {alias}: {_rel(Path(results_csv))} now lists the build on disk, {record['episodes']} "
+              f"episodes, return {record['return_mean']:.1f}, normalized {record['normalized_mean']:.1f}{was}; runs "
+              f"recorded on the replaced build leave the offline report's table", flush=True)
+    return record
+
+
 def reference_scores(task: str, refs_path: Path = REFS_PATH, force: bool = False, quiet: bool = False) -> dict:
     """ref_min_score / ref_max_score of `task` and where they come from, cached in `refs_path`.
 
@@ -1157,6 +1183,10 @@ class Config:
     refs_only: bool = False
     """Do not collect: give the named datasets, already on disk, their task's current reference scores
     (after an expert policy was added to envs/policies/)."""
+    relist: bool = False
+    """Do not collect: make the named datasets' builds on disk the ones results/datasets.csv lists, replacing
+    the listed rows (after a rebuild here gave other data than the listed build; the runs recorded on that
+    build leave the offline report's table)."""
 
 
 def main(config: Config) -> list[dict]:
@@ -1172,8 +1202,13 @@ def main(config: Config) -> list[dict]:
             f"--replay-from {config.replay_from} reads one SAC run, so it goes with exactly one <task>-medium-replay "
             f"dataset and nothing else (got: {', '.join(config.datasets)}). Build the others in a separate command."
         )
+    if config.refs_only and config.relist:
+        raise RlzooError("--refs-only and --relist are separate steps: refresh the reference scores first, then "
+                         "relist")
     if config.refs_only:
         return [refresh_refs(part) for alias in names for part in _parts(alias)]
+    if config.relist:
+        return [relist(part) for alias in names for part in _parts(alias)]
     if "all" in config.datasets:
         for alias in RECIPES:
             if alias not in names:

@@ -528,3 +528,27 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
     assert reader.fieldnames == bd.BUILD_LOG_COLUMNS and log[0]["dataset"] == "old-build"
     assert [r["identical_to_listed"] for r in log[1:]] == ["", "False", "False", ""]
     assert [r["medium_policy_max_abs_diff"] for r in log] == ["", "", "", "4.25", ""]
+
+
+def test_relist_makes_the_build_on_disk_the_listed_one(store, monkeypatch):
+    """--relist: after a rebuild here gave other data than the listed build (which stays, see above), the
+    build on disk replaces the listed row without collecting again; a partial build or none is refused."""
+    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    csv_path = store / "datasets.csv"
+    _build(store, steps=300, results_csv=csv_path, num_envs=bd.RECIPE_ENVS)  # not the recipe's steps
+    with pytest.raises(RlzooError, match="not the full recipe"):
+        bd.relist("hopper-random", results_csv=csv_path, quiet=True)
+    built = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    with open(csv_path, newline="") as f:
+        row = next(csv.DictReader(f))
+    bd.upsert_row(csv_path, {**row, "return_mean": str(built["return_mean"] + 1.0), "episodes": "7"})
+    monkeypatch.setattr(bd, "collect", lambda *a, **k: pytest.fail("--relist must not collect"))
+    bd.relist("hopper-random", results_csv=csv_path, quiet=True)
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["return_mean"]) == built["return_mean"]
+    assert int(rows[0]["episodes"]) == built["episodes"]
+    with pytest.raises(RlzooError, match="not built.*build_dataset.py walker2d-random"):
+        bd.relist("walker2d-random", results_csv=csv_path, quiet=True)
+    with pytest.raises(RlzooError, match="separate steps"):
+        bd.main(bd.Config(datasets=["hopper-random"], refs_only=True, relist=True))
