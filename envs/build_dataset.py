@@ -615,19 +615,24 @@ def stale_siblings(task: str, kind: str, refs: dict) -> list[str]:
     return out
 
 
+def on_disk_build(alias: str, needed_for: str) -> tuple[Path, dict]:
+    """(directory, build record) of the locally built `alias`; a one-paragraph error with the build command when
+    it is not built (`needed_for` says what was wanted from it)."""
+    task, kind = split_alias(alias)
+    path = datasets_root() / local_id(task, kind)
+    if not (path / "rlzoo_build.json").is_file():
+        raise RlzooError(f"'{alias}' is not built at {path}, so {needed_for}; build it with {build_command(alias)}")
+    return path, json.loads((path / "rlzoo_build.json").read_text())
+
+
 def refresh_refs(alias: str, *, refs_path: Path = REFS_PATH, results_csv: Path | None = RESULTS_CSV,
                  quiet: bool = False) -> dict:
     """Give a dataset already on disk the task's current reference scores (e.g. after its expert policy was
     added) without collecting it again: Minari metadata, rlzoo_build.json and its results row."""
     from minari.dataset.minari_dataset import MinariDataset
 
-    task, kind = split_alias(alias)
-    path = datasets_root() / local_id(task, kind)
-    if not (path / "rlzoo_build.json").is_file():
-        raise RlzooError(f"'{alias}' is not built at {path}, so there are no reference scores to refresh; build it "
-                         f"with {build_command(alias)}")
-    refs = reference_scores(task, Path(refs_path), quiet=quiet)
-    record = json.loads((path / "rlzoo_build.json").read_text())
+    path, record = on_disk_build(alias, "there are no reference scores to refresh")
+    refs = reference_scores(split_alias(alias)[0], Path(refs_path), quiet=quiet)
     ref_min, ref_max = float(refs["ref_min_score"]), float(refs["ref_max_score"])
     record.update(
         ref_min_score=ref_min, ref_max_score=ref_max, ref_min_source=refs.get("ref_min_source"),
@@ -651,21 +656,17 @@ def relist(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool = False) 
     rebuild that gave other data (another CPU type, or a medium-replay re-run that did not reproduce the
     medium actor) and is to be benchmarked here. Runs recorded on the replaced build then leave the offline
     report's table (their rows stay in scores.csv); re-run them on this build."""
-    task, kind = split_alias(alias)
-    path = datasets_root() / local_id(task, kind)
-    if not (path / "rlzoo_build.json").is_file():
-        raise RlzooError(f"'{alias}' is not built at {path}, so there is nothing to list; build it with "
-                         f"{build_command(alias)}")
-    record = json.loads((path / "rlzoo_build.json").read_text())
+    path, record = on_disk_build(alias, "there is nothing to list")
     if not record.get("full_recipe"):
         raise RlzooError(f"the build of '{alias}' at {path} is not the full recipe (other steps, seed or env count), "
                          f"so it cannot be the listed one; build it again with {build_command(alias)} --force")
-    listed = next((r for r in _read_csv(Path(results_csv)) if r.get("dataset") == alias), None)
-    upsert_row(Path(results_csv), record)
+    results_csv = Path(results_csv)
+    listed = next((r for r in _read_csv(results_csv) if r.get("dataset") == alias), None)
+    upsert_row(results_csv, record)
     if not quiet:
         was = (f" (it listed {listed['episodes']} episodes, return {float(listed['return_mean']):.1f})"
                if listed else "")
-        print(f"[build_dataset] {alias}: {_rel(Path(results_csv))} now lists the build on disk, {record['episodes']} "
+        print(f"[build_dataset] {alias}: {_rel(results_csv)} now lists the build on disk, {record['episodes']} "
               f"episodes, return {record['return_mean']:.1f}, normalized {record['normalized_mean']:.1f}{was}; runs "
               f"recorded on the replaced build leave the offline report's table", flush=True)
     return record
