@@ -4,6 +4,7 @@
     python envs/build_dataset.py all                                   # every recipe whose policy exists
     python envs/build_dataset.py halfcheetah-medium --force            # rebuild one
     python envs/build_dataset.py halfcheetah-medium --relist           # list the build on disk in results/
+    python envs/build_dataset.py hopper-medium-replay --save-actions   # commit-able log of the listed replay
 
 A recipe (the table `RECIPES` below) names the environment, the behaviour policy, the number of
 transitions and the seed. The behaviour policy is either `random` (uniform random actions) or a SAC actor
@@ -17,6 +18,10 @@ step budget) kept apart. The dataset is written atomically into the local Minari
 envs/policies/<task>-expert.npz, or D4RL's published expert score while that file does not exist) are
 computed once per task and cached in envs/reference_scores.json. A full-recipe build also upserts its
 row of results/datasets.csv.
+
+medium-replay is the replay buffer of the SAC run that trained the medium policy. It is rebuilt from its
+committed action log envs/replays/<name>.npz (minutes; checked bit for bit against the listed build), or,
+without one or with --retrain, by re-running that training (hours; see `collect_replay`).
 
 medium-expert needs no recipe of its own: `rlzoo.datasets` concatenates medium + expert when loading,
 so building it builds its two parts.
@@ -581,6 +586,151 @@ def collect_replay(task: str, env_id: str, *, steps: int | None, seed: int | Non
     return split_replay(replay, env_id, seed_n), info
 
 
+# ---------------------------------------------------------------- medium-replay action logs
+# A medium-replay build is the replay of hours of SAC training. Its actions, with the seed of the first reset,
+# determine every transition (MuJoCo is deterministic and the env's own RNG draws the later resets), so the
+# listed build is committed as an action log, envs/replays/<alias>.npz, and rebuilt from it in minutes.
+ACTION_LOG_DIR = ROOT / "envs" / "replays"
+
+
+def action_log_path(alias: str) -> Path:
+    return ACTION_LOG_DIR / f"{alias}.npz"
+
+
+def data_digest(episodes) -> str:
+    """sha256 over every episode's observations, actions, rewards, terminations and truncations, in order: equal
+    digests mean bit-identical data (Minari EpisodeBuffers and EpisodeData alike)."""
+    h = hashlib.sha256()
+    for ep in episodes:
+        for x in (ep.observations, ep.actions, np.asarray(ep.rewards, np.float64), ep.terminations, ep.truncations):
+            h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def save_action_log(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool = False) -> Path:
+    """Write the action log of the build of `alias` on disk, which must be the one results/datasets.csv lists."""
+    from minari.dataset.minari_dataset import MinariDataset
+
+    task, kind = split_alias(alias)
+    if kind != "medium-replay":
+        raise RlzooError(f"--save-actions is for <task>-medium-replay datasets, not '{alias}': the others are "
+                         f"rebuilt from their behaviour policy in minutes ({build_command(alias)})")
+    path, record = on_disk_build(alias, "there is no action log to save")
+    listed = next((r for r in _read_csv(Path(results_csv)) if r.get("dataset") == alias), None)
+    is_listed = record.get("full_recipe") and listed is not None and int(listed["episodes"]) == record["episodes"] and (
+        abs(float(listed["return_mean"]) - record["return_mean"]) <= 1e-9 * max(1.0, abs(record["return_mean"])))
+    if not is_listed:
+        raise RlzooError(f"the build of '{alias}' at {path} is not the one {_rel(Path(results_csv))} lists, so its "
+                         "action log would rebuild other data than the listed row. List it first "
+                         f"({build_command(alias)} --relist), or rebuild the listed one, then save its actions.")
+    episodes = list(MinariDataset(path / "data").iterate_episodes())
+    lengths = np.array([len(ep.rewards) for ep in episodes], np.int64)
+    source = {k: record.get(k) for k in ("dataset", "machine", "date", "code", "gymnasium", "mujoco", "episodes",
+                                         "steps", "return_mean", "policy", "policy_sha256", "seed", "replay")}
+    out = action_log_path(alias)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        actions=np.concatenate([ep.actions for ep in episodes]).astype(np.float32),
+        episode_lengths=lengths,
+        terminated=np.array([bool(ep.terminations[-1]) for ep in episodes]),
+        cut_last=np.array(record["episodes_cut_by_budget"] > 0),
+        first_seed=np.array(int(record["seed"])),
+        digest=np.array(data_digest(episodes)),
+        source=np.array(json.dumps(source)),
+    )
+    os.replace(tmp, out)
+    if not quiet:
+        print(f"[build_dataset] {alias}: wrote its action log {_rel(out)} ({int(lengths.sum()):,} actions, "
+              f"{len(lengths)} episodes, {out.stat().st_size / 2**20:.1f} MiB); {build_command(alias)} now "
+              "replays it instead of re-running the SAC training", flush=True)
+    return out
+
+
+def _read_action_log(path: Path) -> dict:
+    keys = ("actions", "episode_lengths", "terminated", "cut_last", "first_seed", "digest", "source")
+    try:
+        with np.load(path) as f:
+            log = {k: f[k] for k in keys}
+        log["source"] = json.loads(str(log["source"]))
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise RlzooError(f"{_rel(path)} is not a readable action log ({type(err).__name__}: {err}). Restore the "
+                         f"committed file with `git checkout -- {_rel(path)}`, or rebuild without it by re-running "
+                         "the SAC training (add --retrain).") from err
+    if int(log["episode_lengths"].sum()) != len(log["actions"]):
+        raise RlzooError(f"{_rel(path)} is inconsistent: its episode lengths add up to "
+                         f"{int(log['episode_lengths'].sum()):,} steps but it holds {len(log['actions']):,} actions. "
+                         f"Restore it with `git checkout -- {_rel(path)}`, or rebuild with --retrain.")
+    return log
+
+
+def replay_action_log(alias: str, env_id: str, medium_sha256: str | None) -> tuple[Collected, dict]:
+    """Rebuild `alias` by stepping `env_id` with the actions of its log; the record says whether the data are
+    bit-identical to the build the log was saved from. The env must end each episode where the log does."""
+    import gymnasium as gym
+    import mujoco
+    from minari.data_collector import EpisodeBuffer
+
+    path = action_log_path(alias)
+    log = _read_action_log(path)
+    source = log["source"]
+    if medium_sha256 is not None and source.get("policy_sha256") != medium_sha256:
+        raise RlzooError(
+            f"{_rel(path)} was recorded from the training run of a medium policy with sha256 "
+            f"{str(source.get('policy_sha256'))[:12]}, but {split_alias(alias)[0]}-medium's policy file now has "
+            f"{medium_sha256[:12]}: the log is of another run. Rebuild by re-running the SAC training "
+            f"({build_command(alias)} --force --retrain), then save the new log with --save-actions.")
+    actions, lengths, seed = log["actions"], log["episode_lengths"], int(log["first_seed"])
+    t0 = time.perf_counter()
+    env = gym.make(env_id)
+    obs = env.reset(seed=seed)[0]
+    episodes, returns, cut, terminated = [], [], [], []
+    start = 0
+    for e, length in enumerate(lengths):
+        was_cut = e == len(lengths) - 1 and bool(log["cut_last"])
+        o, r, te = [obs.astype(np.float32)], [], []
+        for t in range(length):
+            obs, reward, term, trunc, _ = env.step(actions[start + t])
+            o.append(obs.astype(np.float32))
+            r.append(np.float32(reward))  # the training run's replay buffer held float32 rewards
+            te.append(bool(term))
+            ended = term or trunc
+            if ended != (t == length - 1 and not was_cut) or (ended and term != bool(log["terminated"][e])):
+                env.close()
+                env_did = ("ended it by a termination" if term else "ended it at the time limit" if trunc else
+                           "did not end it")
+                rec_did = ("did not end it" if t < length - 1 or was_cut else
+                           "ended it by a termination" if log["terminated"][e] else "ended it at the time limit")
+                raise RlzooError(
+                    f"replaying {_rel(path)} diverged from the recorded run at episode {e}, step {t}: the env "
+                    f"{env_did}, the recording {rec_did}. Most likely this gymnasium {gym.__version__} / MuJoCo "
+                    f"{mujoco.__version__} simulates differently from the one the log was saved with (gymnasium "
+                    f"{source.get('gymnasium')}, MuJoCo {source.get('mujoco')}). Install those versions, or rebuild "
+                    f"by re-running the SAC training: {build_command(alias)} --force --retrain")
+        trunc_flags = np.zeros(length, bool)
+        trunc_flags[-1] = not te[-1]
+        rewards = np.asarray(r, np.float64)
+        episodes.append(EpisodeBuffer(seed=seed if e == 0 else None, observations=np.stack(o),
+                                      actions=actions[start:start + length], rewards=rewards,
+                                      terminations=np.asarray(te, bool), truncations=trunc_flags))
+        returns.append(float(rewards.sum()))
+        cut.append(was_cut)
+        terminated.append(te[-1])
+        start += length
+        if not was_cut:
+            obs = env.reset()[0]
+    env.close()
+    digest = data_digest(episodes)
+    info = {**(source.get("replay") or {}), "actions_log": _rel(path), "actions_log_sha256": sha256(path),
+            "replayed_seconds": round(time.perf_counter() - t0, 1),
+            "identical_to_log_source": digest == str(log["digest"]),
+            "log_source": {k: source.get(k) for k in ("machine", "date", "code", "episodes", "return_mean")}}
+    got = Collected(episodes, np.asarray(returns), lengths.copy(), np.asarray(cut, bool),
+                    np.asarray(terminated, bool))
+    return got, info
+
+
 # ---------------------------------------------------------------- reference scores
 def _read_json(path: Path) -> dict:
     if not path.is_file():
@@ -876,7 +1026,8 @@ def upsert_row(path: Path, row: dict) -> None:
 
 BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episodes", "steps", "return_mean",
                      "normalized_mean", "policy_sha256", "seed", "listed_return_mean", "identical_to_listed",
-                     "medium_policy_max_abs_diff"]  # the last for medium-replay re-runs: 0.0 = the committed actor
+                     "medium_policy_max_abs_diff",  # for medium-replay re-runs: 0.0 = the committed actor
+                     "collect_seconds", "actions_log"]  # actions_log: a medium-replay replayed from its log
 
 
 def _append_log(path: Path, row: dict) -> None:
@@ -905,9 +1056,12 @@ def list_build(results_csv: Path, record: dict) -> str:
                            "listed_return_mean": listed["return_mean"] if recipe_matches else "",
                            "identical_to_listed": identical if recipe_matches else "",
                            "medium_policy_max_abs_diff": (record.get("replay") or {}).get(
-                               "medium_policy_max_abs_diff", "")})
+                               "medium_policy_max_abs_diff", ""),
+                           "actions_log": (record.get("replay") or {}).get("actions_log", "")})
     if recipe_matches and not identical:
-        why = ("the SAC re-run did not reproduce the committed medium actor, so this is the replay of another "
+        why = ("replaying the committed action log gave other data (another MuJoCo or gymnasium build)"
+               if (record.get("replay") or {}).get("actions_log") else
+               "the SAC re-run did not reproduce the committed medium actor, so this is the replay of another "
                "training run; runs trained on it are left out of the offline report's table"
                if (record.get("replay") or {}).get("reproduces_medium_policy") is False else
                f"most likely a build on another CPU type (this one: {record['machine']}); runs trained on it "
@@ -958,6 +1112,7 @@ def build(
     results_csv: Path | None = RESULTS_CSV,
     quiet: bool = False,
     replay_from: Path | None = None,
+    retrain: bool = False,
 ) -> dict | None:
     """Build one dataset; returns its build record, or None when it was already on disk (and not `force`).
 
@@ -978,6 +1133,7 @@ def build(
                 results_csv=results_csv,
                 quiet=quiet,
                 replay_from=replay_from,
+                retrain=retrain,
             )
         return None
     recipe = RECIPES[alias]
@@ -1008,11 +1164,26 @@ def build(
 
     t0 = time.perf_counter()
     replay_info = None
-    if replay:
+    # The committed action log rebuilds the listed medium-replay in minutes; --retrain, --replay-from or another
+    # seed or length take the replay from a SAC training run instead.
+    from_log = (replay and replay_from is None and not retrain and steps is None and seed is None
+                and action_log_path(alias).is_file())
+    if from_log:
+        log(f"{alias}: replaying the actions of {_rel(action_log_path(alias))} on {recipe.env_id} ...")
+        entry = policy_records().get(f"{task}-medium", {})
+        medium_file = ROOT / entry["file"] if entry.get("file") else None
+        got, replay_info = replay_action_log(
+            alias, recipe.env_id, sha256(medium_file) if medium_file is not None and medium_file.is_file() else None)
+        if not replay_info["identical_to_log_source"]:
+            log(f"WARNING: the replay of {_rel(action_log_path(alias))} ended every episode where the recording did, "
+                f"but its data are not bit-identical to the build the log was saved from "
+                f"({replay_info['log_source']['machine']}): the MuJoCo or gymnasium build differs slightly")
+    elif replay:
         log(f"{alias}: reading the replay buffer of {replay_from} ..." if replay_from is not None else
             f"{alias}: re-running the SAC training of {task}-medium's policy to regenerate its replay buffer ...")
         got, replay_info = collect_replay(task, recipe.env_id, steps=steps, seed=seed, quiet=quiet,
                                           replay_from=replay_from)
+    if replay:
         steps_n, seed_n, full = int(got.lengths.sum()), replay_info["seed"], steps is None and seed is None
         medium = replay_info["medium_policy"]
         # Read from the training run itself (--replay-from checks its actor) or a re-run that reproduced the
@@ -1025,7 +1196,7 @@ def build(
                 None: f"replay of a SAC run with the training settings of {medium} (seed {seed_n}, "
                       f"{steps_n:,} steps; not compared with that file)"}[reproduced]
         behaviour = Behaviour(name, None, sha256=sha256(ROOT / medium) if medium else None, meta=replay_info)
-        if reproduced is False:
+        if reproduced is False and not from_log:
             log(
                 f"WARNING: the re-run's actor at step {replay_info['medium_step']} differs from {medium} "
                 f"(max abs diff {replay_info['medium_policy_max_abs_diff']:.3g}; other code, library versions "
@@ -1064,6 +1235,7 @@ def build(
         policy_desc = (
             f"every transition of the replay buffer of the SAC training run that produced {medium}, in order, "
             f"up to env step {steps_n} ({replay_info['sac_command']})"
+            + (f", regenerated by replaying its actions from {replay_info['actions_log']}" if from_log else "")
         )
     elif behaviour.name == RANDOM:
         policy_desc = "uniform random actions"
@@ -1181,6 +1353,9 @@ class Config:
     """For <task>-medium-replay: read the replay buffer of the SAC run folder that trained <task>-medium's
     policy (its replay.npz or newest checkpoint; checked against envs/policies/policies.json) instead of
     re-running that training. The data are the same; it saves the re-run's time."""
+    retrain: bool = False
+    """For <task>-medium-replay: re-run the SAC training (hours) even when its action log envs/replays/<name>.npz
+    is committed; without this flag the log is replayed (minutes) and gives the listed build's data."""
     refs_only: bool = False
     """Do not collect: give the named datasets, already on disk, their task's current reference scores
     (after an expert policy was added to envs/policies/)."""
@@ -1188,6 +1363,9 @@ class Config:
     """Do not collect: make the named datasets' builds on disk the ones results/datasets.csv lists, replacing
     the listed rows (after a rebuild here gave other data than the listed build; the runs recorded on that
     build leave the offline report's table)."""
+    save_actions: bool = False
+    """Do not collect: save the listed build on disk of each named <task>-medium-replay as its action log
+    envs/replays/<name>.npz (its actions and first reset seed), from which later builds replay it in minutes."""
 
 
 def main(config: Config) -> list[dict]:
@@ -1206,6 +1384,13 @@ def main(config: Config) -> list[dict]:
     if config.refs_only and config.relist:
         raise RlzooError("--refs-only and --relist are separate steps: refresh the reference scores first, then "
                          "relist")
+    if config.save_actions and (config.refs_only or config.relist):
+        raise RlzooError("--save-actions is a separate step: relist (or refresh the reference scores) first, then "
+                         "save the actions of the listed build")
+    if config.retrain and config.replay_from is not None:
+        raise RlzooError("--retrain re-runs the SAC training and --replay-from reads a finished run: give one")
+    if config.save_actions:
+        return [{"dataset": alias, "action_log": str(save_action_log(alias))} for alias in names]
     if config.refs_only:
         return [refresh_refs(part) for alias in names for part in _parts(alias)]
     if config.relist:
@@ -1224,6 +1409,7 @@ def main(config: Config) -> list[dict]:
             num_envs=config.num_envs,
             force_refs=config.force_refs,
             replay_from=config.replay_from,
+            retrain=config.retrain,
         )
         if record is not None:
             records.append(record)

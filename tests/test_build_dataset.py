@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def store(tmp_path, monkeypatch):
     """A fresh Minari store, policy folder and reference-score cache; nothing outside tmp_path is touched."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
     monkeypatch.setattr(bd, "POLICY_DIR", tmp_path / "policies")
+    monkeypatch.setattr(bd, "ACTION_LOG_DIR", tmp_path / "replays")
     (tmp_path / "policies").mkdir()
     return tmp_path
 
@@ -288,17 +290,31 @@ TINY_SAC = {"env": "Hopper-v5", "seed": 3, "chunk": 200, "learning_starts": 200,
             "buffer_size": 1000, "batch_size": 32, "hidden_dims": [32, 32], "autotune": True}
 
 
-def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
-    # The "training run" of the medium policy: a tiny SAC run on Hopper that saves its replay and actor.
-    run_dir = tmp_path / "sac-run"
+@pytest.fixture(scope="module")
+def tiny_sac_run(tmp_path_factory):
+    """The "training run" of a medium policy: a tiny SAC run on Hopper that saves its replay and actor."""
+    run_dir = tmp_path_factory.mktemp("tiny-sac") / "sac-run"
     cmd = bd.sac_command(TINY_SAC, 600, 3, run_dir) + ["--quiet"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    return run_dir
+
+
+def _as_medium_policy(store, tmp_path, tiny_sac_run):
+    """A private copy of the tiny run, its actor as hopper-medium's policy (policies.json and reference scores
+    as envs/pick_policies.py writes them); returns (run folder, policies.json entry)."""
+    run_dir = tmp_path / "sac-run"
+    shutil.copytree(tiny_sac_run, run_dir)
     (store / "policies" / "hopper-medium.npz").write_bytes((run_dir / "policy.npz").read_bytes())
     entry = {"file": str(store / "policies" / "hopper-medium.npz"), "step": 600, "sac_config": TINY_SAC}
     (store / "policies" / "policies.json").write_text(json.dumps({"hopper-medium": entry}))
     refs = {"hopper": {"env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3000.0,
                        "ref_max_policy_sha256": None}}
     (store / "refs.json").write_text(json.dumps(refs))
+    return run_dir, entry
+
+
+def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path, tiny_sac_run):
+    run_dir, entry = _as_medium_policy(store, tmp_path, tiny_sac_run)
 
     record = bd.build("hopper-medium-replay", refs_path=store / "refs.json", results_csv=None, quiet=True)
     # The builder re-ran the training: same actor bit for bit, so this is that run's replay.
@@ -350,6 +366,66 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path):
     other = bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None, quiet=True)
     assert other["replay"]["reproduces_medium_policy"] is False and other["replay"]["medium_policy_max_abs_diff"] > 0
     assert other["policy"].startswith(f"replay of a re-run of the SAC training of {entry['file']} (same command")
+
+
+def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path, tiny_sac_run, monkeypatch):
+    """--save-actions logs the listed medium-replay build; a later build replays the log instead of re-running the
+    SAC training and gives the same data bit for bit. A log that no longer fits is refused by name."""
+    run_dir, _ = _as_medium_policy(store, tmp_path, tiny_sac_run)
+    csv_path, alias = store / "datasets.csv", "hopper-medium-replay"
+    kw = {"refs_path": store / "refs.json", "results_csv": csv_path, "quiet": True}
+    with pytest.raises(RlzooError, match="not built.*build_dataset.py hopper-medium-replay"):
+        bd.save_action_log(alias, results_csv=csv_path, quiet=True)
+    listed = bd.build(alias, replay_from=run_dir, **kw)
+    original = datasets.load(alias, download=False)
+    with pytest.raises(RlzooError, match="for <task>-medium-replay datasets, not 'hopper-random'"):
+        bd.main(bd.Config(datasets=["hopper-random"], save_actions=True))
+    log_path = bd.save_action_log(alias, results_csv=csv_path, quiet=True)
+    assert log_path == store / "replays" / f"{alias}.npz"
+
+    monkeypatch.setattr(bd, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
+    again = bd.build(alias, force=True, **kw)
+    assert again["replay"]["identical_to_log_source"] is True and again["replay"]["actions_log"].endswith(
+        "hopper-medium-replay.npz")
+    assert (again["episodes"], again["return_mean"], again["policy"]) == (
+        listed["episodes"], listed["return_mean"], listed["policy"])
+    rebuilt = datasets.load(alias, download=False)
+    for name in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(original, name))
+    with open(store / "builds.csv", newline="") as f:
+        assert list(csv.DictReader(f))[-1]["identical_to_listed"] == "True"
+
+    with np.load(log_path) as f:
+        arrays = {k: f[k] for k in f.files}
+    # The first action changed by 1e-4: the episodes still end where they did, but the data differ, and the listed
+    # row (the log's source) stays.
+    changed = {**arrays, "actions": arrays["actions"].copy()}
+    changed["actions"][0] += 1e-4
+    np.savez(log_path, **changed)
+    other = bd.build(alias, force=True, **kw)
+    assert other["replay"]["identical_to_log_source"] is False and other["return_mean"] != listed["return_mean"]
+    with open(csv_path, newline="") as f:
+        assert float(next(csv.DictReader(f))["return_mean"]) == listed["return_mean"]
+    # The first episode one step longer: the env terminates it where the recording goes on.
+    lengths = arrays["episode_lengths"].copy()
+    lengths[0] += 1
+    lengths[1] -= 1
+    np.savez(log_path, **{**arrays, "episode_lengths": lengths})
+    with pytest.raises(RlzooError, match=f"diverged from the recorded run at episode 0, step {lengths[0] - 2}: the "
+                                         "env ended it by a termination, the recording did not end it.*--retrain"):
+        bd.build(alias, force=True, **kw)
+    log_path.write_bytes(b"not an npz")
+    with pytest.raises(RlzooError, match="not a readable action log.*git checkout"):
+        bd.build(alias, force=True, **kw)
+    np.savez(log_path, **arrays)
+    medium = store / "policies" / "hopper-medium.npz"
+    medium.write_bytes(medium.read_bytes() + b"\0")
+    with pytest.raises(RlzooError, match="medium policy with sha256 .* the log is of another run.*--retrain"):
+        bd.build(alias, force=True, **kw)
+    # Only the build the CSV lists can be logged.
+    bd.upsert_row(csv_path, {**listed, "return_mean": listed["return_mean"] + 1.0})
+    with pytest.raises(RlzooError, match="not the one .*datasets.csv lists.*--relist"):
+        bd.save_action_log(alias, results_csv=csv_path, quiet=True)
 
 
 def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
@@ -511,12 +587,14 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
               "ref_min_score": 0.0, "ref_max_score": 1000.0, "normalized_mean": 50.0, "machine": "cpu A",
               "code": "envs/build_dataset.py at rlzoo commit abc", "date": "2026-01-01T00:00:00Z", "replay": None}
     # A log from before the medium_policy_max_abs_diff column: rewritten with it, its row kept.
-    (tmp_path / "builds.csv").write_text(",".join(bd.BUILD_LOG_COLUMNS[:-1]) + "\nold-build" + "," * 12 + "\n")
+    (tmp_path / "builds.csv").write_text(",".join(bd.BUILD_LOG_COLUMNS[:13]) + "\nold-build" + "," * 12 + "\n")
     assert "row written" in bd.list_build(csv_path, record)
     assert "most likely a build on another CPU" in bd.list_build(csv_path, {**record, "return_mean": 510.0})
     replay = {**record, "return_mean": 520.0,
               "replay": {"reproduces_medium_policy": False, "medium_policy_max_abs_diff": 4.25}}
     assert "did not reproduce the committed medium actor" in bd.list_build(csv_path, replay)
+    logged = {**replay, "return_mean": 540.0, "replay": {**replay["replay"], "actions_log": "envs/replays/x.npz"}}
+    assert "replaying the committed action log gave other data" in bd.list_build(csv_path, logged)
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == 500.0
     assert "row written" in bd.list_build(csv_path, {**record, "policy_sha256": "bbb", "return_mean": 530.0})
@@ -526,8 +604,9 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
         reader = csv.DictReader(f)
         log = list(reader)
     assert reader.fieldnames == bd.BUILD_LOG_COLUMNS and log[0]["dataset"] == "old-build"
-    assert [r["identical_to_listed"] for r in log[1:]] == ["", "False", "False", ""]
-    assert [r["medium_policy_max_abs_diff"] for r in log] == ["", "", "", "4.25", ""]
+    assert [r["identical_to_listed"] for r in log[1:]] == ["", "False", "False", "False", ""]
+    assert [r["medium_policy_max_abs_diff"] for r in log] == ["", "", "", "4.25", "4.25", ""]
+    assert [r["actions_log"] for r in log] == ["", "", "", "", "envs/replays/x.npz", ""]
 
 
 def test_relist_makes_the_build_on_disk_the_listed_one(store, monkeypatch):
