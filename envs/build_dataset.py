@@ -1027,7 +1027,8 @@ def upsert_row(path: Path, row: dict) -> None:
 BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episodes", "steps", "return_mean",
                      "normalized_mean", "policy_sha256", "seed", "listed_return_mean", "identical_to_listed",
                      "medium_policy_max_abs_diff",  # for medium-replay re-runs: 0.0 = the committed actor
-                     "collect_seconds", "actions_log"]  # actions_log: a medium-replay replayed from its log
+                     "collect_seconds", "actions_log", "identical_to_log"]
+# actions_log: a medium-replay replayed from that log; identical_to_log: its data's sha256 equals the log's
 
 
 def _append_log(path: Path, row: dict) -> None:
@@ -1049,21 +1050,22 @@ def list_build(results_csv: Path, record: dict) -> str:
         and same(listed["ref_min_score"], record["ref_min_score"])
         and same(listed["ref_max_score"], record["ref_max_score"])
     )
+    replay = record.get("replay") or {}
     identical = recipe_matches and int(listed["episodes"]) == record["episodes"] and same(
-        listed["return_mean"], record["return_mean"])
+        listed["return_mean"], record["return_mean"]) and replay.get("identical_to_log_source") is not False
     log_path = results_csv.with_name("builds.csv")
     _append_log(log_path, {**record, "commit": record["code"].rsplit(" ", 1)[-1],
                            "listed_return_mean": listed["return_mean"] if recipe_matches else "",
                            "identical_to_listed": identical if recipe_matches else "",
-                           "medium_policy_max_abs_diff": (record.get("replay") or {}).get(
-                               "medium_policy_max_abs_diff", ""),
-                           "actions_log": (record.get("replay") or {}).get("actions_log", "")})
+                           "medium_policy_max_abs_diff": replay.get("medium_policy_max_abs_diff", ""),
+                           "actions_log": replay.get("actions_log", ""),
+                           "identical_to_log": replay.get("identical_to_log_source", "")})
     if recipe_matches and not identical:
         why = ("replaying the committed action log gave other data (another MuJoCo or gymnasium build)"
-               if (record.get("replay") or {}).get("actions_log") else
+               if replay.get("actions_log") else
                "the SAC re-run did not reproduce the committed medium actor, so this is the replay of another "
                "training run; runs trained on it are left out of the offline report's table"
-               if (record.get("replay") or {}).get("reproduces_medium_policy") is False else
+               if replay.get("reproduces_medium_policy") is False else
                f"most likely a build on another CPU type (this one: {record['machine']}); runs trained on it "
                "are reported as runs on a rebuild")
         return (f"the data differ from the build {_rel(results_csv)} lists (return {record['return_mean']:.1f} "

@@ -393,7 +393,8 @@ def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path,
     for name in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
         np.testing.assert_array_equal(getattr(rebuilt, name), getattr(original, name))
     with open(store / "builds.csv", newline="") as f:
-        assert list(csv.DictReader(f))[-1]["identical_to_listed"] == "True"
+        last = list(csv.DictReader(f))[-1]
+    assert (last["identical_to_listed"], last["identical_to_log"]) == ("True", "True")
 
     with np.load(log_path) as f:
         arrays = {k: f[k] for k in f.files}
