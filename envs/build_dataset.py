@@ -617,9 +617,7 @@ def save_action_log(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool 
                          f"rebuilt from their behaviour policy in minutes ({build_command(alias)})")
     path, record = on_disk_build(alias, "there is no action log to save")
     listed = next((r for r in _read_csv(Path(results_csv)) if r.get("dataset") == alias), None)
-    is_listed = record.get("full_recipe") and listed is not None and int(listed["episodes"]) == record["episodes"] and (
-        abs(float(listed["return_mean"]) - record["return_mean"]) <= 1e-9 * max(1.0, abs(record["return_mean"])))
-    if not is_listed:
+    if not (record.get("full_recipe") and _same_stats(listed, record)):
         raise RlzooError(f"the build of '{alias}' at {path} is not the one {_rel(Path(results_csv))} lists, so its "
                          "action log would rebuild other data than the listed row. List it first "
                          f"({build_command(alias)} --relist), or rebuild the listed one, then save its actions.")
@@ -1031,6 +1029,17 @@ BUILD_LOG_COLUMNS = ["dataset", "date", "machine", "xla_flags", "commit", "episo
 # actions_log: a medium-replay replayed from that log; identical_to_log: its data's sha256 equals the log's
 
 
+def _close(a, b) -> bool:
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+
+
+def _same_stats(listed: dict | None, record: dict) -> bool:
+    """Whether a datasets.csv row and a build record have the same episode count and mean return (the same data,
+    short of comparing them)."""
+    return listed is not None and int(listed["episodes"]) == record["episodes"] and _close(
+        listed["return_mean"], record["return_mean"])
+
+
 def _append_log(path: Path, row: dict) -> None:
     """Append a row to builds.csv, written with all of BUILD_LOG_COLUMNS (a log from before a column was
     added gets it, empty in its old rows)."""
@@ -1044,15 +1053,13 @@ def list_build(results_csv: Path, record: dict) -> str:
     rlzoo.provenance.cpu_signature), or a medium-replay re-run that did not reproduce the medium actor. The
     listed build then stays, so that the runs trained on it keep their data score; returns what was done."""
     listed = next((r for r in _read_csv(results_csv) if r.get("dataset") == record["dataset"]), None)
-    same = lambda a, b: abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
     recipe_matches = listed is not None and (
         same_recipe(recipe_of(record), listed)
-        and same(listed["ref_min_score"], record["ref_min_score"])
-        and same(listed["ref_max_score"], record["ref_max_score"])
+        and _close(listed["ref_min_score"], record["ref_min_score"])
+        and _close(listed["ref_max_score"], record["ref_max_score"])
     )
     replay = record.get("replay") or {}
-    identical = recipe_matches and int(listed["episodes"]) == record["episodes"] and same(
-        listed["return_mean"], record["return_mean"]) and replay.get("identical_to_log_source") is not False
+    identical = recipe_matches and _same_stats(listed, record) and replay.get("identical_to_log_source") is not False
     log_path = results_csv.with_name("builds.csv")
     _append_log(log_path, {**record, "commit": record["code"].rsplit(" ", 1)[-1],
                            "listed_return_mean": listed["return_mean"] if recipe_matches else "",
