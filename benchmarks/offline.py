@@ -892,10 +892,15 @@ def report(args: argparse.Namespace) -> int:
         writer.writerows(agg)
     plot_aggregate(agg, out_dir / "aggregate.png")
     curves = plot_curves(grouped, results / "curves", out_dir)
+    # A task whose runs all left the table (e.g. its dataset was relisted) keeps no figure of those runs.
+    removed = sorted(p.name for p in out_dir.glob("curve-*.png") if p not in curves)
+    for name in removed:
+        (out_dir / name).unlink()
     print(table)
     print(
         f"[offline] wrote {out_dir / 'table.md'}, {out_dir / 'aggregate.csv'}, {out_dir / 'aggregate.png'} and "
         f"{len(curves)} learning-curve PNGs in {out_dir}"
+        + (f"; removed the figures of tasks no run in the table is on: {', '.join(removed)}" if removed else "")
     )
     return 0
 

@@ -267,8 +267,12 @@ def test_report_numbers_and_official_vs_local(tmp_path):
         "hopper-expert,Hopper-v5,expert,local,p,0,1000,3000000,3195.8,0,0,1,100.0\n"
     )
 
-    assert offline.main(["report", "--results", str(results), "--reps", "300"]) == 0
     out = results / "offline"
+    out.mkdir(parents=True)
+    (out / "curve-local-walker2d-medium-replay.png").write_bytes(b"a figure from an earlier report")
+    assert offline.main(["report", "--results", str(results), "--reps", "300"]) == 0
+    # The earlier report's figure of a task that has no run in the table any more is gone.
+    assert not (out / "curve-local-walker2d-medium-replay.png").exists()
     table = (out / "table.md").read_text()
     local, official = table.split("## Data: locally built stand-ins, not the official D4RL files")[1].split(
         "## Data: official"
