@@ -616,7 +616,7 @@ def save_action_log(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool 
         raise RlzooError(f"--save-actions is for <task>-medium-replay datasets, not '{alias}': the others are "
                          f"rebuilt from their behaviour policy in minutes ({build_command(alias)})")
     path, record = on_disk_build(alias, "there is no action log to save")
-    listed = next((r for r in _read_csv(Path(results_csv)) if r.get("dataset") == alias), None)
+    listed = listed_row(Path(results_csv), alias)
     if not (record.get("full_recipe") and _same_stats(listed, record)):
         raise RlzooError(f"the build of '{alias}' at {path} is not the one {_rel(Path(results_csv))} lists, so its "
                          "action log would rebuild other data than the listed row. List it first "
@@ -809,7 +809,7 @@ def relist(alias: str, *, results_csv: Path = RESULTS_CSV, quiet: bool = False) 
         raise RlzooError(f"the build of '{alias}' at {path} is not the full recipe (other steps, seed or env count), "
                          f"so it cannot be the listed one; build it again with {build_command(alias)} --force")
     results_csv = Path(results_csv)
-    listed = next((r for r in _read_csv(results_csv) if r.get("dataset") == alias), None)
+    listed = listed_row(results_csv, alias)
     upsert_row(results_csv, record)
     if not quiet:
         was = (f" (it listed {listed['episodes']} episodes, return {float(listed['return_mean']):.1f})"
@@ -1015,6 +1015,11 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def listed_row(path: Path, alias: str) -> dict | None:
+    """The row of `alias` in the datasets.csv at `path`, or None."""
+    return next((r for r in _read_csv(path) if r.get("dataset") == alias), None)
+
+
 def upsert_row(path: Path, row: dict) -> None:
     """Replace the row of `row["dataset"]` in the CSV at `path` (or append it), keeping the other rows."""
     rows = [r for r in _read_csv(path) if r.get("dataset") != row["dataset"]]
@@ -1052,7 +1057,7 @@ def list_build(results_csv: Path, record: dict) -> str:
     most likely a rebuild on another CPU type (builds repeat bit for bit per CPU type, see
     rlzoo.provenance.cpu_signature), or a medium-replay re-run that did not reproduce the medium actor. The
     listed build then stays, so that the runs trained on it keep their data score; returns what was done."""
-    listed = next((r for r in _read_csv(results_csv) if r.get("dataset") == record["dataset"]), None)
+    listed = listed_row(results_csv, record["dataset"])
     recipe_matches = listed is not None and (
         same_recipe(recipe_of(record), listed)
         and _close(listed["ref_min_score"], record["ref_min_score"])
