@@ -429,19 +429,14 @@ def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path,
         bd.save_action_log(alias, results_csv=csv_path, quiet=True)
 
 
-def _listed_rows() -> dict[str, dict]:
-    with open(ROOT / "results" / "datasets.csv", newline="") as f:
-        return {r["dataset"]: r for r in csv.DictReader(f)}
-
-
 def test_committed_action_logs_are_of_the_listed_builds():
     """Each envs/replays/<name>.npz holds as many episodes and actions as the datasets.csv row of <name>, and was
     saved from a build with that row's mean return and medium policy (a relist without a new log fails here)."""
-    rows = _listed_rows()
+    datasets_csv = ROOT / "results" / "datasets.csv"
     logs = {p.stem: p for p in (ROOT / "envs" / "replays").glob("*.npz")}
     assert set(logs) == {f"{t}-medium-replay" for t in ("halfcheetah", "hopper", "walker2d", "ant")}
     for alias, path in logs.items():
-        log, row = bd._read_action_log(path), rows[alias]
+        log, row = bd._read_action_log(path), bd.listed_row(datasets_csv, alias)
         assert (len(log["episode_lengths"]), len(log["actions"])) == (int(row["episodes"]), int(row["steps"]))
         assert log["source"]["return_mean"] == pytest.approx(float(row["return_mean"]), rel=1e-12)
         assert log["source"]["policy_sha256"] == row["policy_sha256"]
@@ -453,7 +448,7 @@ def test_committed_halfcheetah_medium_replay_log_rebuilds_the_listed_build(tmp_p
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
     monkeypatch.setattr(bd, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
     record = bd.build("halfcheetah-medium-replay", results_csv=None, quiet=True)
-    row = _listed_rows()["halfcheetah-medium-replay"]
+    row = bd.listed_row(ROOT / "results" / "datasets.csv", "halfcheetah-medium-replay")
     assert record["replay"]["identical_to_log_source"] is True, record["replay"]["log_source"]
     assert (record["episodes"], record["return_mean"]) == (int(row["episodes"]), float(row["return_mean"]))
 
