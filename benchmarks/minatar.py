@@ -12,7 +12,8 @@ against the paper's at the same step count. Each finished run appends one row pe
 results/scores.csv (rlzoo.run.append_scores, through pqn.py's --scores-csv). `collect` (also run at
 the end of `run`; give it the same settings) copies each game's eval.csv to
 results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pqn-minatar-<settings>.png
-and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
+with the reference's curves of the same length and schedule where benchmarks/purejaxql_scores.py wrote
+them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
 s<seed>-n<seeds>-<total steps>-decay<decay steps>: runs of other settings are other runs, in other
 folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
 """
@@ -89,7 +90,13 @@ def collect(args) -> None:
             ax.plot(data["step"][sel], data["return_mean"][sel], alpha=0.35, lw=1)
         steps = sorted(set(data["step"]))
         mean = [data["return_mean"][data["step"] == s].mean() for s in steps]
-        ax.plot(steps, mean, color="k", lw=2, label=f"mean of {len(seeds)} seeds")
+        ax.plot(steps, mean, color="k", lw=2, label=f"rlzoo, mean of {len(seeds)} seeds")
+        for ref in sorted(CURVES.glob(f"purejaxql-pqn-{game}-s*-n*-{args.total_steps}-decay{args.decay_steps}.csv")):
+            r = np.atleast_1d(np.genfromtxt(ref, delimiter=",", names=True))
+            r_steps = sorted(set(r["step"]))
+            r_mean = [r["return_mean"][r["step"] == s].mean() for s in r_steps]
+            ax.plot(r_steps, r_mean, color="tab:red", lw=1.5, ls="--",
+                    label=f"purejaxql, mean of {len(set(r['seed'].astype(int)))} seeds")
         ax.legend(fontsize=8)
         if not (d / "summary.json").exists():
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
