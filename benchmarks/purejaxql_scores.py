@@ -6,14 +6,15 @@ rlzoo's PQN with it at the same step count and schedule on the same machine.
 
 The paper reports MinAtar only as curves, so its numbers at a shorter length cannot be quoted; this runs
 its code instead. purejaxql is not part of rlzoo: get it and its throwaway venv as in
-benchmarks/purejaxql_baseline.md, then run this file with that venv's python (it imports only purejaxql
-and its dependencies, not rlzoo). It loads purejaxql's own MinAtar config, changes only the game, the
-length, the span of the lr and epsilon schedules (TOTAL_TIMESTEPS_DECAY, the config's own switch for
-shorter runs), the seeds, and turns wandb off; its greedy tests during training stay on at their default
-interval. The curve goes to results/curves/purejaxql-pqn-<game>-s<seed>-n<seeds>-<steps>-decay<decay>.csv
-(columns of rlzoo's eval.csv: step, seed, return_mean), which benchmarks/minatar.py's plot overlays.
-purejaxql's test return is the mean over the episodes that 128 greedy envs finish within one episode's
-step limit, rlzoo's the mean over 128 complete greedy episodes per seed.
+benchmarks/purejaxql_baseline.md, then run this file with that venv's python (it imports rlzoo from this
+checkout only for rlzoo.provenance, the commit and machine recorded). It loads
+purejaxql's own MinAtar config, changes only the game, the length, the span of the lr and epsilon
+schedules (TOTAL_TIMESTEPS_DECAY, the config's own switch for shorter runs), the seeds, and turns wandb
+off; its greedy tests during training stay on at their default interval. The curve goes to
+results/curves/purejaxql-pqn-<game>-s<seed>-n<seeds>-<steps>-decay<decay>.csv (columns of rlzoo's
+eval.csv: step, seed, return_mean), which benchmarks/minatar.py's plot overlays. purejaxql's test
+return is the mean over the episodes that 128 greedy envs finish within one episode's step limit,
+rlzoo's the mean over 128 complete greedy episodes per seed.
 """
 
 from __future__ import annotations
@@ -21,25 +22,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rlzoo_commit() -> str:
-    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return run("rev-parse", "--short", "HEAD") + ("+dirty" if run("status", "--porcelain") else "")
-
-
-def machine() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-    return f"cpu: {names[0] if names else platform.processor()} ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "curves"))
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(Path(args.purejaxql).resolve()))
+    sys.path[:0] = [str(Path(args.purejaxql).resolve()), str(ROOT)]  # the venv has neither installed
     import jax
     import numpy as np
     from omegaconf import OmegaConf
     from purejaxql import pqn_minatar
+
+    from rlzoo import provenance  # commit and machine, recorded as every rlzoo result records them
 
     base = Path(args.purejaxql) / "purejaxql" / "config"
     config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(base / "config.yaml"),
@@ -67,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     config.update(ENV_NAME=args.game, TOTAL_TIMESTEPS=args.total_steps, TOTAL_TIMESTEPS_DECAY=args.decay_steps,
                   NUM_SEEDS=args.num_seeds, SEED=args.seed, WANDB_MODE="disabled", SAVE_PATH=None)
 
-    commit = rlzoo_commit()  # before this run writes its files into the work tree
+    commit = provenance.commit()
     t0 = time.time()
     rngs = jax.random.split(jax.random.PRNGKey(args.seed), args.num_seeds)
     outs = jax.block_until_ready(jax.jit(jax.vmap(pqn_minatar.make_train(config)))(rngs))
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                "final_greedy_return": [round(float(x), 3) for x in final], "wall_s_incl_compile": round(wall, 1),
                "purejaxql_config": {k: config[k] for k in ("TOTAL_TIMESTEPS", "TOTAL_TIMESTEPS_DECAY", "NUM_ENVS",
                                                           "NUM_STEPS", "LR", "EPS_DECAY", "TEST_INTERVAL")},
-               "purejaxql_commit": args.purejaxql_commit, "rlzoo_commit": commit, "machine": machine(),
+               "purejaxql_commit": args.purejaxql_commit, "rlzoo_commit": commit, "machine": provenance.device(),
                "jax": jax.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
