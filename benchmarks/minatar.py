@@ -64,6 +64,12 @@ def run(args) -> None:
     collect(args)
 
 
+def seed_mean(data: np.ndarray) -> tuple[list[float], list[float]]:
+    """The evaluation steps of a curve (columns step, seed, return_mean) and the mean return over seeds at each."""
+    steps = sorted(set(data["step"]))
+    return steps, [float(data["return_mean"][data["step"] == s].mean()) for s in steps]
+
+
 def collect(args) -> None:
     import matplotlib
 
@@ -88,14 +94,11 @@ def collect(args) -> None:
         for s in seeds:
             sel = data["seed"] == s
             ax.plot(data["step"][sel], data["return_mean"][sel], alpha=0.35, lw=1)
-        steps = sorted(set(data["step"]))
-        mean = [data["return_mean"][data["step"] == s].mean() for s in steps]
+        steps, mean = seed_mean(data)
         ax.plot(steps, mean, color="k", lw=2, label=f"rlzoo, mean of {len(seeds)} seeds")
         for ref in sorted(CURVES.glob(f"purejaxql-pqn-{game}-s*-n*-{args.total_steps}-decay{args.decay_steps}.csv")):
             r = np.atleast_1d(np.genfromtxt(ref, delimiter=",", names=True))
-            r_steps = sorted(set(r["step"]))
-            r_mean = [r["return_mean"][r["step"] == s].mean() for s in r_steps]
-            ax.plot(r_steps, r_mean, color="tab:red", lw=1.5, ls="--",
+            ax.plot(*seed_mean(r), color="tab:red", lw=1.5, ls="--",
                     label=f"purejaxql, mean of {len(set(r['seed'].astype(int)))} seeds")
         ax.legend(fontsize=8)
         if not (d / "summary.json").exists():

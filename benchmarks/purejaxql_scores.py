@@ -12,7 +12,9 @@ purejaxql's own MinAtar config, changes only the game, the length, the span of t
 schedules (TOTAL_TIMESTEPS_DECAY, the config's own switch for shorter runs), the seeds, and turns wandb
 off; its greedy tests during training stay on at their default interval. The curve goes to
 results/curves/purejaxql-pqn-<game>-s<seed>-n<seeds>-<steps>-decay<decay>.csv (columns of rlzoo's
-eval.csv: step, seed, return_mean), which benchmarks/minatar.py's plot overlays. purejaxql's test
+eval.csv: step, seed, return_mean), which benchmarks/minatar.py's plot overlays. purejaxql splits one key,
+PRNGKey(--seed), into its --num-seeds runs, so the seed column is the index of a run in that split, not a
+seed that reproduces it alone. purejaxql's test
 return is the mean over the episodes that 128 greedy envs finish within one episode's step limit,
 rlzoo's the mean over 128 complete greedy episodes per seed.
 """
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     config.update(ENV_NAME=args.game, TOTAL_TIMESTEPS=args.total_steps, TOTAL_TIMESTEPS_DECAY=args.decay_steps,
                   NUM_SEEDS=args.num_seeds, SEED=args.seed, WANDB_MODE="disabled", SAVE_PATH=None)
 
-    commit = provenance.commit()
+    commit = provenance.commit()  # before the run, so that a checkout changed meanwhile does not relabel it
     t0 = time.time()
     rngs = jax.random.split(jax.random.PRNGKey(args.seed), args.num_seeds)
     outs = jax.block_until_ready(jax.jit(jax.vmap(pqn_minatar.make_train(config)))(rngs))
@@ -74,15 +76,17 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerow(["step", "seed", "return_mean"])
         for i in tested:
             for s in range(args.num_seeds):
-                writer.writerow([int(metrics["env_step"][s, i]), args.seed + s,
+                writer.writerow([int(metrics["env_step"][s, i]), s,
                                  float(metrics["test/returned_episode_returns"][s, i])])
     final = metrics["test/returned_episode_returns"][:, tested[-1]]
     summary = {"game": args.game, "env_steps": int(metrics["env_step"][0, tested[-1]]),
                "final_greedy_return": [round(float(x), 3) for x in final], "wall_s_incl_compile": round(wall, 1),
                "purejaxql_config": {k: config[k] for k in ("TOTAL_TIMESTEPS", "TOTAL_TIMESTEPS_DECAY", "NUM_ENVS",
                                                           "NUM_STEPS", "LR", "EPS_DECAY", "TEST_INTERVAL")},
-               "purejaxql_commit": args.purejaxql_commit, "rlzoo_commit": commit, "machine": provenance.device(),
-               "jax": jax.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+               "purejaxql_commit": args.purejaxql_commit, "key_split_from": f"PRNGKey({args.seed})"}
+    info = provenance.info()
+    summary.update(rlzoo_commit=commit, machine=info["device"], jax=info["jax"], jaxlib=info["jaxlib"],
+                   python=info["python"], date=info["date"])
     (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 
