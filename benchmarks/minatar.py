@@ -3,6 +3,7 @@
     python benchmarks/minatar.py run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
     python benchmarks/minatar.py run --num-seeds 10                           # the paper's 1e7 steps (GPU)
     python benchmarks/minatar.py collect --num-seeds 10                       # curves of finished/partial runs
+    python benchmarks/minatar.py estimators --num-seeds 10                    # rlzoo's vs purejaxql's test return
 
 `run` trains `algorithms/pqn.py` on each game in turn (one process per game, the paper's MinAtar
 defaults, greedy evaluation on 128 envs per seed), resuming a game whose run directory already has a
@@ -119,9 +120,84 @@ def collect(args) -> None:
     print(f"curves in {CURVES}; unfinished: {unfinished or 'none'}")
 
 
+def score_both_ways(network, game: str, params, keys, num_envs: int = 128) -> tuple[np.ndarray, ...]:
+    """Per seed (params and keys carry a leading seed axis), on the same greedy episodes: the mean return of
+    each env's first episode, the mean over every episode finished within one episode's step limit, that
+    number of episodes, and how many first episodes did not end (none: gymnax truncates at the limit)."""
+    import gymnax
+    import jax
+    import jax.numpy as jnp
+
+    env, env_params = gymnax.make(game)
+    reset = jax.vmap(env.reset, in_axes=(0, None))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def one_seed(params, key):
+        k_reset, k_run = jax.random.split(key)
+        obs, state = reset(jax.random.split(k_reset, num_envs), env_params)
+
+        def body(carry, k):
+            obs, state, ret, first = carry
+            action = jnp.argmax(network.apply(params, obs), axis=-1)
+            obs, state, reward, done, _ = step(jax.random.split(k, num_envs), state, action, env_params)
+            ret = ret + reward
+            first = jnp.where(done & jnp.isnan(first), ret, first)
+            return (obs, state, jnp.where(done, 0.0, ret), first), (done, jnp.where(done, ret, 0.0))
+
+        init = (obs, state, jnp.zeros(num_envs), jnp.full(num_envs, jnp.nan))
+        (_, _, _, first), (done, ended) = jax.lax.scan(
+            body, init, jax.random.split(k_run, env_params.max_steps_in_episode))
+        return jnp.nanmean(first), ended.sum() / done.sum(), done.sum(), jnp.isnan(first).sum()
+
+    return tuple(map(np.asarray, jax.jit(jax.vmap(one_seed))(params, keys)))
+
+
+def estimators(args) -> None:
+    """Each game's final policy scored two ways on the same greedy episodes: rlzoo's test return (the first
+    episode of each of 128 envs) and purejaxql's (every episode the 128 envs finish within one episode's step
+    limit, envs resetting as they end). Short episodes recur in the second, so where returns grow with
+    episode length it reads lower; this measures by how much. Writes
+    results/curves/pqn-minatar-<settings>-test-estimators.csv, one row per game and seed."""
+    import gymnax
+    import jax
+
+    from rlzoo import provenance
+    from rlzoo.checkpoint import load_params
+    from rlzoo.run import import_script
+
+    pqn = import_script(ROOT / "algorithms" / "pqn.py", "_rlzoo_bench_pqn")
+    root = Path(args.runs_root).expanduser()
+    num_envs = 128  # both implementations' test envs per seed
+    rows = []
+    for game in args.games:
+        d = run_dir(root, game, args)
+        if not (d / "summary.json").exists():
+            print(f"{game}: no finished run in {d}")
+            continue
+        params, _ = load_params(d / "policy.npz")  # leaves [seeds, ...]
+        network = pqn.make_network("minatar", gymnax.make(game)[0].num_actions)
+        num_seeds = len(jax.tree_util.tree_leaves(params)[0])
+        keys = jax.random.split(jax.random.PRNGKey(args.seed + 12345), num_seeds)
+        first, window, episodes, unfinished = score_both_ways(network, game, params, keys, num_envs)
+        if unfinished.any():
+            print(f"{game}: {unfinished.sum()} first episodes did not end within the step limit")
+        for i in range(num_seeds):
+            rows.append([game, i, round(float(first[i]), 3), round(float(window[i]), 3), int(episodes[i])])
+        print(f"{game}: first episodes {first.mean():.2f}, all episodes in the window {window.mean():.2f} "
+              f"({episodes.mean() / num_envs:.2f} per env), mean of {num_seeds} seeds")
+    info = provenance.info()
+    out = CURVES / f"pqn-minatar-{settings(args)}-test-estimators.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["game", "seed_index", "first_episode_mean", "window_episode_mean", "window_episodes",
+                         "envs", "commit", "date", "device", "jax"])
+        writer.writerows(r + [num_envs, info["commit"], info["date"], info["device"], info["jax"]] for r in rows)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["run", "collect"])
+    p.add_argument("mode", choices=["run", "collect", "estimators"])
     p.add_argument("--games", nargs="+", default=GAMES, choices=GAMES)
     p.add_argument("--num-seeds", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -130,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=163_840, help="env steps between evaluations/checkpoints")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
     args = p.parse_args(argv)
-    run(args) if args.mode == "run" else collect(args)
+    {"run": run, "collect": collect, "estimators": estimators}[args.mode](args)
 
 
 if __name__ == "__main__":

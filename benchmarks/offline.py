@@ -107,15 +107,9 @@ def available_algorithms() -> list[str]:
 
 def algorithm_config(algo: str) -> type:
     """The tyro Config dataclass of algorithms/<algo>.py (the module is loaded once)."""
-    import importlib.util
+    from rlzoo.run import import_script
 
-    name = f"_rlzoo_algo_{algo}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ALGORITHMS_DIR / f"{algo}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name].Config
+    return import_script(ALGORITHMS_DIR / f"{algo}.py", f"_rlzoo_algo_{algo}").Config
 
 
 def algorithm_flags(algo: str) -> set[str]:

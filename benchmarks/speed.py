@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import inspect
 import os
 import statistics
-import sys
 import time
 import warnings
 from functools import partial
@@ -92,12 +90,9 @@ def load_algorithm(name: str):
     if not path.is_file():
         have = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py"))
         raise SystemExit(f"no {path}; available: {', '.join(have)}")
-    module_name = f"rlzoo_bench_algorithm_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    from rlzoo.run import import_script
+
+    return import_script(path, f"rlzoo_bench_algorithm_{name}")
 
 
 def synthetic_transitions(key, n: int, lead: tuple[int, ...] = ()) -> dict:

@@ -230,6 +230,23 @@ def hold_run_dir(run_dir: Path) -> None:
     atexit.register(release)
 
 
+def import_script(path: str | Path, module_name: str):
+    """Import a script that is not in a package (an algorithm file, a builder) by its path, once per module
+    name. It is registered in sys.modules before it runs, because dataclasses look their module up there."""
+    import importlib.util
+
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return sys.modules[module_name]
+
+
 def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
     """Command line of an algorithm file's run in `run_dir`: `--resume` when the directory holds a checkpoint,
     else a fresh start with `fresh_args`. Benchmarks launch runs this way, so running them again continues."""
