@@ -23,9 +23,9 @@ Two environment back-ends behind one small interface, chosen from --env:
 Defaults are the paper's MinAtar table (128 envs x 32 steps, lr 5e-4 decayed to 0, lambda 0.65, 2 epochs
 x 32 minibatches, epsilon 1 -> 0.05 over the first 10%) and, for an Atari --env, its Atari table
 (lr 2.5e-4 constant, epsilon -> 0.001, 5e7 env steps = 2e8 frames). Differences from the reference code
-(purejaxql): MinAtar observations (0/1 planes) are not divided by 255; env steps are rounded to whole
-chunks (9,994,240 instead of 1e7); Atari uses v5 sticky actions (0.25) where the paper used none;
-an episode cut by the time limit is treated as terminal, as the reference does.
+(purejaxql): MinAtar observations (0/1 planes) are not divided by 255 (--minatar-obs-div-255 does);
+env steps are rounded to whole chunks (9,994,240 instead of 1e7); Atari uses v5 sticky actions (0.25)
+where the paper used none; an episode cut by the time limit is treated as terminal, as the reference does.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class Config(RunConfig):
     """Atari: step ale-py inside the jitted rollout (its XLA interface) instead of from the host."""
     eval_max_steps: int = 27_000
     """Atari: cap of a greedy evaluation episode in agent steps (27k = the 108k-frame limit)."""
+    minatar_obs_div_255: bool = False
+    """MinAtar: divide the 0/1 observation planes by 255 as the reference code does (for comparing with it)."""
 
 
 ATARI_DEFAULTS = {
@@ -182,9 +184,9 @@ class QNetwork(nn.Module):
         return nn.Dense(self.num_actions)(x)
 
 
-def make_network(backend: str, num_actions: int) -> QNetwork:
+def make_network(backend: str, num_actions: int, minatar_obs_div_255: bool = False) -> QNetwork:
     if backend == "minatar":  # Conv 16 3x3 + LN + ReLU, Dense 128 + LN + ReLU, Dense |A|
-        return QNetwork(num_actions, convs=((16, 3, 1),), hidden=(128,))
+        return QNetwork(num_actions, convs=((16, 3, 1),), hidden=(128,), scale=1 / 255 if minatar_obs_div_255 else 1.0)
     # Atari: the Nature DQN torso with LayerNorm after every layer
     return QNetwork(
         num_actions, convs=((32, 8, 4), (64, 4, 2), (64, 3, 1)), hidden=(512,), channels_first=True, scale=1.0 / 255.0
@@ -299,7 +301,7 @@ def make_minatar(config: Config, env_id: str):
     # gymnax's MinAtar writes ints into bool planes; jax 0.10 warns about it on every trace.
     warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
     env, env_params = gymnax.make(env_id)
-    network = make_network("minatar", env.num_actions)
+    network = make_network("minatar", env.num_actions, config.minatar_obs_div_255)
     obs_shape = tuple(env.observation_space(env_params).shape)
     learn = make_learn(config, network)
     eps_schedule, _ = schedules(config)

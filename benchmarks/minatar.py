@@ -15,7 +15,7 @@ the end of `run`; give it the same settings) copies each game's eval.csv to
 results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pqn-minatar-<settings>.png
 with the reference's curves of the same length and schedule where benchmarks/purejaxql_scores.py wrote
 them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
-s<seed>-n<seeds>-<total steps>-decay<decay steps>: runs of other settings are other runs, in other
+s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255]: runs of other settings are other runs, in other
 folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
 """
 
@@ -44,7 +44,8 @@ def run_dir(root: Path, game: str, args) -> Path:
 
 
 def settings(args) -> str:
-    return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}"
+    return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}" + (
+        "-obsdiv255" if args.obs_div_255 else "")
 
 
 def run(args) -> None:
@@ -58,7 +59,8 @@ def run(args) -> None:
         cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
             "--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
             "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
-            "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every)])
+            "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every),
+            *(["--minatar-obs-div-255"] if args.obs_div_255 else [])])
         cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -105,7 +107,7 @@ def collect(args) -> None:
         if not (d / "summary.json").exists():
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
     axes[0].set_ylabel("greedy return (128 episodes per seed)")
-    fig.suptitle("PQN on MinAtar (rlzoo, gymnax)")
+    fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255)" if args.obs_div_255 else ")"))
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
     plt.close(fig)
@@ -175,7 +177,7 @@ def estimators(args) -> None:
             print(f"{game}: no finished run in {d}")
             continue
         params, _ = load_params(d / "policy.npz")  # leaves [seeds, ...]
-        network = pqn.make_network("minatar", gymnax.make(game)[0].num_actions)
+        network = pqn.make_network("minatar", gymnax.make(game)[0].num_actions, args.obs_div_255)
         num_seeds = len(jax.tree_util.tree_leaves(params)[0])
         keys = jax.random.split(jax.random.PRNGKey(args.seed + 12345), num_seeds)
         first, window, episodes, unfinished = score_both_ways(network, game, params, keys, num_envs)
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decay-steps", type=int, default=PAPER_STEPS, help="span of the lr and epsilon schedules")
     p.add_argument("--eval-every", type=int, default=163_840, help="env steps between evaluations/checkpoints")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
+    p.add_argument("--obs-div-255", action="store_true",
+                   help="divide the 0/1 observation planes by 255 as purejaxql does (runs named ...-obsdiv255)")
     args = p.parse_args(argv)
     {"run": run, "collect": collect, "estimators": estimators}[args.mode](args)
 

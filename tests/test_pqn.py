@@ -104,6 +104,15 @@ def test_network_has_layernorm_after_every_hidden_layer(backend, obs_shape, laye
     assert q.shape == (3, 6)
 
 
+def test_minatar_obs_div_255_scales_the_input_only():
+    """The reference code's division of MinAtar's 0/1 planes by 255, kept as an option for comparing with it."""
+    obs = (jax.random.uniform(jax.random.PRNGKey(1), (3, 10, 10, 4)) < 0.2).astype(jnp.float32)
+    plain, divided = pqn.make_network("minatar", 6), pqn.make_network("minatar", 6, minatar_obs_div_255=True)
+    params = plain.init(jax.random.PRNGKey(0), obs)
+    np.testing.assert_array_equal(divided.apply(params, obs), plain.apply(params, obs / 255))
+    assert not np.allclose(divided.apply(params, obs), plain.apply(params, obs))
+
+
 def test_patch_conv_equals_flax_conv():
     import flax.linen as nn
 
