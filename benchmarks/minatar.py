@@ -81,16 +81,18 @@ def collect(args) -> None:
 
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(GAMES), figsize=(4 * len(GAMES), 3.4))
+    games = [g for g in GAMES if (run_dir(root, g, args) / "eval.csv").exists()]
+    if not games:
+        print(f"no runs with these settings ({settings(args)}) under {root}")
+        return
+    fig, axes = plt.subplots(1, len(games), figsize=(max(4 * len(games), 6.5), 3.4), squeeze=False)
     unfinished = []
-    for ax, game in zip(axes, GAMES):
+    for ax, game in zip(axes[0], games):
         d = run_dir(root, game, args)
         eval_csv = d / "eval.csv"
         ax.set_title(game)
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
-        if not eval_csv.exists():
-            continue
         shutil.copy(eval_csv, CURVES / f"{d.name}.csv")
         data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
         seeds = sorted(set(data["seed"].astype(int)))
@@ -106,7 +108,7 @@ def collect(args) -> None:
         ax.legend(fontsize=8)
         if not (d / "summary.json").exists():
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
-    axes[0].set_ylabel("greedy return (128 episodes per seed)")
+    axes[0, 0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255)" if args.obs_div_255 else ")"))
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
