@@ -374,3 +374,55 @@ def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
     assert [(r["benchmark"], r["algorithm"], r["unit"]) for r in rows] == [
         ("env_throughput", "pqn", "env_steps/s"), ("update_throughput", "iql", "updates/s")]
     assert all(float(r["value"]) > 0 for r in rows)
+
+
+def minatar_benchmark():
+    from rlzoo.run import import_script
+
+    return import_script(REPO / "benchmarks" / "minatar.py", "_test_minatar_benchmark")
+
+
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype int64:UserWarning")  # gymnax's Freeway asks for int64
+def test_minatar_test_estimators_count_episodes_as_each_implementation_does():
+    """benchmarks/minatar.py estimators: rlzoo's test (first episode per env) and purejaxql's (all episodes
+    finished within one step limit) on the same episodes. Breakout's untrained episodes are short, so envs
+    finish several; Freeway's are cut at its 2,500-step limit, so both estimators read the same one."""
+    import gymnax
+
+    bench = minatar_benchmark()
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    for game, several in (("Breakout-MinAtar", True), ("Freeway-MinAtar", False)):
+        env, env_params = gymnax.make(game)
+        network = pqn.make_network("minatar", env.num_actions)
+        obs = jnp.zeros((1, *env.observation_space(env_params).shape))
+        params = jax.vmap(network.init, in_axes=(0, None))(keys, obs)
+        first, window, episodes, unfinished = bench.score_both_ways(network, game, params, keys, num_envs=4)
+        assert first.shape == (2,) and not unfinished.any()
+        if several:
+            assert (episodes > 4).all()
+        else:
+            np.testing.assert_array_equal(episodes, 4)
+            np.testing.assert_allclose(first, window)
+
+
+def test_minatar_collect_plots_runs_and_lists_unfinished(tmp_path, monkeypatch):
+    """collect: copies a game's eval.csv into the curves folder, draws the games that have runs, overlays a
+    reference curve of the same settings, and lists a run without summary.json as unfinished."""
+    bench = minatar_benchmark()
+    curves = tmp_path / "curves"
+    monkeypatch.setattr(bench, "CURVES", curves)
+    args = bench.argparse.Namespace(runs_root=str(tmp_path / "runs"), seed=0, num_seeds=2, total_steps=2048,
+                                    decay_steps=4096, obs_div_255=False, games=bench.GAMES)
+    run = bench.run_dir(tmp_path / "runs", "Breakout-MinAtar", args)
+    run.mkdir(parents=True)
+    (run / "eval.csv").write_text("step,seed,return_mean\n1024,0,1.0\n1024,1,3.0\n2048,0,2.0\n2048,1,6.0\n")
+    curves.mkdir()
+    (curves / "purejaxql-pqn-Breakout-MinAtar-s0-n3-2048-decay4096.csv").write_text("step,seed,return_mean\n2048,0,1\n")
+    bench.collect(args)
+    assert (curves / f"{run.name}.csv").read_text() == (run / "eval.csv").read_text()
+    assert (curves / "pqn-minatar-s0-n2-2048-decay4096.png").stat().st_size > 0
+    progress = (curves / "pqn-minatar-s0-n2-2048-decay4096-in-progress.csv").read_text().splitlines()
+    assert progress == ["task,steps_reached,latest_mean_return,seeds", "Breakout-MinAtar,2048,4.0,2"]
+    (run / "summary.json").write_text("{}")
+    bench.collect(args)
+    assert not (curves / "pqn-minatar-s0-n2-2048-decay4096-in-progress.csv").exists()
