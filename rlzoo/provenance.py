@@ -11,11 +11,19 @@ from pathlib import Path
 
 @lru_cache
 def commit() -> str:
+    """This checkout's short commit, "+dirty" when tracked files outside results/ differ from it."""
+    return checkout_commit(Path(__file__).resolve().parent)
+
+
+def checkout_commit(where: Path) -> str:
+    """The short commit of the git checkout holding `where`, "+dirty" when a tracked file outside results/ has
+    changed: results/ is what runs write (scores.csv grows while a benchmark chain runs), not code."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+                             cwd=where, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], capture_output=True, text=True, cwd=where,
+                               timeout=5).stdout.strip()
         return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

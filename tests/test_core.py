@@ -611,3 +611,27 @@ def test_resume_adds_the_build_recipe_to_an_older_record_of_the_same_data(tmp_pa
     datasets.pin_to_run(new, tmp_path, resuming=True)
     saved = json.loads((tmp_path / "dataset.json").read_text())
     assert saved["parts"] == [{**part, "recipe": recipe, "built_on": "cpu A"}]
+
+
+def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
+    """rlzoo.provenance: '+dirty' marks a changed tracked file, except under results/, which runs write."""
+    import subprocess
+
+    from rlzoo.provenance import checkout_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "scores.csv").write_text("a\n")
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = checkout_commit(tmp_path / "pkg")
+    assert clean != "unknown" and not clean.endswith("+dirty")
+    (tmp_path / "results" / "scores.csv").write_text("a\nb\n")
+    assert checkout_commit(tmp_path / "pkg") == clean
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert checkout_commit(tmp_path / "pkg") == clean + "+dirty"
