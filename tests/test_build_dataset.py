@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,19 +15,12 @@ import pytest
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
 from rlzoo.provenance import cpu_signature
+from rlzoo.run import import_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_dataset", ROOT / "envs" / "build_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_dataset"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-bd = _load_builder()
+bd = import_script(ROOT / "envs" / "build_dataset.py", "build_dataset")
 
 
 @pytest.fixture
@@ -496,11 +488,8 @@ def test_medium_expert_is_its_local_parts_and_never_mixes_official_with_local(st
 
 
 def _load_picker():
-    spec = importlib.util.spec_from_file_location("pick_policies", ROOT / "envs" / "pick_policies.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pick_policies"] = module
-    spec.loader.exec_module(module)  # imports build_dataset: the module `bd` above (sys.modules)
-    return module
+    # pick_policies imports build_dataset: the module `bd` above (sys.modules)
+    return import_script(ROOT / "envs" / "pick_policies.py", "pick_policies")
 
 
 def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(store, tmp_path):

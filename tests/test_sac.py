@@ -14,6 +14,7 @@ import pytest
 from conftest import cli_env, kill_once_checkpointed, load_checkpoint
 
 from rlzoo.checkpoint import load_params
+from rlzoo.run import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 SAC_PY = REPO / "algorithms" / "sac.py"
@@ -130,12 +131,9 @@ def test_host_env_state_roundtrip(env_id):
 def test_online_launch_skips_finished_runs_and_refuses_another_length(tmp_path, capsys):
     """`benchmarks/online.py launch` again after a run finished must not run (and record) it a second time."""
     import argparse
-    import importlib.util
 
     path = Path(__file__).parents[1] / "benchmarks" / "online.py"
-    spec = importlib.util.spec_from_file_location("online_bench", path)
-    online = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(online)
+    online = import_script(path, "online_bench")
     done = tmp_path / online.run_name("Hopper-v5", 0)
     done.mkdir()
     (done / "summary.json").write_text("{}")
@@ -167,12 +165,9 @@ def test_online_collect_records_a_finished_run_once_and_lists_an_unfinished_one(
     once, and lists unfinished ones as in progress without a score row."""
     import argparse
     import csv
-    import importlib.util
 
     path = Path(__file__).parents[1] / "benchmarks" / "online.py"
-    spec = importlib.util.spec_from_file_location("online_bench", path)
-    online = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(online)
+    online = import_script(path, "online_bench")
     curves = tmp_path / "curves"
     monkeypatch.setattr(online, "CURVES", curves)
     runs = tmp_path / "runs"
