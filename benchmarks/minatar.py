@@ -15,7 +15,7 @@ the end of `run`; give it the same settings) copies each game's eval.csv to
 results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pqn-minatar-<settings>.png
 with the reference's curves of the same length and schedule where benchmarks/purejaxql_scores.py wrote
 them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
-s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255]: runs of other settings are other runs, in other
+s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255][-<tag>]: runs of other settings are other runs, in other
 folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
 """
 
@@ -45,7 +45,7 @@ def run_dir(root: Path, game: str, args) -> Path:
 
 def settings(args) -> str:
     return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}" + (
-        "-obsdiv255" if args.obs_div_255 else "")
+        "-obsdiv255" if args.obs_div_255 else "") + (f"-{args.tag}" if getattr(args, "tag", "") else "")
 
 
 def run(args) -> None:
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decay-steps", type=int, default=PAPER_STEPS, help="span of the lr and epsilon schedules")
     p.add_argument("--eval-every", type=int, default=163_840, help="env steps between evaluations/checkpoints")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
+    p.add_argument("--tag", default="", help="appended to the settings in run and file names, e.g. the device "
+                   "(gpu-h200) so that a GPU run of the same settings does not share a CPU run's folder or curve")
     p.add_argument("--obs-div-255", action="store_true",
                    help="divide the 0/1 observation planes by 255 as purejaxql does (runs named ...-obsdiv255)")
     args = p.parse_args(argv)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 @lru_cache
 def commit() -> str:
-    """This checkout's short commit, "+dirty" when tracked files outside results/ differ from it."""
-    return checkout_commit(Path(__file__).resolve().parent)
+    """This checkout's short commit, "+dirty" when tracked files outside results/ differ from it. RLZOO_COMMIT
+    overrides it where the code runs from a copy without .git (a lent GPU machine gets the tree, not the repo)."""
+    import os
+
+    return os.environ.get("RLZOO_COMMIT") or checkout_commit(Path(__file__).resolve().parent)
 
 
 def checkout_commit(where: Path) -> str:

@@ -635,3 +635,16 @@ def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
     assert checkout_commit(tmp_path / "pkg") == clean
     (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
     assert checkout_commit(tmp_path / "pkg") == clean + "+dirty"
+
+
+def test_commit_can_be_given_where_the_tree_has_no_git(monkeypatch):
+    """A lent GPU machine gets a copy of the tree without .git: RLZOO_COMMIT names the commit it was sent from."""
+    from rlzoo import provenance
+
+    provenance.commit.cache_clear()
+    monkeypatch.setenv("RLZOO_COMMIT", "abc1234")
+    try:
+        assert provenance.commit() == "abc1234"
+        assert provenance.info()["commit"] == "abc1234"
+    finally:
+        provenance.commit.cache_clear()
