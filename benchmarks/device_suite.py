@@ -107,7 +107,7 @@ def run_minatar(args) -> None:
         for f in sorted((ROOT / "results" / "curves").glob(f"pqn-*{args.tag}*")):
             tar.add(f, arcname=f"curves/{f.name}")
         for d in sorted(runs.glob(f"pqn-*{args.tag}")):
-            for name in ("eval.csv", "summary.json", "config.json", "train.csv", "policy.npz"):
+            for name in ("eval.csv", "summary.json", "config.json", "train.csv"):
                 if (d / name).exists():
                     tar.add(d / name, arcname=f"runs/{d.name}/{name}")
 
