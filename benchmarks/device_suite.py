@@ -1,16 +1,24 @@
-"""Every GPU figure of the open issues in one call of a short device lease, in priority order, within a deadline.
+"""The GPU figures of the open issues in one call of a short device lease, step by step, within a deadline.
 
-    python benchmarks/device_suite.py --out "$OUT" --deadline-s 530            # on the lent GPU machine
-    python benchmarks/device_suite.py --out /tmp/suite --deadline-s 120 --quick # rehearsal on the CPU
+    python benchmarks/device_suite.py --out "$OUT" --steps speed minatar       # the lease of 2026-11-27
+    python benchmarks/device_suite.py --out "$OUT" --steps unroll purejaxql --purejaxql .pjq   # the next one
+    python benchmarks/device_suite.py --out /tmp/suite --deadline-s 300 --quick # rehearsal on the CPU
 
-First the update throughput of each algorithm (`benchmarks/speed.py`, in this one process so that JAX and the
-GPU start once): IQL, TD3+BC and CQL with 1 and 10 vmapped seeds, SAC with 1, PQN on Breakout-MinAtar with 1
-and 10, PQN on Atari Breakout (ale-py inside the jit, then stepped from the host). Rows go to <out>/speed.csv,
-in results/speed.csv's schema.
-Then, with whatever time is left, PQN's paper-length MinAtar runs (`benchmarks/minatar.py run`, 10 seeds,
-1e7 steps) under their own names (--tag, e.g. gpu-h200), stopped at the deadline; an unfinished run keeps its
-checkpoint in --runs-root and resumes on the next call while the machine is still held. Curves, new
-results/scores.csv rows and the run logs are packed into <out>/minatar.tgz.
+Steps, run in the order given, each only while time is left:
+- `speed`: the update throughput of each algorithm (`benchmarks/speed.py`, in this one process so that JAX and
+  the GPU start once): IQL, TD3+BC and CQL with 1 and 10 vmapped seeds, SAC with 1, PQN on Breakout-MinAtar with
+  1 and 10, PQN on Atari Breakout (ale-py inside the jit, then stepped from the host).
+- `unroll`: IQL's throughput as the chunk's scan is unrolled 1, 4 and 16 updates per loop iteration with 1 seed,
+  1 and 4 with 10 (--scan-unroll), all in one run so that the ratios compare like with like.
+- `minatar`: PQN's paper-length MinAtar runs (`benchmarks/minatar.py run`, 10 seeds, 1e7 steps) under their own
+  names (--tag, e.g. gpu-h200), stopped at the deadline; an unfinished run keeps its checkpoint in
+  --runs-root and resumes on the next call while the machine is still held.
+- `purejaxql`: the reference implementation's 1e7-step MinAtar runs (`benchmarks/purejaxql_scores.py`, 10
+  seeds) for the same games; --purejaxql names a folder holding its `purejaxql` package and, in `site/`, the
+  pure-Python packages it needs that the machine lacks (hydra-core, omegaconf, antlr4): see
+  benchmarks/purejaxql_baseline.md.
+Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
+and run logs are packed into <out>/minatar.tgz.
 """
 
 from __future__ import annotations
@@ -38,21 +46,16 @@ def elapsed() -> float:
 
 def speed_runs(quick: bool) -> list[list[str]]:
     """(arguments of benchmarks/speed.py), most wanted first. --quick: tiny sizes for a CPU rehearsal."""
-    k = 0.01 if quick else 1.0
-
-    def n(x: int) -> str:
-        return str(max(int(x * k), 2))
-
     return [
-        ["--algorithm", "iql", "--num-seeds", "1", "--updates", n(20_000)],
-        ["--algorithm", "iql", "--num-seeds", "10", "--updates", n(10_000)],
-        ["--algorithm", "td3_bc", "--num-seeds", "1", "--updates", n(20_000)],
-        ["--algorithm", "cql", "--num-seeds", "1", "--updates", n(4_000)],
-        ["--algorithm", "pqn", "--num-seeds", "1", "--updates", n(100)],
-        ["--algorithm", "pqn", "--num-seeds", "10", "--updates", n(100)],
-        ["--algorithm", "td3_bc", "--num-seeds", "10", "--updates", n(10_000)],
-        ["--algorithm", "cql", "--num-seeds", "10", "--updates", n(2_000)],
-        ["--algorithm", "sac", "--num-seeds", "1", "--updates", n(10_000)]
+        ["--algorithm", "iql", "--num-seeds", "1", "--updates", scaled(20_000, quick)],
+        ["--algorithm", "iql", "--num-seeds", "10", "--updates", scaled(10_000, quick)],
+        ["--algorithm", "td3_bc", "--num-seeds", "1", "--updates", scaled(20_000, quick)],
+        ["--algorithm", "cql", "--num-seeds", "1", "--updates", scaled(4_000, quick)],
+        ["--algorithm", "pqn", "--num-seeds", "1", "--updates", scaled(100, quick)],
+        ["--algorithm", "pqn", "--num-seeds", "10", "--updates", scaled(100, quick)],
+        ["--algorithm", "td3_bc", "--num-seeds", "10", "--updates", scaled(10_000, quick)],
+        ["--algorithm", "cql", "--num-seeds", "10", "--updates", scaled(2_000, quick)],
+        ["--algorithm", "sac", "--num-seeds", "1", "--updates", scaled(10_000, quick)]
         + (["--replay-capacity", "10000"] if quick else []),
         ["--algorithm", "pqn", "--env", "Breakout", "--num-seeds", "1", "--updates", "2" if quick else "10"],
         ["--algorithm", "pqn", "--env", "Breakout", "--num-seeds", "1", "--updates", "2" if quick else "10",
@@ -60,14 +63,25 @@ def speed_runs(quick: bool) -> list[list[str]]:
     ]
 
 
-def run_speed(args) -> None:
+def unroll_runs(quick: bool) -> list[list[str]]:
+    """IQL with 1 seed at scan unrolls 1, 4, 16 and with 10 seeds at 1 and 4 (compilation grows with the unroll:
+    on the CPU 3 s at 1, 24 s at 16); the updates per call are a multiple of every unroll."""
+    return [["--algorithm", "iql", "--num-seeds", str(n), "--updates", scaled(16_000 if n == 1 else 8_000, quick),
+             "--scan-unroll", str(u)] for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
+
+
+def scaled(n: int, quick: bool) -> str:
+    return str(max(n // 100, 16) if quick else n)
+
+
+def run_speed(args, runs: list[list[str]]) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import speed
 
     out = Path(args.out) / "speed.csv"
-    for argv in speed_runs(args.quick):
-        if elapsed() > args.speed_budget_s:
-            print(f"[suite] speed budget spent at {elapsed():.0f} s; skipped {' '.join(argv)}", flush=True)
+    for argv in runs:
+        if elapsed() > args.deadline_s - args.speed_reserve_s:
+            print(f"[suite] no time left at {elapsed():.0f} s; skipped {' '.join(argv)}", flush=True)
             continue
         t = time.monotonic()
         try:
@@ -78,33 +92,61 @@ def run_speed(args) -> None:
         print(f"[suite] {' '.join(argv)}: {time.monotonic() - t:.0f} s (at {elapsed():.0f} s)", flush=True)
 
 
+def run_bounded(cmd: list[str], log: Path, what: str, env: dict | None = None) -> None:
+    """Run `cmd` (and its children) until it ends or the deadline comes, keeping 25 s to pack the results."""
+    left = ARGS.deadline_s - elapsed() - 25
+    if left < 60:
+        print(f"[suite] no time left for {what} ({elapsed():.0f} s)", flush=True)
+        return
+    print(f"[suite] {what} for at most {left:.0f} s", flush=True)
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            print(f"[suite] {what} stopped at the deadline ({elapsed():.0f} s)", flush=True)
+
+
+def minatar_common(args) -> list[str]:
+    return ["--num-seeds", str(args.num_seeds), "--eval-every", str(args.eval_every), "--runs-root", args.runs_root,
+            "--tag", args.tag, *(["--total-steps", "163840", "--eval-every", "81920"] if args.quick else [])]
+
+
 def run_minatar(args) -> None:
+    run_bounded([sys.executable, str(ROOT / "benchmarks" / "minatar.py"), "run", "--games", *args.games,
+                 *minatar_common(args)], Path(args.out) / "minatar.log", f"MinAtar runs {args.games}")
+
+
+def run_purejaxql(args) -> None:
+    """The reference's runs, one process per game, its pure-Python needs from <--purejaxql>/site."""
+    if not args.purejaxql:
+        print("[suite] purejaxql: no --purejaxql folder given; skipped", flush=True)
+        return
+    folder = Path(args.purejaxql).resolve()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder / "site"),
+                                                                      os.environ.get("PYTHONPATH", "")]))}
+    steps = ["--total-steps", "163840"] if args.quick else ["--total-steps", "9994240"]
+    for game in args.games:
+        run_bounded([sys.executable, str(ROOT / "benchmarks" / "purejaxql_scores.py"), "--purejaxql", str(folder),
+                     "--game", game, "--num-seeds", str(args.num_seeds), *steps, "--decay-steps", "9994240",
+                     "--out", str(ROOT / "results" / "curves")], Path(args.out) / "purejaxql.log",
+                    f"purejaxql {game}", env)
+
+
+def pack(args, scores_before: int) -> None:
+    """New results/scores.csv rows, this device's curves and run files, into <out>."""
     scores = ROOT / "results" / "scores.csv"
-    before = len(scores.read_text().splitlines()) if scores.exists() else 0
-    common = ["--num-seeds", str(args.num_seeds), "--eval-every", str(args.eval_every), "--runs-root",
-              args.runs_root, "--tag", args.tag, *(["--total-steps", "163840", "--eval-every", "81920"]
-                                                   if args.quick else [])]
-    left = args.deadline_s - elapsed() - 25  # keep time to pack the results
-    if left > 60:
-        print(f"[suite] MinAtar runs {args.games} for at most {left:.0f} s", flush=True)
-        with open(Path(args.out) / "minatar.log", "a") as log:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "minatar.py"), "run", "--games",
-                                     *args.games, *common], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=left)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)  # minatar.py and its pqn.py child
-                proc.wait()
-                print(f"[suite] MinAtar stopped at the deadline ({elapsed():.0f} s)", flush=True)
-    else:
-        print(f"[suite] no time left for MinAtar runs ({elapsed():.0f} s)", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "minatar.py"), "collect", *common], cwd=ROOT)
-    new_rows = scores.read_text().splitlines()[before:] if scores.exists() else []
+    if "minatar" in args.steps:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "minatar.py"), "collect", *minatar_common(args)],
+                       cwd=ROOT)
+    new_rows = scores.read_text().splitlines()[scores_before:] if scores.exists() else []
     (Path(args.out) / "scores-new.csv").write_text("".join(r + "\n" for r in new_rows))
     runs = Path(args.runs_root).expanduser()
+    curves = ROOT / "results" / "curves"
     with tarfile.open(Path(args.out) / "minatar.tgz", "w:gz") as tar:
-        for f in sorted((ROOT / "results" / "curves").glob(f"pqn-*{args.tag}*")):
+        for f in sorted(curves.glob(f"pqn-*{args.tag}*")) + sorted(curves.glob("purejaxql-pqn-*-9994240-*")):
             tar.add(f, arcname=f"curves/{f.name}")
         for d in sorted(runs.glob(f"pqn-*{args.tag}")):
             for name in ("eval.csv", "summary.json", "config.json", "train.csv"):
@@ -123,25 +165,42 @@ def device_tag() -> str:
     return f"{dev.platform}-" + "".join(c for c in words[0] if c.isalnum())  # "NVIDIA H100 80GB HBM3" -> gpu-h100
 
 
-def main() -> None:
+STEPS = ("speed", "unroll", "minatar", "purejaxql")
+ARGS: argparse.Namespace
+
+
+def main(argv: list[str] | None = None) -> None:
+    global ARGS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for speed.csv, minatar.tgz and logs")
+    p.add_argument("--steps", nargs="+", choices=STEPS, default=["speed", "minatar"])
     p.add_argument("--deadline-s", type=float, default=530, help="seconds from start by which everything ends")
-    p.add_argument("--speed-budget-s", type=float, default=260, help="no new speed figure starts after this")
+    p.add_argument("--speed-reserve-s", type=float, default=270,
+                   help="no new speed figure starts later than this many seconds before the deadline")
     p.add_argument("--matmul-size", type=int, default=8192, help="n of speed.py's reference n x n matmul")
-    p.add_argument("--games", nargs="+", default=["Asterix-MinAtar", "Freeway-MinAtar"])
+    p.add_argument("--games", nargs="+", default=["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar",
+                                                  "SpaceInvaders-MinAtar"])
     p.add_argument("--num-seeds", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=491_520)
     p.add_argument("--runs-root", default="/tmp/rlzoo-device-runs")
     p.add_argument("--tag", default="", help="MinAtar run names' tag (default: the device, e.g. gpu-h200)")
-    p.add_argument("--skip-speed", action="store_true", help="only the MinAtar runs (a second call)")
+    p.add_argument("--purejaxql", default="", help="folder with the purejaxql package and site/ (step purejaxql)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: rehearse the whole suite on a CPU")
-    args = p.parse_args()
+    ARGS = args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     args.tag = args.tag or device_tag()
-    if not args.skip_speed:
-        run_speed(args)
-    run_minatar(args)
+    scores = ROOT / "results" / "scores.csv"
+    scores_before = len(scores.read_text().splitlines()) if scores.exists() else 0
+    for step in args.steps:
+        if step == "speed":
+            run_speed(args, speed_runs(args.quick))
+        elif step == "unroll":
+            run_speed(args, unroll_runs(args.quick))
+        elif step == "minatar":
+            run_minatar(args)
+        else:
+            run_purejaxql(args)
+    pack(args, scores_before)
     print(f"[suite] done at {elapsed():.0f} s", flush=True)
 
 

@@ -26,6 +26,7 @@ import csv
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import numpy as np
     from omegaconf import OmegaConf
+
+    try:
+        import wandb  # noqa: F401  (purejaxql imports it at the top)
+    except ImportError:  # a machine without wandb, e.g. a lent GPU: with WANDB_MODE disabled it is never called
+        sys.modules["wandb"] = types.ModuleType("wandb")
     from purejaxql import pqn_minatar
 
     from rlzoo import provenance  # commit and machine, recorded as every rlzoo result records them

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--atari-xla", action=argparse.BooleanOptionalAction, default=True,
                    help="PQN on Atari: ale-py inside the jit (its XLA interface) or stepped from the host")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--scan-unroll", type=int, default=1,
+                   help="offline algorithms: updates per iteration of the chunk's scan (Config.scan_unroll)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
     p.add_argument("--out", default=str(ROOT / "results" / "speed.csv"),
                    help="CSV to append one row to ('' or - for none)")
@@ -146,7 +148,8 @@ def bench_offline(mod, args, keys, notes: list[str]):
 
     from rlzoo.run import shard_seeds
 
-    config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size)
+    config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size,
+                        scan_unroll=args.scan_unroll)
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     state, data = shard_seeds(state, data)
@@ -161,6 +164,7 @@ def bench_offline(mod, args, keys, notes: list[str]):
     seeds_per_program = args.num_seeds / len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
     flops = xla_flops(one, state, data) / seeds_per_program / steps_per_update
     notes.append(f"synthetic dataset {args.dataset_size} rows (obs {OBS_DIM}, act {ACT_DIM}) on device; "
+                 f"scan unroll {config.scan_unroll}; "
                  "call = make_train(config)(states, data), batch sampled in the scan")
     return first, times, flops
 

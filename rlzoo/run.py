@@ -98,7 +98,7 @@ _IN_0_1 = ("in [0, 1]", lambda v: 0 <= v <= 1)
 OPTION_RANGES = {
     **dict.fromkeys(("num_seeds", "chunk", "batch_size", "eval_episodes", "num_envs", "num_steps", "num_epochs",
                      "num_minibatches", "policy_freq", "cql_n_actions", "buffer_size", "update_every",
-                     "num_critics", "eval_max_steps", "hidden_dims"), _AT_LEAST_1),
+                     "num_critics", "eval_max_steps", "hidden_dims", "scan_unroll"), _AT_LEAST_1),
     # 0 switches a term off: alpha (TD3+BC) or beta (IQL) 0 is behaviour cloning, init_alpha 0 with
     # --no-autotune is SAC without the entropy bonus.
     **dict.fromkeys(("seed", "learning_starts", "bc_steps", "save_policy_every", "decay_steps", "env_threads",
