@@ -19,6 +19,18 @@ Steps, run in the order given, each only while time is left:
   benchmarks/purejaxql_baseline.md.
 Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
 and run logs are packed into <out>/minatar.tgz.
+
+The machine has JAX with CUDA but no network and not every package rlzoo needs. Before the lease, in the
+repository's root (Python 3.12 wheels, as the machine's Python is 3.12):
+    echo /.whl/ >> .git/info/exclude
+    pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        flax==0.12.12 optax==0.2.8 chex==0.1.92 orbax-checkpoint==0.12.8 gymnasium==1.4.0 \
+        farama-notifications==0.0.6 gymnax==0.0.9 ale-py==0.12.1 tyro==1.0.17 docstring-parser typeguard shtab
+and rehearse with a Python 3.12 venv holding jax 0.11.2 (the machine's version) and `--quick`. The call then
+carries `.whl` (and `.pjq`) and runs, with RLZOO_COMMIT set because the copy has no .git:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    RLZOO_COMMIT=<commit> PYTHONUNBUFFERED=1 python3 benchmarks/device_suite.py --out $OUT --deadline-s 545 ...
 """
 
 from __future__ import annotations
@@ -92,9 +104,9 @@ def run_speed(args, runs: list[list[str]]) -> None:
         print(f"[suite] {' '.join(argv)}: {time.monotonic() - t:.0f} s (at {elapsed():.0f} s)", flush=True)
 
 
-def run_bounded(cmd: list[str], log: Path, what: str, env: dict | None = None) -> None:
+def run_bounded(cmd: list[str], log: Path, what: str, deadline_s: float, env: dict | None = None) -> None:
     """Run `cmd` (and its children) until it ends or the deadline comes, keeping 25 s to pack the results."""
-    left = ARGS.deadline_s - elapsed() - 25
+    left = deadline_s - elapsed() - 25
     if left < 60:
         print(f"[suite] no time left for {what} ({elapsed():.0f} s)", flush=True)
         return
@@ -116,7 +128,7 @@ def minatar_common(args) -> list[str]:
 
 def run_minatar(args) -> None:
     run_bounded([sys.executable, str(ROOT / "benchmarks" / "minatar.py"), "run", "--games", *args.games,
-                 *minatar_common(args)], Path(args.out) / "minatar.log", f"MinAtar runs {args.games}")
+                 *minatar_common(args)], Path(args.out) / "minatar.log", f"MinAtar runs {args.games}", args.deadline_s)
 
 
 def run_purejaxql(args) -> None:
@@ -132,7 +144,7 @@ def run_purejaxql(args) -> None:
         run_bounded([sys.executable, str(ROOT / "benchmarks" / "purejaxql_scores.py"), "--purejaxql", str(folder),
                      "--game", game, "--num-seeds", str(args.num_seeds), *steps, "--decay-steps", "9994240",
                      "--out", str(ROOT / "results" / "curves")], Path(args.out) / "purejaxql.log",
-                    f"purejaxql {game}", env)
+                    f"purejaxql {game}", args.deadline_s, env)
 
 
 def pack(args, scores_before: int) -> None:
@@ -166,11 +178,9 @@ def device_tag() -> str:
 
 
 STEPS = ("speed", "unroll", "minatar", "purejaxql")
-ARGS: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> None:
-    global ARGS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for speed.csv, minatar.tgz and logs")
     p.add_argument("--steps", nargs="+", choices=STEPS, default=["speed", "minatar"])
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="MinAtar run names' tag (default: the device, e.g. gpu-h200)")
     p.add_argument("--purejaxql", default="", help="folder with the purejaxql package and site/ (step purejaxql)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: rehearse the whole suite on a CPU")
-    ARGS = args = p.parse_args(argv)
+    args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     args.tag = args.tag or device_tag()
     scores = ROOT / "results" / "scores.csv"
