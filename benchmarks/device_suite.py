@@ -1,7 +1,7 @@
 """The GPU figures of the open issues in one call of a short device lease, step by step, within a deadline.
 
     python benchmarks/device_suite.py --out "$OUT" --steps speed minatar       # the lease of 2026-11-27
-    python benchmarks/device_suite.py --out "$OUT" --steps unroll purejaxql --purejaxql .pjq   # the next one
+    python benchmarks/device_suite.py --out "$OUT" --steps unroll purejaxql atari --purejaxql .pjq  # the next
     python benchmarks/device_suite.py --out /tmp/suite --deadline-s 300 --quick # rehearsal on the CPU
 
 Steps, run in the order given, each only while time is left:
@@ -17,6 +17,8 @@ Steps, run in the order given, each only while time is left:
   seeds) for the same games; --purejaxql names a folder holding its `purejaxql` package and, in `site/`, the
   pure-Python packages it needs that the machine lacks (hydra-core, omegaconf, antlr4): see
   benchmarks/purejaxql_baseline.md.
+- `atari`: PQN on Atari (`benchmarks/atari.py`, default Breakout and Pong, --atari-steps each) with ale-py's
+  emulators on the host's cores.
 Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
 and run logs are packed into <out>/minatar.tgz.
 
@@ -147,6 +149,16 @@ def run_purejaxql(args) -> None:
                     f"purejaxql {game}", args.deadline_s, env)
 
 
+def run_atari(args) -> None:
+    """PQN on Atari (benchmarks/atari.py: the paper's Atari table, ale-py inside the jit, its emulators on the
+    host's cores) for --atari-steps env steps per game. A run stopped at the deadline leaves nothing to collect."""
+    quick = ["--total-steps", "16384", "--eval-episodes", "1", "--eval-max-steps", "200"] if args.quick else [
+        "--total-steps", str(args.atari_steps)]
+    run_bounded([sys.executable, str(ROOT / "benchmarks" / "atari.py"), "--games", *args.atari_games, *quick,
+                 "--runs-root", args.runs_root], Path(args.out) / "atari.log", f"Atari {args.atari_games}",
+                args.deadline_s)
+
+
 def pack(args, scores_before: int) -> None:
     """New results/scores.csv rows, this device's curves and run files, into <out>."""
     scores = ROOT / "results" / "scores.csv"
@@ -158,9 +170,10 @@ def pack(args, scores_before: int) -> None:
     runs = Path(args.runs_root).expanduser()
     curves = ROOT / "results" / "curves"
     with tarfile.open(Path(args.out) / "minatar.tgz", "w:gz") as tar:
-        for f in sorted(curves.glob(f"pqn-*{args.tag}*")) + sorted(curves.glob("purejaxql-pqn-*-9994240-*")):
+        for f in (sorted(curves.glob(f"pqn-*{args.tag}*")) + sorted(curves.glob("purejaxql-pqn-*-9994240-*"))
+                  + sorted(curves.glob("pqn-atari-*"))):  # pqn-atari-runs.csv whole: keep the new rows
             tar.add(f, arcname=f"curves/{f.name}")
-        for d in sorted(runs.glob(f"pqn-*{args.tag}")):
+        for d in sorted(runs.glob(f"pqn-*{args.tag}")) + sorted(runs.glob("pqn-atari-*")):
             for name in ("eval.csv", "summary.json", "config.json", "train.csv"):
                 if (d / name).exists():
                     tar.add(d / name, arcname=f"runs/{d.name}/{name}")
@@ -177,7 +190,7 @@ def device_tag() -> str:
     return f"{dev.platform}-" + "".join(c for c in words[0] if c.isalnum())  # "NVIDIA H100 80GB HBM3" -> gpu-h100
 
 
-STEPS = ("speed", "unroll", "minatar", "purejaxql")
+STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs-root", default="/tmp/rlzoo-device-runs")
     p.add_argument("--tag", default="", help="MinAtar run names' tag (default: the device, e.g. gpu-h200)")
     p.add_argument("--purejaxql", default="", help="folder with the purejaxql package and site/ (step purejaxql)")
+    p.add_argument("--atari-games", nargs="+", default=["Breakout", "Pong"])
+    p.add_argument("--atari-steps", type=int, default=1_474_560,
+                   help="env steps per Atari game (x4 frames; a multiple of 16384): 1,474,560 is 5.9M frames")
     p.add_argument("--quick", action="store_true", help="tiny sizes: rehearse the whole suite on a CPU")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -208,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
             run_speed(args, unroll_runs(args.quick))
         elif step == "minatar":
             run_minatar(args)
-        else:
+        elif step == "purejaxql":
             run_purejaxql(args)
+        else:
+            run_atari(args)
     pack(args, scores_before)
     print(f"[suite] done at {elapsed():.0f} s", flush=True)
 
