@@ -10,7 +10,8 @@ default: the run's length). Evaluation plays --eval-episodes greedy games per se
 capped at --eval-max-steps agent steps. Finished runs append their final evaluation to
 results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
 results/curves/<run>.csv (training episode return, raw score, per chunk; <run> names the game and every
-setting) and one line per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s.
+setting) and one line per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s, and
+draws the training curves of the games run with the same settings into results/curves/pqn-atari-<settings>.png.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
+    # Everything that changes the run is in its name: a rerun with other settings is another run.
+    settings = (f"n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps or args.total_steps}"
+                f"-eval{args.eval_episodes}x{args.eval_max_steps}" + ("-host" if args.no_xla else ""))
     for game in args.games:
-        # Everything that changes the run is in its name: a rerun with other settings is another run.
-        d = root / (f"pqn-atari-{game}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps or args.total_steps}"
-                    f"-eval{args.eval_episodes}x{args.eval_max_steps}" + ("-host" if args.no_xla else ""))
+        d = root / f"pqn-atari-{game}-{settings}"
         if not (d / "summary.json").exists():
             cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
                 "--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
@@ -78,6 +80,36 @@ def main(argv: list[str] | None = None) -> None:
                              config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
                              summary["device"], summary["commit"], summary["date"]])
         print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
+    plot(args.games, settings)
+
+
+def plot(games: list[str], settings: str) -> None:
+    """The training curves (each env's last finished game, clipped rewards) of the games' runs with these
+    settings, one panel per game, against frames: results/curves/pqn-atari-<settings>.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    have = [g for g in games if (CURVES / f"pqn-atari-{g}-{settings}.csv").exists()]
+    if not have:
+        return
+    fig, axes = plt.subplots(1, len(have), figsize=(4 * len(have) + 0.5, 3.3), squeeze=False)
+    for ax, game in zip(axes[0], have):
+        data = np.atleast_1d(np.genfromtxt(CURVES / f"pqn-atari-{game}-{settings}.csv", delimiter=",", names=True))
+        for seed in sorted(set(data["seed"].astype(int))):
+            sel = data["seed"] == seed
+            ax.plot(4 * data["step"][sel], data["episode_return"][sel], lw=1.5, label=f"seed {seed}")
+        ax.set_title(game)
+        ax.set_xlabel("frames")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("training return (clipped rewards)")
+    fig.suptitle(f"PQN on Atari (rlzoo, ale-py), {settings}")
+    fig.tight_layout()
+    fig.savefig(CURVES / f"pqn-atari-{settings}.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
