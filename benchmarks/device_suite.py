@@ -9,7 +9,8 @@ Steps, run in the order given, each only while time is left:
   the GPU start once): IQL, TD3+BC and CQL with 1 and 10 vmapped seeds, SAC with 1, PQN on Breakout-MinAtar with
   1 and 10, PQN on Atari Breakout (ale-py inside the jit, then stepped from the host).
 - `unroll`: IQL's throughput as the chunk's scan is unrolled 1, 4 and 16 updates per loop iteration with 1 seed,
-  1 and 4 with 10 (--scan-unroll), all in one run so that the ratios compare like with like.
+  1 and 4 with 10 (--scan-unroll), all in one run so that the ratios compare like with like, and the compiled
+  HLO of the 1-seed update (<out>/iql-1seed-hlo.txt), whose fusions are the kernels it launches.
 - `minatar`: PQN's paper-length MinAtar runs (`benchmarks/minatar.py run`, 10 seeds, 1e7 steps) under their own
   names (--tag, e.g. gpu-h200), stopped at the deadline; an unfinished run keeps its checkpoint in
   --runs-root and resumes on the next call while the machine is still held.
@@ -77,11 +78,13 @@ def speed_runs(quick: bool) -> list[list[str]]:
     ]
 
 
-def unroll_runs(quick: bool) -> list[list[str]]:
+def unroll_runs(quick: bool, out: str) -> list[list[str]]:
     """IQL with 1 seed at scan unrolls 1, 4, 16 and with 10 seeds at 1 and 4 (compilation grows with the unroll:
-    on the CPU 3 s at 1, 24 s at 16); the updates per call are a multiple of every unroll."""
+    on the CPU 3 s at 1, 24 s at 16); the updates per call are a multiple of every unroll. The 1-seed rolled
+    run also writes its compiled HLO to <out>/iql-1seed-hlo.txt: its fusions are the kernels of one update."""
     return [["--algorithm", "iql", "--num-seeds", str(n), "--updates", scaled(16_000 if n == 1 else 8_000, quick),
-             "--scan-unroll", str(u)] for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
+             "--scan-unroll", str(u)] + (["--dump-hlo", str(Path(out) / "iql-1seed-hlo.txt")] if n == u == 1 else [])
+            for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
 
 
 def scaled(n: int, quick: bool) -> str:
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         if step == "speed":
             run_speed(args, speed_runs(args.quick))
         elif step == "unroll":
-            run_speed(args, unroll_runs(args.quick))
+            run_speed(args, unroll_runs(args.quick, args.out))
         elif step == "minatar":
             run_minatar(args)
         elif step == "purejaxql":

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--atari-xla", action=argparse.BooleanOptionalAction, default=True,
                    help="PQN on Atari: ale-py inside the jit (its XLA interface) or stepped from the host")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dump-hlo", default="",
+                   help="offline algorithms: write the compiled chunk's optimized HLO to this file (what XLA runs: "
+                        "its fusions are the kernels one update launches)")
     p.add_argument("--scan-unroll", type=int, default=1,
                    help="offline algorithms: updates per iteration of the chunk's scan (Config.scan_unroll)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
@@ -155,6 +158,8 @@ def bench_offline(mod, args, keys, notes: list[str]):
     state, data = shard_seeds(state, data)
     train_chunk = mod.make_train(config)
     first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
+    if args.dump_hlo:  # after the timing, so that its compilation is not taken for the first call's
+        Path(args.dump_hlo).write_text(train_chunk.lower(state, data).compile().as_text())
     # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
     # update come from the same program built with a 1-update scan.
     # One update may take several gradient steps (TD3+BC: policy_freq critic steps per actor step).
