@@ -20,6 +20,9 @@ Steps, run in the order given, each only while time is left:
   benchmarks/purejaxql_baseline.md.
 - `atari`: PQN on Atari (`benchmarks/atari.py`, default Breakout and Pong, --atari-steps each) with ale-py's
   emulators on the host's cores.
+- `sac`: SAC on HalfCheetah-v5 with 5 vmapped seeds for 1M steps (issue 3's learning check, which the CPU could
+  afford for one seed only); MuJoCo on the host, updates on the GPU; stopped at the deadline, it resumes from
+  its checkpoint on the next call while the machine is held. Needs the mujoco wheels (below).
 Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
 and run logs are packed into <out>/minatar.tgz.
 
@@ -29,7 +32,8 @@ repository's root (Python 3.12 wheels, as the machine's Python is 3.12):
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
         flax==0.12.12 optax==0.2.8 chex==0.1.92 orbax-checkpoint==0.12.8 gymnasium==1.4.0 \
-        farama-notifications==0.0.6 gymnax==0.0.9 ale-py==0.12.1 tyro==1.0.17 docstring-parser typeguard shtab
+        farama-notifications==0.0.6 gymnax==0.0.9 ale-py==0.12.1 tyro==1.0.17 docstring-parser typeguard shtab \
+        mujoco==4.0.0 mujoco-core==4.0.0 glfw    # the last three for the sac step (MuJoCo envs), 10 MB
 and rehearse with a Python 3.12 venv holding jax 0.11.2 (the machine's version) and `--quick`. The call then
 carries `.whl` (and `.pjq`) and runs, with RLZOO_COMMIT set because the copy has no .git:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
@@ -162,6 +166,22 @@ def run_atari(args) -> None:
                 args.deadline_s)
 
 
+def run_sac(args) -> None:
+    """SAC on --sac-env with --sac-seeds vmapped seeds for --sac-steps env steps (the issue's learning check,
+    several seeds at once): envs on the host, updates on the GPU; resumes from its checkpoint on a later call."""
+    from rlzoo.run import start_or_resume_command
+
+    steps = 10_000 if args.quick else args.sac_steps
+    d = Path(args.runs_root) / f"sac-{args.sac_env}-s0-n{args.sac_seeds}-{steps}-{args.tag}"
+    fresh = ["--env", args.sac_env, "--num-seeds", str(args.sac_seeds), "--total-steps", str(steps)] + (
+        ["--learning-starts", "1000", "--eval-every", "5000", "--checkpoint-every", "5000", "--eval-episodes", "2",
+         "--buffer-size", "20000"]
+        if args.quick else [])
+    run_bounded(start_or_resume_command(ROOT / "algorithms" / "sac.py", d, fresh)
+                + ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"],
+                Path(args.out) / "sac.log", f"SAC {args.sac_env}", args.deadline_s)
+
+
 def pack(args, scores_before: int) -> None:
     """New results/scores.csv rows, this device's curves and run files, into <out>."""
     scores = ROOT / "results" / "scores.csv"
@@ -176,7 +196,8 @@ def pack(args, scores_before: int) -> None:
         for f in (sorted(curves.glob(f"pqn-*{args.tag}*")) + sorted(curves.glob("purejaxql-pqn-*-9994240-*"))
                   + sorted(curves.glob("pqn-atari-*"))):  # pqn-atari-runs.csv whole: keep the new rows
             tar.add(f, arcname=f"curves/{f.name}")
-        for d in sorted(runs.glob(f"pqn-*{args.tag}")) + sorted(runs.glob("pqn-atari-*")):
+        for d in (sorted(runs.glob(f"pqn-*{args.tag}")) + sorted(runs.glob("pqn-atari-*"))
+                  + sorted(runs.glob(f"sac-*{args.tag}"))):
             for name in ("eval.csv", "summary.json", "config.json", "train.csv"):
                 if (d / name).exists():
                     tar.add(d / name, arcname=f"runs/{d.name}/{name}")
@@ -193,7 +214,7 @@ def device_tag() -> str:
     return f"{dev.platform}-" + "".join(c for c in words[0] if c.isalnum())  # "NVIDIA H100 80GB HBM3" -> gpu-h100
 
 
-STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari")
+STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari", "sac")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--atari-games", nargs="+", default=["Breakout", "Pong"])
     p.add_argument("--atari-steps", type=int, default=1_474_560,
                    help="env steps per Atari game (x4 frames; a multiple of 16384): 1,474,560 is 5.9M frames")
+    p.add_argument("--sac-env", default="HalfCheetah-v5")
+    p.add_argument("--sac-seeds", type=int, default=5)
+    p.add_argument("--sac-steps", type=int, default=1_000_000)
     p.add_argument("--quick", action="store_true", help="tiny sizes: rehearse the whole suite on a CPU")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -229,8 +253,10 @@ def main(argv: list[str] | None = None) -> None:
             run_minatar(args)
         elif step == "purejaxql":
             run_purejaxql(args)
-        else:
+        elif step == "atari":
             run_atari(args)
+        else:
+            run_sac(args)
     pack(args, scores_before)
     print(f"[suite] done at {elapsed():.0f} s", flush=True)
 
