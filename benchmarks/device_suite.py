@@ -204,14 +204,18 @@ def pack(args, scores_before: int) -> None:
 
 
 def device_tag() -> str:
-    """'gpu-h200' for an NVIDIA H200, 'cpu' on a CPU: names the MinAtar runs of this device."""
+    """The tag that names this device's runs (see tag_for)."""
     import jax
 
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":
+    return tag_for(jax.devices()[0].platform, jax.devices()[0].device_kind)
+
+
+def tag_for(platform: str, kind: str) -> str:
+    """'gpu-h200' for JAX's ('gpu', 'NVIDIA H200'), 'gpu-h100' for 'NVIDIA H100 80GB HBM3', 'cpu' on a CPU."""
+    if platform == "cpu":
         return "cpu"
-    words = [w for w in dev.device_kind.lower().split() if w not in ("nvidia", "tesla")] or ["unknown"]
-    return f"{dev.platform}-" + "".join(c for c in words[0] if c.isalnum())  # "NVIDIA H100 80GB HBM3" -> gpu-h100
+    words = [w for w in kind.lower().split() if w not in ("nvidia", "tesla")] or ["unknown"]
+    return f"{platform}-" + "".join(c for c in words[0] if c.isalnum())
 
 
 STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari", "sac")

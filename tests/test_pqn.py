@@ -426,3 +426,30 @@ def test_minatar_collect_plots_runs_and_lists_unfinished(tmp_path, monkeypatch):
     (run / "summary.json").write_text("{}")
     bench.collect(args)
     assert not (curves / "pqn-minatar-s0-n2-2048-decay4096-in-progress.csv").exists()
+
+
+def test_device_runs_get_their_own_names(tmp_path, monkeypatch):
+    """A GPU run of the same settings (minatar.py --tag, named by device_suite.py from JAX's device kind) gets
+    its own run folder, curve and figure, and leaves the CPU run's files alone."""
+    from rlzoo.run import import_script
+
+    suite = import_script(REPO / "benchmarks" / "device_suite.py", "_test_device_suite")
+    assert suite.tag_for("gpu", "NVIDIA H200") == "gpu-h200"
+    assert suite.tag_for("gpu", "NVIDIA H100 80GB HBM3") == "gpu-h100"
+    assert suite.tag_for("cpu", "cpu") == "cpu"
+    bench = minatar_benchmark()
+    monkeypatch.setattr(bench, "CURVES", tmp_path / "curves")
+    common = dict(runs_root=str(tmp_path / "runs"), seed=0, num_seeds=1, total_steps=1024, decay_steps=1024,
+                  obs_div_255=False, games=["Breakout-MinAtar"])
+    for tag, value in (("", 1.0), ("gpu-h200", 2.0)):
+        args = bench.argparse.Namespace(**common, tag=tag)
+        run = bench.run_dir(tmp_path / "runs", "Breakout-MinAtar", args)
+        run.mkdir(parents=True)
+        (run / "eval.csv").write_text(f"step,seed,return_mean\n1024,0,{value}\n")
+        bench.collect(args)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "pqn-Breakout-MinAtar-s0-n1-1024-decay1024", "pqn-Breakout-MinAtar-s0-n1-1024-decay1024-gpu-h200"]
+    curves = tmp_path / "curves"
+    assert (curves / "pqn-Breakout-MinAtar-s0-n1-1024-decay1024.csv").read_text().endswith("1024,0,1.0\n")
+    assert (curves / "pqn-Breakout-MinAtar-s0-n1-1024-decay1024-gpu-h200.csv").read_text().endswith("1024,0,2.0\n")
+    assert (curves / "pqn-minatar-s0-n1-1024-decay1024-gpu-h200.png").stat().st_size > 0
