@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def plot(games: list[str], settings: str) -> None:
-    """The training curves (each env's last finished game, clipped rewards) of the games' runs with these
-    settings, one panel per game, against frames: results/curves/pqn-atari-<settings>.png."""
+    """The training curves (raw score of each env's last finished game, epsilon-greedy, mean over envs) of the
+    games' runs with these settings, one panel per game, against frames: results/curves/pqn-atari-<settings>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +105,7 @@ def plot(games: list[str], settings: str) -> None:
         ax.set_xlabel("frames")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("training return (clipped rewards)")
+    axes[0, 0].set_ylabel("training game score (raw)")
     fig.suptitle(f"PQN on Atari (rlzoo, ale-py), {settings}")
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-atari-{settings}.png", dpi=110)
