@@ -24,7 +24,7 @@ Steps, run in the order given, each only while time is left:
   afford for one seed only); MuJoCo on the host, updates on the GPU; stopped at the deadline, it resumes from
   its checkpoint on the next call while the machine is held. Needs the mujoco wheels (below).
 Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
-and run logs are packed into <out>/minatar.tgz.
+and run logs are packed into <out>/runs.tgz.
 
 The machine has JAX with CUDA but no network and not every package rlzoo needs. Before the lease, in the
 repository's root (Python 3.12 wheels, as the machine's Python is 3.12):
@@ -192,7 +192,7 @@ def pack(args, scores_before: int) -> None:
     (Path(args.out) / "scores-new.csv").write_text("".join(r + "\n" for r in new_rows))
     runs = Path(args.runs_root).expanduser()
     curves = ROOT / "results" / "curves"
-    with tarfile.open(Path(args.out) / "minatar.tgz", "w:gz") as tar:
+    with tarfile.open(Path(args.out) / "runs.tgz", "w:gz") as tar:
         for f in (sorted(curves.glob(f"pqn-*{args.tag}*")) + sorted(curves.glob("purejaxql-pqn-*-9994240-*"))
                   + sorted(curves.glob("pqn-atari-*"))):  # pqn-atari-runs.csv whole: keep the new rows
             tar.add(f, arcname=f"curves/{f.name}")
@@ -223,7 +223,7 @@ STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari", "sac")
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="folder for speed.csv, minatar.tgz and logs")
+    p.add_argument("--out", required=True, help="folder for speed.csv, runs.tgz and logs")
     p.add_argument("--steps", nargs="+", choices=STEPS, default=["speed", "minatar"])
     p.add_argument("--deadline-s", type=float, default=530, help="seconds from start by which everything ends")
     p.add_argument("--speed-reserve-s", type=float, default=270,
