@@ -35,7 +35,9 @@ def run_sac(args: list[str], env: dict, timeout: float = 300):
 def test_sac_improves_on_pendulum(tmp_path):
     """Measured on the project's 2-core CPU: -1326 at the first evaluation (after 1000 random steps and one
     block of 50 updates), -167 after 5000 env steps (a 2-seed run: -167 / -149); the random policy is about
-    -1200. lr 1e-3 because the nets are small and the run is short."""
+    -1200. Under JAX 0.11.2 (Python 3.12, the lent GPU machine's version) the same seed learns more slowly on
+    the CPU: -1323 at first, -646 at 5000 steps; the bound leaves room for both. lr 1e-3 because the nets are
+    small and the run is short."""
     config = sac.Config(env="Pendulum-v1", total_steps=5000, learning_starts=1000, chunk=1000, eval_every=1000,
                         checkpoint_every=5000, eval_episodes=5, buffer_size=5000, hidden_dims=(32, 32),
                         actor_lr=1e-3, critic_lr=1e-3, run_dir=str(tmp_path / "run"), quiet=True)
@@ -45,7 +47,7 @@ def test_sac_improves_on_pendulum(tmp_path):
     first, final = evals["return_mean"][0], evals["return_mean"][-1]
     print(f"SAC eval returns {evals['return_mean']}")
     assert first < -900  # nothing learned yet
-    assert final > -500
+    assert final > -700  # random play: about -1200
     assert final > first + 500
     assert summary["final_scores"][0] == pytest.approx(final)
     params, meta = load_params(tmp_path / "run" / "policy.npz")
