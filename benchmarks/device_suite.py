@@ -96,8 +96,9 @@ def scaled(n: int, quick: bool) -> str:
 
 
 def run_speed(args, runs: list[list[str]]) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
+    from rlzoo.run import import_script
+
+    speed = import_script(ROOT / "benchmarks" / "speed.py", "_rlzoo_bench_speed")
 
     out = Path(args.out) / "speed.csv"
     for argv in runs:

@@ -45,7 +45,7 @@ def run_dir(root: Path, game: str, args) -> Path:
 
 def settings(args) -> str:
     return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}" + (
-        "-obsdiv255" if args.obs_div_255 else "") + (f"-{args.tag}" if getattr(args, "tag", "") else "")
+        "-obsdiv255" if args.obs_div_255 else "") + (f"-{args.tag}" if args.tag else "")
 
 
 def run(args) -> None:
@@ -110,7 +110,7 @@ def collect(args) -> None:
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
     axes[0, 0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255" if args.obs_div_255 else "")
-                 + (f", {args.tag}" if getattr(args, "tag", "") else "") + ")")
+                 + (f", {args.tag}" if args.tag else "") + ")")
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
     plt.close(fig)

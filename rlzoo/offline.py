@@ -67,7 +67,7 @@ def make_train(update: Callable, config: OfflineConfig, batches_per_update: int 
             return update({**state, "key": key}, batch)
 
         return jax.lax.scan(one, state, None, length=config.chunk // batches_per_update,
-                            unroll=getattr(config, "scan_unroll", 1))
+                            unroll=config.scan_unroll)
 
     return jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
 

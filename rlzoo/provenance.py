@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -13,8 +14,6 @@ from pathlib import Path
 def commit() -> str:
     """This checkout's short commit, "+dirty" when tracked files outside results/ differ from it. RLZOO_COMMIT
     overrides it where the code runs from a copy without .git (a lent GPU machine gets the tree, not the repo)."""
-    import os
-
     return os.environ.get("RLZOO_COMMIT") or checkout_commit(Path(__file__).resolve().parent)
 
 
@@ -63,8 +62,6 @@ def cpu_signature() -> str:
 
 def device() -> str:
     """The accelerator JAX runs on, or the CPU model and core count."""
-    import os
-
     import jax
 
     dev = jax.devices()[0]
