@@ -10,7 +10,8 @@ Steps, run in the order given, each only while time is left:
   1 and 10, PQN on Atari Breakout (ale-py inside the jit, then stepped from the host).
 - `unroll`: IQL's throughput as the chunk's scan is unrolled 1, 4 and 16 updates per loop iteration with 1 seed,
   1 and 4 with 10 (--scan-unroll), all in one run so that the ratios compare like with like, and the compiled
-  HLO of the 1-seed update (<out>/iql-1seed-hlo.txt), whose fusions are the kernels it launches.
+  HLO of the 1-seed update (<out>/iql-1seed-hlo.txt), whose fusions are the kernels it launches; then IQL again
+  with XLA's CUDA graphs extended to while loops (COMMAND_BUFFER_FLAGS), each figure in a child process.
 - `minatar`: PQN's paper-length MinAtar runs (`benchmarks/minatar.py run`, 10 seeds, 1e7 steps) under their own
   names (--tag, e.g. gpu-h200), stopped at the deadline; an unfinished run keeps its checkpoint in
   --runs-root and resumes on the next call while the machine is still held.
@@ -91,6 +92,20 @@ def unroll_runs(quick: bool, out: str) -> list[list[str]]:
             for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
 
 
+# XLA:GPU records runs of kernels as CUDA graphs (command buffers); by default a while loop's body is not one.
+# With WHILE (and graphs of any size) the whole chunk's scan can be one graph launch instead of one launch per kernel
+# of every update, which is where IQL's time goes on a GPU (1% of the card's matmul rate, session 16).
+COMMAND_BUFFER_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
+                        " --xla_gpu_graph_min_graph_size=1")
+
+
+def command_buffer_runs(quick: bool) -> list[list[str]]:
+    """IQL with 1 seed at unrolls 1 and 16 and with 10 seeds at 1, each in a child process whose XLA_FLAGS add
+    COMMAND_BUFFER_FLAGS (read once, when JAX's backend starts); compare with unroll_runs' rows of the same call."""
+    return [["--algorithm", "iql", "--num-seeds", str(n), "--updates", scaled(16_000 if n == 1 else 8_000, quick),
+             "--scan-unroll", str(u)] for n, u in ((1, 1), (1, 16), (10, 1))]
+
+
 def scaled(n: int, quick: bool) -> str:
     return str(max(n // 100, 16) if quick else n)
 
@@ -112,6 +127,18 @@ def run_speed(args, runs: list[list[str]]) -> None:
             traceback.print_exc()
             print(f"[suite] FAILED: {' '.join(argv)}", flush=True)
         print(f"[suite] {' '.join(argv)}: {time.monotonic() - t:.0f} s (at {elapsed():.0f} s)", flush=True)
+
+
+def run_speed_with_flags(args, runs: list[list[str]], flags: str) -> None:
+    """Each speed figure in its own process with `flags` added to XLA_FLAGS, rows into <out>/speed.csv."""
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+    for argv in runs:
+        if elapsed() > args.deadline_s - args.speed_reserve_s:
+            print(f"[suite] no time left at {elapsed():.0f} s; skipped {' '.join(argv)} with {flags}", flush=True)
+            continue
+        run_bounded([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *argv, "--repeats", "3", "--out",
+                     str(Path(args.out) / "speed.csv"), "--matmul-size", str(args.matmul_size)],
+                    Path(args.out) / "speed-flags.log", f"{' '.join(argv)} with {flags}", args.deadline_s, env)
 
 
 def run_bounded(cmd: list[str], log: Path, what: str, deadline_s: float, env: dict | None = None) -> None:
@@ -254,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             run_speed(args, speed_runs(args.quick))
         elif step == "unroll":
             run_speed(args, unroll_runs(args.quick, args.out))
+            run_speed_with_flags(args, command_buffer_runs(args.quick), COMMAND_BUFFER_FLAGS)
         elif step == "minatar":
             run_minatar(args)
         elif step == "purejaxql":
