@@ -533,3 +533,32 @@ def test_bad_dataset_and_flags_fail_before_anything_starts(pendulum_store, tmp_p
     err = " ".join(capsys.readouterr().err.split())
     assert "algorithms/iql.py has no flag --expectle" in err and "--expectile" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_corl_curve_compare_draws_both_runs_and_copies_their_files(tmp_path):
+    """benchmarks/corl_curve.py compare: an rlzoo CQL run dir and a CORL CSV (the columns its train() logs)
+    go into one folder with a figure; load_corl imports a CORL-like file without d4rl, gym, pyrallis, wandb."""
+    import corl_curve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"env": "halfcheetah-medium-replay"}))
+    with open(run / "train.csv", "w") as f:
+        f.write("step,seed,cql_gap,q_mean\n1000,0,4.2,-1.7\n2000,0,4.1,-5.9\n")
+    with open(run / "eval.csv", "w") as f:
+        f.write("step,seed,return_mean,return_std,score\n2000,0,-19.5,0.7,3.1\n")
+    corl = tmp_path / "corl.csv"
+    corl.write_text("step,average_qf1,cql_qf1_diff,wall_s,return_mean,score\n1000,-1.8,4.16,1.0,,\n"
+                    "2000,-7.4,4.19,2.0,-4.8,3.2\n")
+    out = tmp_path / "out"
+    corl_curve.main(["compare", "--rlzoo-run", str(run), "--corl-csv", str(corl), "--out", str(out)])
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert (out / "corl.csv").read_text() == corl.read_text()
+    assert (out / "rlzoo-train.csv").read_text() == (run / "train.csv").read_text()
+
+    fake = tmp_path / "corl_cql.py"
+    fake.write_text("import d4rl, gym, pyrallis, wandb\n\n@pyrallis.wrap()\ndef train(config):\n    return 1\n"
+                    "def act(env: gym.Env):\n    return 2\n")
+    module = corl_curve.load_corl(str(fake))
+    assert module.train(None) == 1 and module.act(None) == 2
+    assert "pyrallis" not in sys.modules and "d4rl" not in sys.modules  # the stand-ins are gone again
