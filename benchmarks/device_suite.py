@@ -92,7 +92,8 @@ def unroll_runs(quick: bool, out: str) -> list[list[str]]:
             for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
 
 
-# XLA:GPU records runs of kernels as CUDA graphs (command buffers); by default a while loop's body is not one.
+# XLA:GPU records runs of kernels as CUDA graphs (command buffers); WHILE, the type that lets a while loop's body
+# be one, has not always been in the default set, and small graphs are left out (unchecked on JAX 0.11.2).
 # With WHILE (and graphs of any size) the whole chunk's scan can be one graph launch instead of one launch per kernel
 # of every update, which is where IQL's time goes on a GPU (1% of the card's matmul rate, session 16).
 COMMAND_BUFFER_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
