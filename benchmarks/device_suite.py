@@ -111,35 +111,32 @@ def scaled(n: int, quick: bool) -> str:
     return str(max(n // 100, 16) if quick else n)
 
 
-def run_speed(args, runs: list[list[str]]) -> None:
+def run_speed(args, runs: list[list[str]], xla_flags: str = "") -> None:
+    """Each speed figure into <out>/speed.csv, in this process (JAX and the GPU start once) or, with `xla_flags`,
+    each in a child process whose XLA_FLAGS add them (XLA reads them once, when JAX's backend starts)."""
     from rlzoo.run import import_script
 
     speed = import_script(ROOT / "benchmarks" / "speed.py", "_rlzoo_bench_speed")
-
-    out = Path(args.out) / "speed.csv"
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()}
+    with_flags = f" with {xla_flags}" if xla_flags else ""
     for argv in runs:
+        what = " ".join(argv) + with_flags
         if elapsed() > args.deadline_s - args.speed_reserve_s:
-            print(f"[suite] no time left at {elapsed():.0f} s; skipped {' '.join(argv)}", flush=True)
+            print(f"[suite] no time left at {elapsed():.0f} s; skipped {what}", flush=True)
+            continue
+        full = [*argv, "--repeats", "3", "--out", str(Path(args.out) / "speed.csv"),
+                "--matmul-size", str(args.matmul_size)]
+        if xla_flags:
+            run_bounded([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *full],
+                        Path(args.out) / "speed-flags.log", what, args.deadline_s, env)
             continue
         t = time.monotonic()
         try:
-            speed.main([*argv, "--repeats", "3", "--out", str(out), "--matmul-size", str(args.matmul_size)])
+            speed.main(full)
         except BaseException:  # one failed figure must not cost the others: log it and go on
             traceback.print_exc()
-            print(f"[suite] FAILED: {' '.join(argv)}", flush=True)
-        print(f"[suite] {' '.join(argv)}: {time.monotonic() - t:.0f} s (at {elapsed():.0f} s)", flush=True)
-
-
-def run_speed_with_flags(args, runs: list[list[str]], flags: str) -> None:
-    """Each speed figure in its own process with `flags` added to XLA_FLAGS, rows into <out>/speed.csv."""
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
-    for argv in runs:
-        if elapsed() > args.deadline_s - args.speed_reserve_s:
-            print(f"[suite] no time left at {elapsed():.0f} s; skipped {' '.join(argv)} with {flags}", flush=True)
-            continue
-        run_bounded([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *argv, "--repeats", "3", "--out",
-                     str(Path(args.out) / "speed.csv"), "--matmul-size", str(args.matmul_size)],
-                    Path(args.out) / "speed-flags.log", f"{' '.join(argv)} with {flags}", args.deadline_s, env)
+            print(f"[suite] FAILED: {what}", flush=True)
+        print(f"[suite] {what}: {time.monotonic() - t:.0f} s (at {elapsed():.0f} s)", flush=True)
 
 
 def run_bounded(cmd: list[str], log: Path, what: str, deadline_s: float, env: dict | None = None) -> None:
@@ -282,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             run_speed(args, speed_runs(args.quick))
         elif step == "unroll":
             run_speed(args, unroll_runs(args.quick, args.out))
-            run_speed_with_flags(args, command_buffer_runs(args.quick), COMMAND_BUFFER_FLAGS)
+            run_speed(args, command_buffer_runs(args.quick), COMMAND_BUFFER_FLAGS)
         elif step == "minatar":
             run_minatar(args)
         elif step == "purejaxql":
