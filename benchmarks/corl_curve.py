@@ -3,7 +3,8 @@
 CORL (benchmarks/corl_baseline.md) is the reference rlzoo's offline algorithms follow. This trains CORL's
 ContinuousCQL (its TrainConfig defaults) on an rlzoo dataset, logs the means of what its `train()` returns
 every 1000 updates and CORL-style evaluations (deterministic tanh(mean) on normalized states, 10 episodes)
-every 5000, then draws both runs side by side. Three steps, two environments (CORL needs torch, rlzoo JAX):
+every 5000 (with a provenance file beside the CSV: CORL file hash, versions, machine, date), then draws both
+runs side by side. Three steps, two environments (CORL needs torch, rlzoo JAX):
 
     python benchmarks/corl_curve.py export --dataset halfcheetah-medium-replay --out /tmp/corl/hcmr.npz
     /tmp/corl/venv/bin/python benchmarks/corl_curve.py train --corl-file /tmp/corl/corl_cql.py \\
@@ -20,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import hashlib
 import importlib.util
 import json
+import os
+import platform
 import shutil
 import sys
 import time
@@ -119,6 +124,13 @@ def train(args) -> None:
         actor.train()
         return float(np.mean(returns))
 
+    provenance = {  # rlzoo's provenance module needs JAX, which this environment lacks
+        "corl_file_sha256": hashlib.sha256(Path(args.corl_file).read_bytes()).hexdigest(),
+        "data": str(z["source"]), "seed": args.seed, "threads": args.threads, "steps": args.steps,
+        "torch": torch.__version__, "numpy": np.__version__, "gymnasium": gymnasium.__version__,
+        "python": platform.python_version(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(provenance, indent=1) + "\n")
     sums: dict[str, list[float]] = {}
     writer, t0 = None, time.time()
     with open(args.out, "w", newline="") as f:
@@ -160,6 +172,9 @@ def compare(args) -> None:
         if (run / name).exists():
             shutil.copy(run / name, out / f"rlzoo-{name}")
     shutil.copy(args.corl_csv, out / "corl.csv")
+    corl_provenance = Path(args.corl_csv).with_suffix(".json")  # written by `train` beside its CSV
+    if corl_provenance.exists():
+        shutil.copy(corl_provenance, out / "corl.json")
     ours_train, ours_eval, corl = read_csv(run / "train.csv"), read_csv(run / "eval.csv"), read_csv(args.corl_csv)
     col = lambda rows, k: (np.array([float(r["step"]) for r in rows if r.get(k) not in ("", None)]),
                            np.array([float(r[k]) for r in rows if r.get(k) not in ("", None)]))
@@ -174,9 +189,10 @@ def compare(args) -> None:
         ax.set_xlabel("gradient step")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    dataset = json.loads((run / "config.json").read_text()).get("env", "?")
-    fig.suptitle(f"CQL on {dataset} (locally built stand-in), seed 0 each: rlzoo vs CORL, same data and settings",
-                 fontsize=10)
+    config = json.loads((run / "config.json").read_text())
+    corl_seed = json.loads(corl_provenance.read_text())["seed"] if corl_provenance.exists() else "?"
+    fig.suptitle(f"CQL on {config.get('env', '?')} (locally built stand-in): rlzoo seed {config.get('seed', '?')} vs "
+                 f"CORL seed {corl_seed}, same data and settings", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=110)
     print(f"wrote {out}/compare.png and the runs' files")

@@ -550,11 +550,13 @@ def test_corl_curve_compare_draws_both_runs_and_copies_their_files(tmp_path):
     corl = tmp_path / "corl.csv"
     corl.write_text("step,average_qf1,cql_qf1_diff,wall_s,return_mean,score\n1000,-1.8,4.16,1.0,,\n"
                     "2000,-7.4,4.19,2.0,-4.8,3.2\n")
+    corl.with_suffix(".json").write_text(json.dumps({"seed": 0, "torch": "2.13.0+cpu"}))  # train's provenance
     out = tmp_path / "out"
     corl_curve.main(["compare", "--rlzoo-run", str(run), "--corl-csv", str(corl), "--out", str(out)])
     assert (out / "compare.png").stat().st_size > 10_000
     assert (out / "corl.csv").read_text() == corl.read_text()
     assert (out / "rlzoo-train.csv").read_text() == (run / "train.csv").read_text()
+    assert json.loads((out / "corl.json").read_text())["torch"] == "2.13.0+cpu"
 
     fake = tmp_path / "corl_cql.py"
     fake.write_text("import d4rl, gym, pyrallis, wandb\n\n@pyrallis.wrap()\ndef train(config):\n    return 1\n"
