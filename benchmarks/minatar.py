@@ -3,6 +3,7 @@
     python benchmarks/minatar.py run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
     python benchmarks/minatar.py run --num-seeds 10                           # the paper's 1e7 steps (GPU)
     python benchmarks/minatar.py collect --num-seeds 10                       # curves of finished/partial runs
+    python benchmarks/minatar.py collect --num-seeds 10 --tag gpu-h200 --from-results  # redraw from results/
     python benchmarks/minatar.py estimators --num-seeds 10                    # rlzoo's vs purejaxql's test return
 
 `run` trains `algorithms/pqn.py` on each game in turn (one process per game, the paper's MinAtar
@@ -81,7 +82,14 @@ def collect(args) -> None:
 
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
-    games = [g for g in GAMES if (run_dir(root, g, args) / "eval.csv").exists()]
+
+    def source(game: str) -> Path:
+        """A game's rlzoo curve: its run's eval.csv, or with --from-results the copy an earlier collect made."""
+        if args.from_results:
+            return CURVES / f"pqn-{game}-{settings(args)}.csv"
+        return run_dir(root, game, args) / "eval.csv"
+
+    games = [g for g in GAMES if source(g).exists()]
     if not games:
         print(f"no runs with these settings ({settings(args)}) under {root}")
         return
@@ -89,12 +97,12 @@ def collect(args) -> None:
     unfinished = []
     for ax, game in zip(axes[0], games):
         d = run_dir(root, game, args)
-        eval_csv = d / "eval.csv"
         ax.set_title(game)
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
-        shutil.copy(eval_csv, CURVES / f"{d.name}.csv")
-        data = np.atleast_1d(np.genfromtxt(eval_csv, delimiter=",", names=True))
+        if not args.from_results:
+            shutil.copy(source(game), CURVES / f"{d.name}.csv")
+        data = np.atleast_1d(np.genfromtxt(source(game), delimiter=",", names=True))
         seeds = sorted(set(data["seed"].astype(int)))
         for s in seeds:
             sel = data["seed"] == s
@@ -103,10 +111,11 @@ def collect(args) -> None:
         ax.plot(steps, mean, color="k", lw=2, label=f"rlzoo, mean of {len(seeds)} seeds")
         for ref in sorted(CURVES.glob(f"purejaxql-pqn-{game}-s*-n*-{args.total_steps}-decay{args.decay_steps}.csv")):
             r = np.atleast_1d(np.genfromtxt(ref, delimiter=",", names=True))
+            n = len(set(r["seed"].astype(int)))
             ax.plot(*seed_mean(r), color="tab:red", lw=1.5, ls="--",
-                    label=f"purejaxql, mean of {len(set(r['seed'].astype(int)))} seeds")
+                    label=f"purejaxql, mean of {n} seeds" if n > 1 else "purejaxql, 1 seed")
         ax.legend(fontsize=8)
-        if not (d / "summary.json").exists():
+        if not args.from_results and not (d / "summary.json").exists():
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
     axes[0, 0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255" if args.obs_div_255 else "")
@@ -114,6 +123,9 @@ def collect(args) -> None:
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
     plt.close(fig)
+    if args.from_results:  # the runs' folders may be gone; what is unfinished is not known from the curves
+        print(f"figure redrawn in {CURVES} from the curves there")
+        return
     progress = CURVES / f"pqn-minatar-{settings(args)}-in-progress.csv"
     if unfinished:
         with progress.open("w", newline="") as f:
@@ -214,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
                    "(gpu-h200) so that a GPU run of the same settings does not share a CPU run's folder or curve")
     p.add_argument("--obs-div-255", action="store_true",
                    help="divide the 0/1 observation planes by 255 as purejaxql does (runs named ...-obsdiv255)")
+    p.add_argument("--from-results", action="store_true",
+                   help="collect: redraw the figure from the curves already in results/curves (e.g. after a new "
+                   "reference curve), for runs whose folders are on another machine")
     args = p.parse_args(argv)
     {"run": run, "collect": collect, "estimators": estimators}[args.mode](args)
 
