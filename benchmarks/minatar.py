@@ -18,6 +18,9 @@ with the reference's curves of the same length and schedule where benchmarks/pur
 them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
 s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255][-<tag>]: runs of other settings are other runs, in other
 folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
+`collect --from-results` redraws that figure from the pqn-<game>-<settings>.csv curves already in results/curves
+(runs made on another machine, say, beside a reference curve added later): it copies nothing and leaves any
+in-progress list as it is.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def collect(args) -> None:
 
     games = [g for g in GAMES if source(g).exists()]
     if not games:
-        print(f"no runs with these settings ({settings(args)}) under {root}")
+        print(f"no curves pqn-<game>-{settings(args)}.csv in {CURVES}" if args.from_results
+              else f"no runs with these settings ({settings(args)}) under {root}")
         return
     fig, axes = plt.subplots(1, len(games), figsize=(max(4 * len(games), 6.5), 3.4), squeeze=False)
     unfinished = []
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="collect: redraw the figure from the curves already in results/curves (e.g. after a new "
                    "reference curve), for runs whose folders are on another machine")
     args = p.parse_args(argv)
+    if args.from_results and args.mode != "collect":
+        p.error("--from-results applies to collect only (run collects its own runs' curves)")
     {"run": run, "collect": collect, "estimators": estimators}[args.mode](args)
 
 

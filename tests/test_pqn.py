@@ -457,18 +457,28 @@ def test_device_runs_get_their_own_names(tmp_path, monkeypatch):
 
 def test_minatar_collect_from_results_redraws_without_the_run_folders(tmp_path, monkeypatch):
     """benchmarks/minatar.py collect --from-results: the figure is drawn from the curves already in results/curves
-    (runs made on another machine), beside a reference curve of the same length, and nothing there is rewritten."""
+    (runs made on another machine) together with the reference curve of the same length, nothing there is
+    rewritten or removed (an in-progress list included), and the flag is refused outside collect."""
     bench = minatar_benchmark()
     monkeypatch.setattr(bench, "CURVES", tmp_path)
-    ours = tmp_path / "pqn-Breakout-MinAtar-s0-n2-163840-decay163840-gpu.csv"
-    ours.write_text("step,seed,return_mean\n81920,0,1.0\n81920,1,3.0\n163840,0,5.0\n163840,1,7.0\n")
-    (tmp_path / "purejaxql-pqn-Breakout-MinAtar-s0-n1-163840-decay163840.csv").write_text(
-        "step,seed,return_mean\n81920,0,2.0\n163840,0,6.0\n")
+    settings = ["--num-seeds", "2", "--total-steps", "163840", "--decay-steps", "163840", "--tag", "gpu"]
+    (tmp_path / "pqn-Breakout-MinAtar-s0-n2-163840-decay163840-gpu.csv").write_text(
+        "step,seed,return_mean\n81920,0,1.0\n81920,1,3.0\n163840,0,5.0\n163840,1,7.0\n")
+    reference = tmp_path / "purejaxql-pqn-Breakout-MinAtar-s0-n1-163840-decay163840.csv"
+    reference.write_text("step,seed,return_mean\n81920,0,2.0\n163840,0,6.0\n")
+    (tmp_path / "pqn-minatar-s0-n2-163840-decay163840-gpu-in-progress.csv").write_text("task,steps_reached\n")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert bench.seed_mean(np.genfromtxt(ours, delimiter=",", names=True)) == ([81920.0, 163840.0], [2.0, 6.0])
-    bench.main(["collect", "--num-seeds", "2", "--total-steps", "163840", "--decay-steps", "163840", "--tag", "gpu",
-                "--from-results", "--runs-root", str(tmp_path / "no-runs-here")])
+    read, genfromtxt = [], np.genfromtxt
+
+    def recording_genfromtxt(path, *args, **kwargs):
+        read.append(Path(path))
+        return genfromtxt(path, *args, **kwargs)
+
+    monkeypatch.setattr(bench.np, "genfromtxt", recording_genfromtxt)
+    bench.main(["collect", *settings, "--from-results", "--runs-root", str(tmp_path / "no-runs-here")])
     figure = tmp_path / "pqn-minatar-s0-n2-163840-decay163840-gpu.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert reference in read
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p != figure} == before
-    assert not (tmp_path / "no-runs-here").exists()
+    with pytest.raises(SystemExit):
+        bench.main(["run", *settings, "--from-results"])
