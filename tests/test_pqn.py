@@ -412,7 +412,8 @@ def test_minatar_collect_plots_runs_and_lists_unfinished(tmp_path, monkeypatch):
     curves = tmp_path / "curves"
     monkeypatch.setattr(bench, "CURVES", curves)
     args = bench.argparse.Namespace(runs_root=str(tmp_path / "runs"), seed=0, num_seeds=2, total_steps=2048,
-                                    decay_steps=4096, obs_div_255=False, games=bench.GAMES, tag="")
+                                    decay_steps=4096, obs_div_255=False, games=bench.GAMES, tag="",
+                                    from_results=False)
     run = bench.run_dir(tmp_path / "runs", "Breakout-MinAtar", args)
     run.mkdir(parents=True)
     (run / "eval.csv").write_text("step,seed,return_mean\n1024,0,1.0\n1024,1,3.0\n2048,0,2.0\n2048,1,6.0\n")
@@ -440,7 +441,7 @@ def test_device_runs_get_their_own_names(tmp_path, monkeypatch):
     bench = minatar_benchmark()
     monkeypatch.setattr(bench, "CURVES", tmp_path / "curves")
     common = dict(runs_root=str(tmp_path / "runs"), seed=0, num_seeds=1, total_steps=1024, decay_steps=1024,
-                  obs_div_255=False, games=["Breakout-MinAtar"])
+                  obs_div_255=False, games=["Breakout-MinAtar"], from_results=False)
     for tag, value in (("", 1.0), ("gpu-h200", 2.0)):
         args = bench.argparse.Namespace(**common, tag=tag)
         run = bench.run_dir(tmp_path / "runs", "Breakout-MinAtar", args)
