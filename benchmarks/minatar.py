@@ -86,11 +86,13 @@ def collect(args) -> None:
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
 
+    def curve(game: str) -> Path:
+        """Where collect copies a game's eval.csv: results/curves/<run folder's name>.csv."""
+        return CURVES / f"{run_dir(root, game, args).name}.csv"
+
     def source(game: str) -> Path:
         """A game's rlzoo curve: its run's eval.csv, or with --from-results the copy an earlier collect made."""
-        if args.from_results:
-            return CURVES / f"pqn-{game}-{settings(args)}.csv"
-        return run_dir(root, game, args) / "eval.csv"
+        return curve(game) if args.from_results else run_dir(root, game, args) / "eval.csv"
 
     games = [g for g in GAMES if source(g).exists()]
     if not games:
@@ -105,7 +107,7 @@ def collect(args) -> None:
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
         if not args.from_results:
-            shutil.copy(source(game), CURVES / f"{d.name}.csv")
+            shutil.copy(source(game), curve(game))
         data = np.atleast_1d(np.genfromtxt(source(game), delimiter=",", names=True))
         seeds = sorted(set(data["seed"].astype(int)))
         for s in seeds:
