@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 import types
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                "purejaxql_commit": args.purejaxql_commit, "key_split_from": f"PRNGKey({args.seed})"}
     info = provenance.info()
     summary.update(rlzoo_commit=commit, machine=info["device"], jax=info["jax"], jaxlib=info["jaxlib"],
-                   python=info["python"], date=info["date"])
+                   python=info["python"], date=info["date"], cpu=provenance.cpu_signature(),
+                   xla_flags=os.environ.get("XLA_FLAGS", ""))  # single-threaded runs side by side say so
     (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 
