@@ -7,7 +7,8 @@ rlzoo's PQN with it at the same step count and schedule on the same machine.
 The paper reports MinAtar only as curves, so its numbers at a shorter length cannot be quoted; this runs
 its code instead. purejaxql is not part of rlzoo: get it and its throwaway venv as in
 benchmarks/purejaxql_baseline.md, then run this file with that venv's python (it imports rlzoo from this
-checkout only for rlzoo.provenance, the commit and machine recorded). It loads
+checkout only for rlzoo.provenance, the commit and machine recorded; that import also turns XLA's CPU intra-op
+threading off, as for rlzoo's own runs, before JAX starts its backend, and the summary records the flags). It loads
 purejaxql's own MinAtar config, changes only the game, the length, the span of the lr and epsilon
 schedules (TOTAL_TIMESTEPS_DECAY, the config's own switch for shorter runs), the seeds, and turns wandb
 off; its greedy tests during training stay on at their default interval. The curve goes to
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     info = provenance.info()
     summary.update(rlzoo_commit=commit, machine=info["device"], jax=info["jax"], jaxlib=info["jaxlib"],
                    python=info["python"], date=info["date"], cpu=provenance.cpu_signature(),
-                   xla_flags=os.environ.get("XLA_FLAGS", ""))  # single-threaded runs side by side say so
+                   xla_flags=os.environ.get("XLA_FLAGS", ""))  # as the backend read them, rlzoo's import included
     (out / f"{name}-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 
