@@ -398,16 +398,23 @@ def make_atari(config: Config, game: str, num_seeds: int):
     return envs, network, learn, act_all, eps_schedule, (s, n, t_len, rollouts_per_chunk)
 
 
+# Per seed: (the key the learner goes on with, the rollout's acting key), so acting never reuses a learner key.
+split_rollout_keys = jax.vmap(lambda key: tuple(jax.random.split(key)))
+
+
 def atari_host_chunk(config, envs, learn, act_all, eps_schedule, dims, host: dict):
     """Rollouts stepped from the host: one jitted, seed-vmapped policy call per vector step."""
     s, n, t_len, k = dims
     act_jit = jax.jit(act_all)
     learn_jit = jax.jit(learn, donate_argnums=0)
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    split_keys = jax.jit(split_rollout_keys)
 
     def chunk(state):
         blocks = []
         for _ in range(k):
+            key, k_act = split_keys(state["key"])
+            state = {**state, "key": key}
             eps = eps_schedule(int(state["rollouts"][0]))
             roll = {"obs": np.empty((s, t_len, n, *envs.obs_shape), np.uint8)}
             for name, dtype in (
@@ -421,7 +428,7 @@ def atari_host_chunk(config, envs, learn, act_all, eps_schedule, dims, host: dic
             for t in range(t_len):
                 obs = host["obs"].reshape(s, n, *envs.obs_shape)
                 roll["obs"][:, t] = obs
-                action, q_max = act_jit(state["train"].params, fold(state["key"], t), obs, eps)
+                action, q_max = act_jit(state["train"].params, fold(k_act, t), obs, eps)
                 action = np.asarray(action)
                 next_obs, reward, done, valid, raw, game_over = envs.step(action.reshape(-1))
                 roll["action"][:, t], roll["q_max"][:, t] = action, np.asarray(q_max)
@@ -446,10 +453,10 @@ def atari_xla_chunk(config, envs, learn, act_all, eps_schedule, dims, host: dict
     obs_shape = envs.obs_shape
 
     def env_step(carry, t):
-        state, eps, env = carry
+        params, k_act, eps, env = carry
         obs = env["obs"].reshape(s, n, *obs_shape)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["key"], t)
-        action, q_max = act_all(state["train"].params, keys, obs, eps)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(k_act, t)
+        action, q_max = act_all(params, keys, obs, eps)
         handle, (next_obs, reward, terminated, truncated, info) = xla_step(env["handle"], action.reshape(-1))
         reward = reward.astype(jnp.float32)
         train_reward, done, valid, game_over = atari_signals(
@@ -481,14 +488,15 @@ def atari_xla_chunk(config, envs, learn, act_all, eps_schedule, dims, host: dict
             "valid": per_seed(valid),
             "q_max": q_max,
         }
-        return (state, eps, env), transition
+        return (params, k_act, eps, env), transition
 
     def rollout_and_learn(carry, _):
         state, env = carry
+        key, k_act = split_rollout_keys(state["key"])
         eps = eps_schedule(state["rollouts"][0])
-        (_, _, env), roll = jax.lax.scan(env_step, (state, eps, env), jnp.arange(t_len))
+        (_, _, _, env), roll = jax.lax.scan(env_step, (state["train"].params, k_act, eps, env), jnp.arange(t_len))
         roll = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), roll)  # [seeds, T, N, ...]
-        state, metrics = learn(state, roll, env["obs"].reshape(s, n, *obs_shape))
+        state, metrics = learn({**state, "key": key}, roll, env["obs"].reshape(s, n, *obs_shape))
         return (state, env), {**metrics, "episode_return": env["last_return"].reshape(s, n).mean(1)}
 
     @partial(jax.jit, donate_argnums=0)
@@ -541,6 +549,9 @@ def atari_evaluator(config: Config, game: str, network: QNetwork, seeds: list[in
             running &= ~game_over
             if not running.any():
                 break
+        if running.any():
+            print(f"[rlzoo] evaluation: {running.sum()} of {envs.num_envs} games were still going after "
+                  f"--eval-max-steps {config.eval_max_steps} agent steps; their raw scores are partial", flush=True)
         return returns.reshape(len(seeds), episodes)
 
     return evaluate, envs

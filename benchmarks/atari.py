@@ -7,7 +7,8 @@ Each game is one `algorithms/pqn.py` run with the paper's Atari table (128 envs 
 epsilon to 0.001, reward clipping and episodic life for training) except the length: --total-steps env
 steps (frames = 4 x env steps) with the epsilon schedule compressed to that length (--decay-steps,
 default: the run's length). Evaluation plays --eval-episodes greedy games per seed with the raw score,
-capped at --eval-max-steps agent steps. Finished runs append their final evaluation to
+capped at --eval-max-steps agent steps (default ALE's own limit; the first runs' 4,500 could cut long games, which
+pqn.py now reports). Finished runs append their final evaluation to
 results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
 results/curves/<run>.csv (training episode return, raw score, per chunk; <run> names the game and every
 setting) and one line per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s, and
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk", type=int, default=16_384, help="env steps per chunk (multiple of 4096)")
     p.add_argument("--decay-steps", type=int, default=0, help="epsilon/lr schedule span (0: the run's length)")
     p.add_argument("--eval-episodes", type=int, default=8)
-    p.add_argument("--eval-max-steps", type=int, default=4_500, help="agent steps per evaluation game (x4 frames)")
+    p.add_argument("--eval-max-steps", type=int, default=27_000,
+                   help="agent steps per evaluation game (x4 frames; 27,000 is ALE's own 108k-frame limit)")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
     p.add_argument("--no-xla", action="store_true", help="step ale-py from the host instead of inside the jit")
     args = p.parse_args(argv)

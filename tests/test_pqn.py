@@ -242,8 +242,9 @@ def test_atari_defaults_follow_env():
 
 
 @pytest.mark.slow
-def test_atari_xla_and_host_stepping_agree(tmp_path):
-    """The env inside the jit (ale-py's XLA interface) and stepped from the host give the same run."""
+def test_atari_xla_and_host_stepping_agree(tmp_path, capsys):
+    """The env inside the jit (ale-py's XLA interface) and stepped from the host give the same run; an evaluation
+    game cut by --eval-max-steps (50 agent steps cannot finish five lives of Breakout) is reported as partial."""
     common = dict(
         env="Breakout",
         num_envs=4,
@@ -263,6 +264,7 @@ def test_atari_xla_and_host_stepping_agree(tmp_path):
         rows.append((tmp_path / f"xla{xla}" / "train.csv").read_text())
     assert rows[0] == rows[1]
     assert rows[0].count("\n") == 3
+    assert "1 of 1 games were still going after --eval-max-steps 50 agent steps" in capsys.readouterr().out
 
 
 def test_unknown_env_is_one_paragraph(jax_cache_dir, tmp_path):
