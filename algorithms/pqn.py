@@ -25,7 +25,9 @@ x 32 minibatches, epsilon 1 -> 0.05 over the first 10%) and, for an Atari --env,
 (lr 2.5e-4 constant, epsilon -> 0.001, 5e7 env steps = 2e8 frames). Differences from the reference code
 (purejaxql): MinAtar observations (0/1 planes) are not divided by 255 (--minatar-obs-div-255 does);
 env steps are rounded to whole chunks (9,994,240 instead of 1e7); Atari uses v5 sticky actions (0.25)
-where the paper used none; an episode cut by the time limit is treated as terminal, as the reference does.
+where the paper used none; after a lost life the game simply goes on, where envpool (the reference's env,
+for its greedy test episodes too) plays no-ops and FIRE, so in games such as Breakout the agent must learn
+to press FIRE itself; an episode cut by the time limit is treated as terminal, as the reference does.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def _jsonable(x):
 # no-op starts, FIRE on reset, and a 108k-frame episode limit. What it leaves to us lives here: Gymnasium's
 # v5 settings (sticky actions 0.25, minimal action set), and the training-only signals, reward clipping
 # and "episodic life" (a lost life ends the episode for learning, not the game), which are computed from
-# the raw reward and the lives counter so that the raw game score stays available for logging.
+# the raw reward and the lives counter so that the raw game score stays available for logging. A lost life
+# is not followed by no-ops and FIRE (envpool's episodic life does that): the game goes on from where it is.
 
 ATARI_V5 = {"frameskip": 4, "repeat_action_probability": 0.25, "full_action_space": False, "noop_max": 30,
             "img_height": 84, "img_width": 84, "grayscale": True, "stack_num": 4, "maxpool": True,
