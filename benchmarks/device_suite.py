@@ -24,7 +24,8 @@ Steps, run in the order given, each only while time is left:
 - `sac`: SAC on HalfCheetah-v5 with 5 vmapped seeds for 1M steps (issue 3's learning check, which the CPU could
   afford for one seed only); MuJoCo on the host, updates on the GPU; stopped at the deadline, it resumes from
   its checkpoint on the next call while the machine is held. Needs the mujoco wheels (below).
-Speed rows go to <out>/speed.csv (results/speed.csv's schema); curves, summaries, new results/scores.csv rows
+The machine's report goes to <out>/machine.txt (JAX's environment, nvidia-smi). Speed rows go to <out>/speed.csv
+(results/speed.csv's schema); curves, summaries, new results/scores.csv rows
 and run logs are packed into <out>/runs.tgz.
 
 The machine has JAX with CUDA but no network and not every package rlzoo needs. Before the lease, in the
@@ -244,6 +245,19 @@ def tag_for(platform: str, kind: str) -> str:
     return f"{platform}-" + "".join(c for c in words[0] if c.isalnum())
 
 
+def write_machine(out: Path) -> None:
+    """<out>/machine.txt: JAX's environment report and, where there is one, nvidia-smi's (driver, CUDA, GPU), so
+    that the results name the machine beyond what a speed row's device column says."""
+    import jax
+
+    parts = [jax.print_environment_info(return_string=True)]
+    try:
+        parts.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60).stdout)
+    except (OSError, subprocess.SubprocessError) as e:
+        parts.append(f"nvidia-smi: {e}")
+    (out / "machine.txt").write_text("\n".join(parts))
+
+
 STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari", "sac")
 
 
@@ -271,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: rehearse the whole suite on a CPU")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    write_machine(Path(args.out))
     args.tag = args.tag or device_tag()
     scores = ROOT / "results" / "scores.csv"
     scores_before = len(scores.read_text().splitlines()) if scores.exists() else 0
