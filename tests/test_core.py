@@ -180,7 +180,8 @@ def test_replay_works_inside_scan_under_jit():
 
 @functools.cache
 def _iql_state(num_seeds=2, updates=3):
-    """An IQL training state (seed axis `num_seeds`) after `updates` updates, and a fresh-state factory.
+    """An IQL training state (seed axis `num_seeds`) after `updates` updates, a fresh-state factory, and a
+    function that trains a copy of a state for one more chunk on the same data.
 
     The shapes (3-d observations, 1-d actions, 32x32 nets, 2 seeds) and the eager `vmap(init_state)` are those
     of the Pendulum IQL runs in test_iql.py, so the compiled initialization ops are shared with them."""
@@ -197,12 +198,14 @@ def _iql_state(num_seeds=2, updates=3):
     def fresh():
         return jax.vmap(lambda k: iql.init_state(config, k, obs_dim, act_dim))(seed_keys(list(range(num_seeds))))
 
-    state, _ = iql.make_train(config)(fresh(), jax.device_put(data))
-    return state, fresh
+    train_chunk = iql.make_train(config)
+    state, _ = train_chunk(fresh(), jax.device_put(data))
+    # train_chunk donates its state: train a copy, so that the cached state stays alive.
+    return state, fresh, lambda s: train_chunk(jax.tree_util.tree_map(jnp.copy, s), jax.device_put(data))[0]
 
 
 def test_checkpoint_roundtrip_of_iql_state_is_bit_exact(tmp_path):
-    state, fresh = _iql_state()
+    state, fresh, train_on = _iql_state()
     # Sanity: the optimizer state is not the initial one.
     assert int(state["actor"].step[0]) == 3
     assert float(jnp.abs(state["critic"].opt_state[0].mu["params"]["VmapCritic_0"]["MLP_0"]["Dense_0"]
@@ -226,19 +229,22 @@ def test_checkpoint_roundtrip_of_iql_state_is_bit_exact(tmp_path):
     for a, b in zip(leaves, restored_leaves):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert not isinstance(b, np.ndarray)  # restored onto the device as jax arrays
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()  # bits, not values (-0.0, NaN)
     np.testing.assert_array_equal(restored["key"], state["key"])
     assert restored["key"].dtype == jnp.uint32
     for name in ("actor", "critic", "value"):
         opt, opt2 = state[name].opt_state, restored[name].opt_state
         assert [type(s) for s in opt] == [type(s) for s in opt2]
         assert isinstance(opt2[0], optax.ScaleByAdamState)
-    # The restored state trains on exactly like the original (same apply_fn / tx).
-    assert restored["actor"].tx is not None and restored["actor"].apply_fn is not None
+    # The restored state trains on exactly like the original (same apply_fn / tx, RNG keys, optimizer moments).
+    after, restored_after = jax.tree_util.tree_leaves(train_on(state)), jax.tree_util.tree_leaves(train_on(restored))
+    assert any(not np.array_equal(a, b) for a, b in zip(after, leaves))  # the chunk changed the state
+    for a, b in zip(after, restored_after):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
 def test_checkpoint_restore_without_checkpoint_raises(tmp_path):
-    _, fresh = _iql_state()
+    _, fresh, _ = _iql_state()
     with pytest.raises(RlzooError, match="no checkpoint"):
         Checkpointer(tmp_path).restore(fresh())
 
@@ -265,7 +271,7 @@ def test_a_corrupt_checkpoint_is_reported_with_the_way_back_to_the_older_one(tmp
 
 
 def test_save_and_load_params_roundtrip(tmp_path):
-    state, _ = _iql_state()
+    state, _, _ = _iql_state()
     params = jax.tree_util.tree_map(lambda x: x[0], state["actor"].params)
     save_params(tmp_path / "sub" / "policy.npz", params, meta={"env": "Pendulum-v1", "hidden_dims": [16, 16]})
     loaded, meta = load_params(tmp_path / "sub" / "policy.npz")

@@ -97,18 +97,27 @@ def test_td3_bc_lambda_normalizes_by_mean_abs_q(pendulum_store, monkeypatch):
 
 
 def test_td3_bc_update_is_policy_freq_critic_steps_then_one_actor_step(pendulum_store, monkeypatch):
-    """One update = policy_freq critic steps, then one actor step and one Polyak step of both targets."""
+    """One update = policy_freq critic steps, then one actor step and one Polyak step of both targets; the actor's
+    lambda is alpha / mean|Q_1(s, pi(s))| with the updated critic and the actor before its step."""
     data, obs_dim, act_dim = pendulum_data(pendulum_store, monkeypatch)
-    config = td3_bc.Config(hidden_dims=(16, 16), batch_size=8, chunk=6, policy_freq=3, tau=1.0, max_action=2.0)
+    config = td3_bc.Config(hidden_dims=(16, 16), batch_size=8, chunk=6, policy_freq=3, tau=0.5, max_action=2.0)
     state0 = td3_bc.init_state(config, jax.random.PRNGKey(0), obs_dim, act_dim)
     batches = jax.tree_util.tree_map(lambda x: x[:24].reshape(3, 8, *x.shape[1:]), data)
     state, metrics = jax.jit(td3_bc.make_update(config))(state0, batches)
     count = lambda train_state: int(train_state.opt_state[0].count)  # Adam's step counter
     assert count(state["critic"]) == 3 and count(state["actor"]) == 1
-    # With tau = 1 the targets equal the networks after the step.
-    for online, target in ((state["actor"].params, state["actor_target"]),
-                           (state["critic"].params, state["critic_target"])):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, online, target)
+    # One Polyak step with tau = 0.5 after the three critic steps (one per critic step would leave 1/8 of the old).
+    for online, target, old in ((state["actor"].params, state["actor_target"], state0["actor_target"]),
+                                (state["critic"].params, state["critic_target"], state0["critic_target"])):
+        jax.tree_util.tree_map(lambda o, t, t0: np.testing.assert_allclose(t, 0.5 * o + 0.5 * t0, rtol=1e-6,
+                                                                          atol=1e-7), online, target, old)
+        assert any(not np.allclose(o, t0) for o, t0 in zip(jax.tree_util.tree_leaves(online),
+                                                           jax.tree_util.tree_leaves(old)))
+    obs = batches["observations"][-1]  # the actor learns on the last critic batch
+    q = state["critic"].apply_fn(state["critic"].params, obs, state0["actor"].apply_fn(state0["actor"].params, obs))
+    expected = config.alpha / float(jnp.abs(q[0]).mean())
+    assert float(metrics["lambda"]) > 0
+    np.testing.assert_allclose(float(metrics["lambda"]), expected, rtol=1e-5)
     # The chunk of 6 gradient steps is 2 updates per seed: metrics come back with 2 entries.
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(1))
     states = jax.vmap(lambda k: td3_bc.init_state(config, k, obs_dim=obs_dim, act_dim=act_dim))(keys)
