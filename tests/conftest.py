@@ -16,6 +16,19 @@ PENDULUM_ID = "rlzoo-test/pendulum/controller-v0"
 INVERTED_PENDULUM_ID = "rlzoo-test/invertedpendulum/controller-v0"
 
 
+def assert_clean_failure(proc, *needles: str) -> str:
+    """Exit code 2, no traceback, and the needles in the (whitespace-normalized) error paragraph."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert "error: " in proc.stderr
+    paragraph = proc.stderr.split("error: ", 1)[1].strip()
+    assert "\n\n" not in paragraph  # one paragraph
+    flat = " ".join(paragraph.split())
+    for needle in needles:
+        assert needle in flat, flat
+    return flat
+
+
 def pendulum_controller(obs: np.ndarray) -> float:
     """Energy-pumping swing-up plus a PD balancer: a competent Pendulum-v1 policy (return ~ -150)."""
     c, s, w = obs

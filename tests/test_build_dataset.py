@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure
 
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
@@ -274,8 +275,8 @@ def test_cli_error_is_one_paragraph(tmp_path):
         env=env,
         timeout=120,
     )
-    assert out.returncode == 2, out.stderr
-    assert "Traceback" not in out.stderr and "halfcheetah-random" in out.stderr
+    message = assert_clean_failure(out, "unknown dataset 'halfcheetah-randon'")
+    assert message.split("Close matches: ")[1].startswith("halfcheetah-random,")
 
 
 TINY_SAC = {"env": "Hopper-v5", "seed": 3, "chunk": 200, "learning_starts": 200, "update_every": 50,

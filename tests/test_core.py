@@ -429,6 +429,7 @@ def test_dataset_typo_suggests_alias(minari_store):
     assert "unknown dataset 'halfcheeta-medium'" in message
     matches = message.split("Close matches:")[1].split(".")[0]
     assert matches.split(",")[0].strip() == "halfcheetah-medium"
+    assert message.endswith("Build a local dataset with: python envs/build_dataset.py halfcheetah-medium")
 
 
 @pytest.mark.parametrize("download", [False, True])

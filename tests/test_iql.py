@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import (
     PENDULUM_ID,
+    assert_clean_failure,
     checkpoint_steps,
     cli_env,
     kill_once_checkpointed,
@@ -49,17 +50,6 @@ def assert_states_equal(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def assert_clean_failure(proc, *needles: str) -> str:
-    """Exit code 2, no traceback, and the needles in the (whitespace-normalized) error paragraph."""
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    assert "error: " in proc.stderr
-    paragraph = proc.stderr.split("error: ", 1)[1].strip()
-    assert "\n\n" not in paragraph  # one paragraph
-    flat = " ".join(paragraph.split())
-    for needle in needles:
-        assert needle in flat, flat
-    return flat
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -127,7 +117,7 @@ def test_iql_learns_from_controller_data(pendulum_store, monkeypatch, tmp_path):
     random_return = pendulum_random_return()
     print(f"IQL returns per seed {returns}, random policy {random_return:.0f}")
     assert -1400 < random_return < -1000
-    assert returns.mean() > -600
+    assert returns.mean() > -420  # between the correct -253 and the unbounded actor's -494
     assert returns.mean() > random_return + 400
     # The summary reports normalized scores: 100 (R - R_min) / (R_max - R_min) with the dataset's refs.
     scores = np.array([summary["final_scores"][s] for s in (0, 1)])
@@ -154,8 +144,10 @@ def test_seeds_differ_and_runs_are_reproducible(pendulum_store, monkeypatch, tmp
     assert len(actor_keys) >= 6, list(a)[:5]
     for k in actor_keys:  # the three seeds trained to different parameters
         assert a[k].shape[0] == 3
-        assert not np.array_equal(a[k][0], a[k][1]) and not np.array_equal(a[k][1], a[k][2]), k
-    assert not np.array_equal(a["['key']"][0], a["['key']"][1])
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            assert not np.array_equal(a[k][i], a[k][j]), (k, i, j)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert not np.array_equal(a["['key']"][i], a["['key']"][j])
     # The vmapped seed 2 agrees with a one-seed run of --seed 2.
     np.testing.assert_array_equal(a["['key']"][2], single["['key']"][0])
     for k in a:

@@ -172,17 +172,26 @@ def test_cql_term_pushes_down_sampled_actions(pendulum_store, monkeypatch):
     """The conservative term lowers Q on sampled actions relative to the data's: the gap logsumexp Q - Q_data
     falls with cql_alpha = 10 and rises with cql_alpha = 0 (plain SAC on the dataset). While Q is still flat in
     the action the gap sits near log(3n) + log(2 max_action); measured over 3 x 300 steps: 3.50 -> 3.31 with
-    the term, 3.58 -> 3.73 without."""
+    the term, 3.58 -> 3.73 without. And directly: Q on the data's actions exceeds Q on uniform actions in the
+    same states by 0.93 with the term, 0.02 without (measured)."""
     data, obs_dim, act_dim = pendulum_data(pendulum_store, monkeypatch)
-    gaps = {}
+    gaps, q_drop = {}, {}
+    obs, actions = data["observations"][:2000], data["actions"][:2000]
+    uniform = jax.random.uniform(jax.random.PRNGKey(1), actions.shape, minval=-2.0, maxval=2.0)
     for weight in (0.0, 10.0):
         config = cql.Config(cql_alpha=weight, hidden_dims=(32, 32), batch_size=64, chunk=300, max_action=2.0,
                             cql_n_actions=4, qf_lr=1e-3)
-        _, history = train_in_process(cql, config, data, obs_dim, act_dim, chunks=3)
+        state, history = train_in_process(cql, config, data, obs_dim, act_dim, chunks=3)
         gaps[weight] = [h["cql_gap"] for h in history]
-    print("cql_gap per chunk", {k: np.round(v, 2) for k, v in gaps.items()})
+        # Q on the data's actions minus Q on uniform actions in the same states, both critics, seed 0.
+        critic = state["critic"]
+        params = jax.tree_util.tree_map(lambda x: x[0], critic.params)
+        q_mean = lambda a, critic=critic, params=params: critic.apply_fn(params, obs, a).mean()
+        q_drop[weight] = float(q_mean(actions) - q_mean(uniform))
+    print("cql_gap per chunk", {k: np.round(v, 2) for k, v in gaps.items()}, "Q_data - Q_uniform", q_drop)
     assert gaps[10.0][-1] < gaps[10.0][0] - 0.1
     assert gaps[10.0][-1] < gaps[0.0][-1] - 0.25
+    assert q_drop[10.0] > 0.5 and q_drop[10.0] > q_drop[0.0] + 0.5
 
 
 def test_cql_lagrange_weight_moves_toward_the_target_gap(pendulum_store, monkeypatch):
