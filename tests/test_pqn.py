@@ -228,10 +228,21 @@ def test_atari_wrapper_shapes_clipping_and_raw_score():
     params = init(jax.random.split(jax.random.PRNGKey(0), 1))
     evaluate, eval_envs = pqn.atari_evaluator(config, "space_invaders", network, [0], 0)
     assert not eval_envs.clip_rewards and not eval_envs.episodic_life
+    recorded, step = [], eval_envs.step
+
+    def recording_step(actions):  # what the env returned at every step: raw reward and game over
+        out = step(actions)
+        recorded.append((out[4].copy(), out[5].copy()))
+        return out
+
+    eval_envs.step = recording_step
     returns = evaluate(params)
     eval_envs.close()
     assert returns.shape == (1, 2)
-    assert (returns % 5 == 0).all() and returns.max() >= 5, returns  # game points, not a count of clipped rewards
+    raw, over = (np.stack(x) for x in zip(*recorded))
+    counted = np.cumprod(np.vstack([np.ones((1, 2), bool), ~over[:-1]]), axis=0).astype(bool)  # until game over
+    np.testing.assert_array_equal(returns[0], (raw * counted).sum(0))  # the game's points, summed
+    assert (np.sign(raw) * counted).sum(0).max() < returns.max(), returns  # not a count of clipped rewards
 
 
 def test_atari_defaults_follow_env():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,8 @@ SMALL = ["--env", "Pendulum-v1", "--hidden-dims", "32", "32", "--batch-size", "6
          "--update-every", "50", "--buffer-size", "4000", "--eval-episodes", "1", "--quiet"]
 
 
-def run_sac(args: list[str], env: dict, timeout: float = 300):
-    return subprocess.run([sys.executable, str(SAC_PY), *args], env=env, cwd=REPO, capture_output=True, text=True,
+def run_sac(args: list[str], env: dict, timeout: float = 300, script: Path = SAC_PY, cwd: Path = REPO):
+    return subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -64,11 +65,16 @@ def test_sac_unknown_env_id(jax_cache_dir, tmp_path):
 
 
 def test_sac_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
+    """A run killed mid-way and resumed ends bit-identical to an uninterrupted one, which runs from a copy of
+    sac.py in another directory (so a copied file trains too)."""
     env = cli_env(jax_cache_dir)
     # Chunks of 250 env steps against 200-step episodes: every checkpoint but one falls mid-episode, so the
     # envs' physics state, RNGs and time-limit counters must all be saved and restored.
     args = SMALL + ["--total-steps", "2000", "--chunk", "250", "--checkpoint-every", "250", "--eval-every", "500"]
-    full = run_sac(args + ["--run-dir", str(tmp_path / "full")], env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copied = Path(shutil.copy(SAC_PY, elsewhere / "my_sac.py"))
+    full = run_sac(args + ["--run-dir", str(tmp_path / "full")], env, script=copied, cwd=elsewhere)
     assert full.returncode == 0, full.stderr[-4000:]
 
     run_dir = tmp_path / "killed"
