@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,12 @@ def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, mo
     with pytest.raises(RlzooError) as err:
         datasets.load("hopper-random", download=False)
     assert str(path) in str(err.value) and "python envs/build_dataset.py hopper-random --force" in str(err.value)
+    # The same from the command line: one clean paragraph, no traceback from h5py.
+    proc = subprocess.run([sys.executable, str(ROOT / "algorithms" / "iql.py"), "--env", "hopper-random"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "MINARI_DATASETS_PATH": str(datasets.datasets_root()),
+                               "JAX_PLATFORMS": "cpu"})
+    assert_clean_failure(proc, str(path), "python envs/build_dataset.py hopper-random --force")
 
 
 def test_missing_dataset_and_unknown_or_unbuildable_names(store, monkeypatch):

@@ -241,6 +241,14 @@ def test_wandb_offline_needs_no_network(pendulum_store, jax_cache_dir, tmp_path)
     assert (tmp_path / "run" / "summary.json").exists()
 
 
+def test_resume_without_a_checkpoint_from_the_command_line(jax_cache_dir, tmp_path):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    proc = run_iql(["--resume", str(empty)], cli_env(jax_cache_dir), timeout=60)
+    assert_clean_failure(proc, f"--resume {empty}: no checkpoint found in {empty / 'checkpoints'}",
+                         "start a new run without --resume")
+
+
 def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
     env = cli_env(jax_cache_dir, minari_store)
     # Keep the official dataset from being downloaded: a remote rlzoo does not know is never tried.
