@@ -29,6 +29,15 @@ def assert_clean_failure(proc, *needles: str) -> str:
     return flat
 
 
+def assert_figure(path: Path) -> None:
+    """`path` is a PNG that decodes to a picture with something drawn on it (not one flat colour)."""
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) >= 100 and float(image[..., :3].std()) > 0.01, path
+
+
 def pendulum_controller(obs: np.ndarray) -> float:
     """Energy-pumping swing-up plus a PD balancer: a competent Pendulum-v1 policy (return ~ -150)."""
     c, s, w = obs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PENDULUM_ID, checkpoint_steps, cli_env
+from conftest import PENDULUM_ID, assert_figure, checkpoint_steps, cli_env
 
 from rlzoo.run import SCORES_COLUMNS
 
@@ -155,8 +155,11 @@ def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
         f"| {PENDULUM_ID} | {label} | {STEPS} | {offline.fmt(scores.mean())} ± {offline.fmt(scores.std())} | 2 (0, 1) |"
     )
     assert expected in table, table
-    assert (results / "offline" / "aggregate.png").stat().st_size > 0
-    assert list((results / "offline").glob("curve-minari-*.png"))
+    assert_figure(results / "offline" / "aggregate.png")
+    curves = list((results / "offline").glob("curve-minari-*.png"))
+    assert curves
+    for figure in curves:
+        assert_figure(figure)
 
 
 def test_recording_is_idempotent_and_never_overwrites_another_runs_curve(tmp_path):

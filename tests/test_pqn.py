@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, cli_env, kill_once_checkpointed, load_checkpoint
+from conftest import assert_clean_failure, assert_figure, cli_env, kill_once_checkpointed, load_checkpoint
 
 from rlzoo.checkpoint import load_params
 
@@ -432,7 +432,7 @@ def test_minatar_collect_plots_runs_and_lists_unfinished(tmp_path, monkeypatch):
     (curves / "purejaxql-pqn-Breakout-MinAtar-s0-n3-2048-decay4096.csv").write_text("step,seed,return_mean\n2048,0,1\n")
     bench.collect(args)
     assert (curves / f"{run.name}.csv").read_text() == (run / "eval.csv").read_text()
-    assert (curves / "pqn-minatar-s0-n2-2048-decay4096.png").stat().st_size > 0
+    assert_figure(curves / "pqn-minatar-s0-n2-2048-decay4096.png")
     progress = (curves / "pqn-minatar-s0-n2-2048-decay4096-in-progress.csv").read_text().splitlines()
     assert progress == ["task,steps_reached,latest_mean_return,seeds", "Breakout-MinAtar,2048,4.0,2"]
     (run / "summary.json").write_text("{}")
@@ -464,7 +464,7 @@ def test_device_runs_get_their_own_names(tmp_path, monkeypatch):
     curves = tmp_path / "curves"
     assert (curves / "pqn-Breakout-MinAtar-s0-n1-1024-decay1024.csv").read_text().endswith("1024,0,1.0\n")
     assert (curves / "pqn-Breakout-MinAtar-s0-n1-1024-decay1024-gpu-h200.csv").read_text().endswith("1024,0,2.0\n")
-    assert (curves / "pqn-minatar-s0-n1-1024-decay1024-gpu-h200.png").stat().st_size > 0
+    assert_figure(curves / "pqn-minatar-s0-n1-1024-decay1024-gpu-h200.png")
 
 
 def test_minatar_collect_from_results_redraws_without_the_run_folders(tmp_path, monkeypatch):
