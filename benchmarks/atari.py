@@ -108,7 +108,7 @@ def plot(games: list[str], settings: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("training game score (raw)")
-    fig.suptitle(f"PQN on Atari (rlzoo, ale-py), {settings}")
+    fig.suptitle(f"PQN on Atari (rlzoo, ale-py)\n{settings}", fontsize=10)  # two lines: fits one panel too
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-atari-{settings}.png", dpi=110)
     plt.close(fig)
