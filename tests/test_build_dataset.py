@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure
+from conftest import assert_clean_failure, cli_env
 
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
@@ -156,7 +155,7 @@ def test_same_seed_same_data_other_seed_other_data(store, monkeypatch):
     assert not np.array_equal(first.actions, third.actions)
 
 
-def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, monkeypatch):
+def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, monkeypatch, jax_cache_dir):
     import minari
 
     real = minari.create_dataset_from_buffers
@@ -184,8 +183,7 @@ def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, mo
     # The same from the command line: one clean paragraph, no traceback from h5py.
     proc = subprocess.run([sys.executable, str(ROOT / "algorithms" / "iql.py"), "--env", "hopper-random"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "MINARI_DATASETS_PATH": str(datasets.datasets_root()),
-                               "JAX_PLATFORMS": "cpu"})
+                          env=cli_env(jax_cache_dir, datasets.datasets_root()))
     assert_clean_failure(proc, str(path), "python envs/build_dataset.py hopper-random --force")
 
 
