@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="agent steps per evaluation game (x4 frames; 27,000 is ALE's own 108k-frame limit)")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
     p.add_argument("--no-xla", action="store_true", help="step ale-py from the host instead of inside the jit")
+    p.add_argument("--env-threads", type=int, default=0,
+                   help="ale-py worker threads per run (0: one per core); games run side by side share the cores")
     args = p.parse_args(argv)
     root = Path(args.runs_root).expanduser()
     CURVES.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--chunk", str(args.chunk), "--checkpoint-every", str(args.chunk),
                 "--eval-every", str(args.total_steps), "--decay-steps", str(args.decay_steps),
                 "--eval-episodes", str(args.eval_episodes), "--eval-max-steps", str(args.eval_max_steps),
+                "--env-threads", str(args.env_threads),
             ] + (["--no-atari-xla"] if args.no_xla else []))
             cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
             print(" ".join(cmd), flush=True)
@@ -82,19 +85,21 @@ def main(argv: list[str] | None = None) -> None:
                              config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
                              summary["device"], summary["commit"], summary["date"]])
         print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
-    plot(args.games, settings)
+    plot(settings)
 
 
-def plot(games: list[str], settings: str) -> None:
-    """The training curves (raw score of each env's last finished game, epsilon-greedy, mean over envs) of the
-    games' runs with these settings, one panel per game, against frames: results/curves/pqn-atari-<settings>.png."""
+def plot(settings: str) -> None:
+    """The training curves (raw score of each env's last finished game, epsilon-greedy, mean over envs) of every
+    game run with these settings, this call's or an earlier one's, one panel per game, against frames:
+    results/curves/pqn-atari-<settings>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    have = [g for g in games if (CURVES / f"pqn-atari-{g}-{settings}.csv").exists()]
+    suffix = f"-{settings}.csv"
+    have = sorted(f.name[len("pqn-atari-"):-len(suffix)] for f in CURVES.glob(f"pqn-atari-*{suffix}"))
     if not have:
         return
     fig, axes = plt.subplots(1, len(have), figsize=(4 * len(have) + 0.5, 3.3), squeeze=False)

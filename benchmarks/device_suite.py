@@ -1,15 +1,16 @@
 """The GPU figures of the open issues in one call of a short device lease, step by step, within a deadline.
 
     python benchmarks/device_suite.py --out "$OUT" --steps speed minatar       # the lease of 2026-11-27
-    python benchmarks/device_suite.py --out "$OUT" --steps unroll purejaxql atari --purejaxql .pjq  # the next
+    python benchmarks/device_suite.py --out "$OUT" --steps unroll atari purejaxql --atari-side-by-side \
+        --games Breakout-MinAtar Asterix-MinAtar --purejaxql .pjq  # the lease of 2026-11-28
     python benchmarks/device_suite.py --out /tmp/suite --deadline-s 300 --quick # rehearsal on the CPU
 
 Steps, run in the order given, each only while time is left:
 - `speed`: the update throughput of each algorithm (`benchmarks/speed.py`, in this one process so that JAX and
   the GPU start once): IQL, TD3+BC and CQL with 1 and 10 vmapped seeds, SAC with 1, PQN on Breakout-MinAtar with
   1 and 10, PQN on Atari Breakout (ale-py inside the jit, then stepped from the host).
-- `unroll`: IQL's throughput as the chunk's scan is unrolled 1, 4 and 16 updates per loop iteration with 1 seed,
-  1 and 4 with 10 (--scan-unroll), all in one run so that the ratios compare like with like, and the compiled
+- `unroll`: IQL's throughput as the chunk's scan is unrolled 1 and 4 updates per loop iteration with 1 and with
+  10 seeds (--scan-unroll), all in one run so that the ratios compare like with like, and the compiled
   HLO of the 1-seed update (<out>/iql-1seed-hlo.txt), whose fusions are the kernels it launches; then IQL again
   with XLA's CUDA graphs extended to while loops (COMMAND_BUFFER_FLAGS), each figure in a child process.
 - `minatar`: PQN's paper-length MinAtar runs (`benchmarks/minatar.py run`, 10 seeds, 1e7 steps) under their own
@@ -19,8 +20,9 @@ Steps, run in the order given, each only while time is left:
   seeds) for the same games; --purejaxql names a folder holding its `purejaxql` package and, in `site/`, the
   pure-Python packages it needs that the machine lacks (hydra-core, omegaconf, antlr4): see
   benchmarks/purejaxql_baseline.md.
-- `atari`: PQN on Atari (`benchmarks/atari.py`, default Breakout and Pong, --atari-steps each) with ale-py's
-  emulators on the host's cores.
+- `atari`: PQN on Atari (`benchmarks/atari.py`, default Breakout and Pong, --atari-steps each, or as many whole
+  chunks as the time left allows) with ale-py's emulators on the host's cores; --atari-side-by-side runs the
+  games at once.
 - `sac`: SAC on HalfCheetah-v5 with 5 vmapped seeds for 1M steps (issue 3's learning check, which the CPU could
   afford for one seed only); MuJoCo on the host, updates on the GPU; stopped at the deadline, it resumes from
   its checkpoint on the next call while the machine is held. Needs the mujoco wheels (below).
@@ -50,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -85,12 +88,13 @@ def speed_runs(quick: bool) -> list[list[str]]:
 
 
 def unroll_runs(quick: bool, out: str) -> list[list[str]]:
-    """IQL with 1 seed at scan unrolls 1, 4, 16 and with 10 seeds at 1 and 4 (compilation grows with the unroll:
-    on the CPU 3 s at 1, 24 s at 16); the updates per call are a multiple of every unroll. The 1-seed rolled
-    run also writes its compiled HLO to <out>/iql-1seed-hlo.txt: its fusions are the kernels of one update."""
+    """IQL with 1 and with 10 seeds at scan unrolls 1 and 4 (compilation grows with the unroll: on the CPU 3 s at
+    1, 24 s at 16, which a 15-minute lease cannot spare); the updates per call are a multiple of every unroll. The
+    1-seed rolled run also writes its compiled HLO to <out>/iql-1seed-hlo.txt: its fusions are the kernels of one
+    update."""
     return [["--algorithm", "iql", "--num-seeds", str(n), "--updates", scaled(16_000 if n == 1 else 8_000, quick),
              "--scan-unroll", str(u)] + (["--dump-hlo", str(Path(out) / "iql-1seed-hlo.txt")] if n == u == 1 else [])
-            for n, unrolls in ((1, (1, 4, 16)), (10, (1, 4))) for u in unrolls]
+            for n in (1, 10) for u in (1, 4)]
 
 
 # XLA:GPU records runs of kernels as CUDA graphs (command buffers); WHILE, the type that lets a while loop's body
@@ -102,10 +106,10 @@ COMMAND_BUFFER_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,
 
 
 def command_buffer_runs(quick: bool) -> list[list[str]]:
-    """IQL with 1 seed at unrolls 1 and 16 and with 10 seeds at 1, each in a child process whose XLA_FLAGS add
+    """IQL with 1 seed at unrolls 1 and 4 and with 10 seeds at 1, each in a child process whose XLA_FLAGS add
     COMMAND_BUFFER_FLAGS (read once, when JAX's backend starts); compare with unroll_runs' rows of the same call."""
     return [["--algorithm", "iql", "--num-seeds", str(n), "--updates", scaled(16_000 if n == 1 else 8_000, quick),
-             "--scan-unroll", str(u)] for n, u in ((1, 1), (1, 16), (10, 1))]
+             "--scan-unroll", str(u)] for n, u in ((1, 1), (10, 1), (1, 4))]
 
 
 def scaled(n: int, quick: bool) -> str:
@@ -146,7 +150,7 @@ def run_bounded(cmd: list[str], log: Path, what: str, deadline_s: float, env: di
     if left < 60:
         print(f"[suite] no time left for {what} ({elapsed():.0f} s)", flush=True)
         return
-    print(f"[suite] {what} for at most {left:.0f} s", flush=True)
+    print(f"[suite] {what} for at most {left:.0f} s\n", end="", flush=True)  # one write: threads share stdout
     with open(log, "a") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
@@ -185,12 +189,39 @@ def run_purejaxql(args) -> None:
 
 def run_atari(args) -> None:
     """PQN on Atari (benchmarks/atari.py: the paper's Atari table, ale-py inside the jit, its emulators on the
-    host's cores) for --atari-steps env steps per game. A run stopped at the deadline leaves nothing to collect."""
+    host's cores) for --atari-steps env steps per game. A run stopped at the deadline leaves only its training
+    curve. With --atari-side-by-side each game is its own process, all at once, the host's cores split between
+    them: one game's emulators alone leave most of the GPU idle."""
+    steps = atari_steps(args)
+    if steps < 16384:
+        print(f"[suite] no time left for Atari ({elapsed():.0f} s)", flush=True)
+        return
     quick = ["--total-steps", "16384", "--eval-episodes", "1", "--eval-max-steps", "200"] if args.quick else [
-        "--total-steps", str(args.atari_steps)]
-    run_bounded([sys.executable, str(ROOT / "benchmarks" / "atari.py"), "--games", *args.atari_games, *quick,
-                 "--runs-root", args.runs_root], Path(args.out) / "atari.log", f"Atari {args.atari_games}",
-                args.deadline_s)
+        "--total-steps", str(steps)]
+    script = [sys.executable, str(ROOT / "benchmarks" / "atari.py")]
+    if not args.atari_side_by_side:
+        run_bounded([*script, "--games", *args.atari_games, *quick, "--runs-root", args.runs_root],
+                    Path(args.out) / "atari.log", f"Atari {args.atari_games}", args.deadline_s)
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // len(args.atari_games)))
+    games = [threading.Thread(target=run_bounded, args=(
+        [*script, "--games", game, *quick, "--runs-root", args.runs_root, "--env-threads", threads],
+        Path(args.out) / f"atari-{game}.log", f"Atari {game} ({threads} env threads)", args.deadline_s))
+        for game in args.atari_games]
+    for t in games:
+        t.start()
+    for t in games:
+        t.join()
+
+
+def atari_steps(args) -> int:
+    """Env steps per game: --atari-steps, or fewer if that would not end by the deadline at --atari-rate env steps/s
+    per game after --atari-overhead-s (start, compilation, evaluation), in whole chunks of 16384: a run stopped at
+    the deadline has no final evaluation."""
+    if args.quick:
+        return 16384
+    left = args.deadline_s - elapsed() - 25 - args.atari_overhead_s
+    return min(args.atari_steps, int(max(left, 0) * args.atari_rate) // 16384 * 16384)
 
 
 def run_sac(args) -> None:
@@ -279,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--atari-games", nargs="+", default=["Breakout", "Pong"])
     p.add_argument("--atari-steps", type=int, default=1_474_560,
                    help="env steps per Atari game (x4 frames; a multiple of 16384): 1,474,560 is 5.9M frames")
+    p.add_argument("--atari-rate", type=float, default=5000,
+                   help="expected env steps/s of one game, for fitting its length to the time left")
+    p.add_argument("--atari-overhead-s", type=float, default=90,
+                   help="expected seconds of one game's run besides training (start, compilation, evaluation)")
+    p.add_argument("--atari-side-by-side", action="store_true",
+                   help="run the Atari games at once, one process each, the host's cores split between them")
     p.add_argument("--sac-env", default="HalfCheetah-v5")
     p.add_argument("--sac-seeds", type=int, default=5)
     p.add_argument("--sac-steps", type=int, default=1_000_000)
