@@ -118,7 +118,7 @@ def collect(args) -> None:
         for ref in sorted(CURVES.glob(f"purejaxql-pqn-{game}-s*-n*-{args.total_steps}-decay{args.decay_steps}.csv")):
             r = np.atleast_1d(np.genfromtxt(ref, delimiter=",", names=True))
             n = len(set(r["seed"].astype(int)))
-            ax.plot(*seed_mean(r), color="tab:red", lw=1.5, ls="--",
+            ax.plot(*seed_mean(r), color="tab:red", lw=2 if n > 1 else 1.5, ls="--" if n > 1 else ":",
                     label=f"purejaxql, mean of {n} seeds" if n > 1 else "purejaxql, 1 seed")
         ax.legend(fontsize=8)
         if not args.from_results and not (d / "summary.json").exists():
