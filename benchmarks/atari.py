@@ -11,8 +11,9 @@ capped at --eval-max-steps agent steps (default ALE's own limit; the first runs'
 pqn.py now reports). Finished runs append their final evaluation to
 results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
 results/curves/<run>.csv (training episode return, raw score, per chunk; <run> names the game and every
-setting) and one line per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s, and
-draws the training curves of the games run with the same settings into results/curves/pqn-atari-<settings>.png.
+setting), results/curves/<run>-eval.csv (each evaluation's mean and sd over its greedy games) and one line
+per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s, and draws the training curves
+of the games run with the same settings into results/curves/pqn-atari-<settings>.png.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
         shutil.copy(d / "train.csv", CURVES / f"{d.name}.csv")
+        shutil.copy(d / "eval.csv", CURVES / f"{d.name}-eval.csv")  # per seed: mean and sd over the greedy games
         summary = json.loads((d / "summary.json").read_text())
         config = json.loads((d / "config.json").read_text())
         runs = CURVES / "pqn-atari-runs.csv"
