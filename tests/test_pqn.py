@@ -467,6 +467,39 @@ def test_device_runs_get_their_own_names(tmp_path, monkeypatch):
     assert_figure(curves / "pqn-minatar-s0-n1-1024-decay1024-gpu-h200.png")
 
 
+def test_device_atari_length_fits_the_time_left_and_the_figure_holds_every_game(tmp_path, monkeypatch):
+    """device_suite.py sizes each Atari game to end before the deadline (whole 16384-step chunks, at most
+    --atari-steps, none when too little time is left), and atari.py's figure draws every game run with the same
+    settings, also those a second process (a game side by side) wrote, but not a run of other settings."""
+    from rlzoo.run import import_script
+
+    suite = import_script(REPO / "benchmarks" / "device_suite.py", "_test_device_suite")
+    monkeypatch.setattr(suite, "elapsed", lambda: 100.0)
+    args = suite.argparse.Namespace(quick=False, deadline_s=400.0, atari_overhead_s=90.0, atari_rate=4500.0,
+                                    atari_steps=1_474_560)
+    assert suite.atari_steps(args) == 819_200  # (400 - 100 - 25 - 90) s x 4500/s = 832,500 -> 50 chunks
+    args.atari_rate = 1e6
+    assert suite.atari_steps(args) == 1_474_560
+    args.deadline_s = 200.0
+    assert suite.atari_steps(args) == 0
+
+    atari = import_script(REPO / "benchmarks" / "atari.py", "_test_atari_benchmark")
+    monkeypatch.setattr(atari, "CURVES", tmp_path)
+    settings = "n1-32768-decay32768-eval8x27000"
+    for game, other in (("Breakout", settings), ("Pong", settings), ("Seaquest", settings + "-host")):
+        (tmp_path / f"pqn-atari-{game}-{other}.csv").write_text(
+            "step,seed,episode_return\n16384,0,1.0\n32768,0,2.0\n")
+        (tmp_path / f"pqn-atari-{game}-{other}-eval.csv").write_text("step,seed,return_mean\n32768,0,2.0\n")
+    import matplotlib.axes
+
+    titles, original = [], matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, title, *a, **k: titles.append(title) or original(ax, title, *a, **k))
+    atari.plot(settings)
+    assert titles == ["Breakout", "Pong"]
+    assert_figure(tmp_path / f"pqn-atari-{settings}.png")
+
+
 def test_minatar_collect_from_results_redraws_without_the_run_folders(tmp_path, monkeypatch):
     """benchmarks/minatar.py collect --from-results: the figure is drawn from the curves already in results/curves
     (runs made on another machine) together with the reference curve of the same length, nothing there is
