@@ -2,7 +2,10 @@
 
     python benchmarks/device_suite.py --out "$OUT" --steps speed minatar       # the lease of 2026-11-27
     python benchmarks/device_suite.py --out "$OUT" --steps unroll atari purejaxql --atari-side-by-side \
-        --games Breakout-MinAtar Asterix-MinAtar --purejaxql .pjq  # the lease of 2026-11-28
+        --deadline-s 555 --speed-reserve-s 310 --atari-rate 4500 \
+        --games Breakout-MinAtar Asterix-MinAtar --purejaxql .pjq               # the lease of 2026-11-28,
+    python benchmarks/device_suite.py --out "$OUT" --steps purejaxql --deadline-s 250 \
+        --games Asterix-MinAtar Breakout-MinAtar --purejaxql .pjq               # then its second call
     python benchmarks/device_suite.py --out /tmp/suite --deadline-s 300 --quick # rehearsal on the CPU
 
 Steps, run in the order given, each only while time is left:
