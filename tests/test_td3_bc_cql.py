@@ -241,12 +241,14 @@ def test_cql_learns_from_controller_data(inverted_pendulum_store, monkeypatch, t
     assert returns.min() > 500
 
 
-def test_cql_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_path):
-    """The whole state (networks, temperature, Lagrange weight, step counter, keys) survives a SIGKILL."""
+@pytest.mark.parametrize("name", ["td3_bc", "cql"])
+def test_kill_and_resume_is_bit_exact(name, pendulum_store, jax_cache_dir, tmp_path):
+    """The whole state survives a SIGKILL: networks, optimizers, step counters and keys, and also TD3+BC's target
+    actor and critic (whose delayed update counts critic steps) and CQL's temperature and Lagrange weight."""
     env = cli_env(jax_cache_dir, pendulum_store)
-    script = ALGORITHMS / "cql.py"
-    args = SMALL + ["--cql-n-actions", "4", "--policy-lr", "1e-3", "--total-steps", "800", "--chunk", "200",
-                    "--checkpoint-every", "200", "--eval-every", "400"]
+    script = ALGORITHMS / f"{name}.py"
+    own = {"td3_bc": [], "cql": ["--cql-n-actions", "4", "--policy-lr", "1e-3"]}[name]
+    args = SMALL + own + ["--total-steps", "800", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "400"]
     full = run_script(script, args + ["--run-dir", str(tmp_path / "full")], env)
     assert full.returncode == 0, full.stderr[-4000:]
     run_dir = tmp_path / "killed"
@@ -260,7 +262,8 @@ def test_cql_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_pat
     state_resumed, meta_resumed = load_checkpoint(run_dir)
     assert meta_full["step"] == meta_resumed["step"] == 800
     assert state_full.keys() == state_resumed.keys()
-    assert any("log_alpha" in k for k in state_full) and any("step" in k for k in state_full)
+    own_state = {"td3_bc": ["actor_target", "critic_target"], "cql": ["log_alpha"]}[name]
+    assert all(any(part in k for k in state_full) for part in own_state + ["step"]), sorted(state_full)
     for name in state_full:
         np.testing.assert_array_equal(state_full[name], state_resumed[name], err_msg=name)
     assert (run_dir / "eval.csv").read_text() == (tmp_path / "full" / "eval.csv").read_text()
