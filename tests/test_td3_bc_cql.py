@@ -264,8 +264,8 @@ def test_kill_and_resume_is_bit_exact(name, pendulum_store, jax_cache_dir, tmp_p
     assert state_full.keys() == state_resumed.keys()
     own_state = {"td3_bc": ["actor_target", "critic_target"], "cql": ["log_alpha"]}[name]
     assert all(any(part in k for k in state_full) for part in own_state + ["step"]), sorted(state_full)
-    for name in state_full:
-        np.testing.assert_array_equal(state_full[name], state_resumed[name], err_msg=name)
+    for key in state_full:
+        np.testing.assert_array_equal(state_full[key], state_resumed[key], err_msg=key)
     assert (run_dir / "eval.csv").read_text() == (tmp_path / "full" / "eval.csv").read_text()
 
 
