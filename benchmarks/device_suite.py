@@ -190,25 +190,27 @@ def run_purejaxql(args) -> None:
                     f"purejaxql {game}", args.deadline_s, env)
 
 
+ATARI_CHUNK = 16384  # env steps per chunk of benchmarks/atari.py's runs (its --chunk default)
+
+
 def run_atari(args) -> None:
     """PQN on Atari (benchmarks/atari.py: the paper's Atari table, ale-py inside the jit, its emulators on the
     host's cores) for --atari-steps env steps per game. A run stopped at the deadline leaves only its training
     curve. With --atari-side-by-side each game is its own process, all at once, the host's cores split between
     them: one game's emulators alone leave most of the GPU idle."""
     steps = atari_steps(args)
-    if steps < 16384:
+    if not steps:
         print(f"[suite] no time left for Atari ({elapsed():.0f} s)", flush=True)
         return
-    quick = ["--total-steps", "16384", "--eval-episodes", "1", "--eval-max-steps", "200"] if args.quick else [
-        "--total-steps", str(steps)]
+    length = ["--total-steps", str(steps)] + (["--eval-episodes", "1", "--eval-max-steps", "200"] if args.quick else [])
     script = [sys.executable, str(ROOT / "benchmarks" / "atari.py")]
     if not args.atari_side_by_side:
-        run_bounded([*script, "--games", *args.atari_games, *quick, "--runs-root", args.runs_root],
+        run_bounded([*script, "--games", *args.atari_games, *length, "--runs-root", args.runs_root],
                     Path(args.out) / "atari.log", f"Atari {args.atari_games}", args.deadline_s)
         return
     threads = str(max(1, (os.cpu_count() or 1) // len(args.atari_games)))
     games = [threading.Thread(target=run_bounded, args=(
-        [*script, "--games", game, *quick, "--runs-root", args.runs_root, "--env-threads", threads],
+        [*script, "--games", game, *length, "--runs-root", args.runs_root, "--env-threads", threads],
         Path(args.out) / f"atari-{game}.log", f"Atari {game} ({threads} env threads)", args.deadline_s))
         for game in args.atari_games]
     for t in games:
@@ -219,12 +221,12 @@ def run_atari(args) -> None:
 
 def atari_steps(args) -> int:
     """Env steps per game: --atari-steps, or fewer if that would not end by the deadline at --atari-rate env steps/s
-    per game after --atari-overhead-s (start, compilation, evaluation), in whole chunks of 16384: a run stopped at
-    the deadline has no final evaluation."""
+    per game after --atari-overhead-s (start, compilation, evaluation), in whole chunks (ATARI_CHUNK): a run
+    stopped at the deadline has no final evaluation. --quick: one chunk."""
     if args.quick:
-        return 16384
+        return ATARI_CHUNK
     left = args.deadline_s - elapsed() - 25 - args.atari_overhead_s
-    return min(args.atari_steps, int(max(left, 0) * args.atari_rate) // 16384 * 16384)
+    return min(args.atari_steps, int(max(left, 0) * args.atari_rate) // ATARI_CHUNK * ATARI_CHUNK)
 
 
 def run_sac(args) -> None:
