@@ -79,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="split the CPU into N XLA devices and shard the seed axis over them (one core each)")
     p.add_argument("--xla-multithread", action="store_true",
                    help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
+    p.add_argument("--pin-cores", default="",
+                   help="comma-separated CPU cores to run on (os.sched_setaffinity before JAX starts; XLA's threads "
+                        "inherit it), e.g. 0 to time one core alone")
+    p.add_argument("--start-at", type=float, default=0.0,
+                   help="epoch seconds: start the steady calls no earlier (to overlap processes launched together)")
+    p.add_argument("--note", default="", help="text added to the row's notes")
+    p.add_argument("--benchmark", default="",
+                   help="the row's benchmark column (default update_throughput or env_throughput)")
     args = p.parse_args(argv)
     if args.num_seeds < 1 or args.updates < 1 or args.repeats < 1 or args.batch_size < 1:
         p.error("--num-seeds, --updates, --repeats and --batch-size must be positive")
@@ -128,14 +136,17 @@ def xla_flops(jitted, *args) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def time_calls(call, state, repeats: int):
-    """(first call seconds, [steady call seconds]); `call(state) -> (state, out)`, donated state threaded."""
+def time_calls(call, state, repeats: int, start_at: float = 0.0):
+    """(first call seconds, [steady call seconds]); `call(state) -> (state, out)`, donated state threaded.
+    The steady calls wait for the wall clock to reach `start_at` (epoch seconds), so that processes started
+    together time their steady calls at the same time, after each has compiled."""
     import jax
 
     t0 = time.perf_counter()
     state, out = call(state)
     jax.block_until_ready((state, out))
     first = time.perf_counter() - t0
+    time.sleep(max(start_at - time.time(), 0.0))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -157,7 +168,7 @@ def bench_offline(mod, args, keys, notes: list[str]):
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     state, data = shard_seeds(state, data)
     train_chunk = mod.make_train(config)
-    first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
+    first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats, args.start_at)
     if args.dump_hlo:  # after the timing, so that its compilation is not taken for the first call's
         Path(args.dump_hlo).write_text(train_chunk.lower(state, data).compile().as_text())
     # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
@@ -192,7 +203,7 @@ def bench_replay(mod, args, keys, notes: list[str]):
         del rows
     _, learn = mod.make_train(config, ACT_DIM)
     block = synthetic_transitions(jax.random.PRNGKey(args.seed + 777), args.updates, (args.num_seeds,))
-    first, times, state = time_calls(lambda s: learn(s, block, True), state, args.repeats)
+    first, times, state = time_calls(lambda s: learn(s, block, True), state, args.repeats, args.start_at)
     one = synthetic_transitions(jax.random.PRNGKey(args.seed + 778), 1, (args.num_seeds,))
     flops = xla_flops(learn, state, one, True) / args.num_seeds
     notes.append(f"replay capacity {capacity} filled with {fill} synthetic rows via buffers.replay_add; "
@@ -214,7 +225,7 @@ def bench_pqn(mod, args, keys, notes: list[str]):
     _, init, train_chunk, _ = mod.make_minatar(config, args.env)
     state, _ = shard_seeds(jax.jit(jax.vmap(init))(keys))
     chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
-    first, times, state = time_calls(chunk, state, args.repeats)
+    first, times, state = time_calls(chunk, state, args.repeats, args.start_at)
     notes.append(f"{args.env} (gymnax), paper defaults: {config.num_envs} envs x {config.num_steps} steps per "
                  f"rollout, {config.num_epochs} epochs x {config.num_minibatches} minibatches; call = "
                  f"jit(vmap(train_chunk)) of {args.updates} rollouts ({config.chunk} env steps per seed): acting, "
@@ -240,7 +251,7 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
             "last_return": np.zeros(n, np.float32)}
     make_chunk = mod.atari_xla_chunk if args.atari_xla else mod.atari_host_chunk
     chunk = make_chunk(config, envs, learn, act_all, eps_schedule, dims, host)
-    first, times, state = time_calls(chunk, state, args.repeats)
+    first, times, state = time_calls(chunk, state, args.repeats, args.start_at)
     envs.close()
     notes.append(f"{args.env} (ale-py AtariVectorEnv, {n} games, threads {config.env_threads or 'auto'}), paper "
                  f"Atari defaults: {config.num_envs} envs x {config.num_steps} steps, {config.num_epochs} epochs x "
@@ -305,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cpu_devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.cpu_devices}").strip()
+    if args.pin_cores:
+        os.sched_setaffinity(0, {int(c) for c in args.pin_cores.split(",")})
     load = os.getloadavg()
     # rlzoo first: importing it sets the single-threaded CPU XLA_FLAGS, read when jax's backend starts.
     import rlzoo  # noqa: F401
@@ -349,11 +362,13 @@ def main(argv: list[str] | None = None) -> dict:
             "(XLA counts a while-loop body once)"]),
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
         f"CPU {provenance.cpu_signature()}",
+        *([f"pinned to cores {args.pin_cores} (sched_setaffinity)"] if args.pin_cores else []),
+        *([args.note] if args.note else []),
     ]
     info = provenance.info()
     ratio = value / args.baseline_value if args.baseline_value else None
     row = {
-        "benchmark": "env_throughput" if unit == "env_steps/s" else "update_throughput",
+        "benchmark": args.benchmark or ("env_throughput" if unit == "env_steps/s" else "update_throughput"),
         "algorithm": args.algorithm,
         "device": info["device"],
         "num_seeds": args.num_seeds,
