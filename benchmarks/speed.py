@@ -156,8 +156,9 @@ def time_calls(call, state, repeats: int, start_at: float = 0.0):
     return first, times, state
 
 
-def bench_offline(mod, args, keys, notes: list[str]):
-    """`make_train(config)` -> jitted `train_chunk(states, data)`: one call = K updates per seed."""
+def offline_setup(mod, args, keys):
+    """(config, jitted train_chunk, seeds' state, synthetic data) of an offline algorithm, as its `main` builds
+    them: --num-seeds seeds, --updates updates per call."""
     import jax
 
     from rlzoo.run import shard_seeds
@@ -167,7 +168,14 @@ def bench_offline(mod, args, keys, notes: list[str]):
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     state, data = shard_seeds(state, data)
-    train_chunk = mod.make_train(config)
+    return config, mod.make_train(config), state, data
+
+
+def bench_offline(mod, args, keys, notes: list[str]):
+    """`make_train(config)` -> jitted `train_chunk(states, data)`: one call = K updates per seed."""
+    import jax
+
+    config, train_chunk, state, data = offline_setup(mod, args, keys)
     first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats, args.start_at)
     if args.dump_hlo:  # after the timing, so that its compilation is not taken for the first call's
         Path(args.dump_hlo).write_text(train_chunk.lower(state, data).compile().as_text())
