@@ -3,10 +3,6 @@
 Every module is written for one sample; batches and seeds are handled by broadcasting and `jax.vmap`.
 `Ensemble(module_cls, n)` stacks `n` members' parameters on a leading axis with `nn.vmap`, so the
 members run as one batched matmul rather than `n` separate ones.
-
-On the CPU, layers are laid out for XLA's CPU backend (`CPU_MATMUL_LAYOUT`): it runs a matmul with YNNPACK
-only when neither operand is transposed, and a transposed one (every weight gradient x^T g, as autodiff
-writes it) with a slower Eigen kernel whose transposed result the optimizer then reads across rows.
 """
 
 from __future__ import annotations
@@ -19,51 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 Initializer = Callable[..., jax.Array]
-
-
-CPU_MATMUL_LAYOUT = True
-"""On the CPU backend, compute Dense weight gradients from an explicitly transposed copy of the layer input
-and give ensemble members their own copy of a shared input (same math; IQL's update ran about 5% faster per
-core, `benchmarks/matmul_layout.py`). Read when a function is traced (JAX reuses a function's earlier trace,
-so set it before building the training program); False leaves the layout to XLA."""
-
-
-def _cpu_layout() -> bool:
-    return CPU_MATMUL_LAYOUT and jax.default_backend() == "cpu"
-
-
-@jax.custom_vjp
-def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-    return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(residuals, grad):
-    x, kernel = residuals
-    rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-    # The barrier keeps XLA from folding the transpose back into the matmul as a transposed operand.
-    kernel_grad = jax.lax.optimization_barrier(rows.T) @ grad_rows
-    return grad @ kernel.T, kernel_grad
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`nn.Dense`'s `lax.dot_general`, with the weight gradient x^T g computed from a materialized x^T on CPU."""
-    if (_cpu_layout() and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
-            and precision is None and preferred_element_type is None):
-        return _matmul(lhs, rhs)
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
-
-
-def Dense(features: int, **kwargs) -> nn.Dense:
-    """`nn.Dense` (same parameters, names and outputs) computing its matmul with `dense_dot_general`."""
-    return nn.Dense(features, dot_general=dense_dot_general, **kwargs)
 
 
 def default_init(scale: float = np.sqrt(2.0)) -> Initializer:
@@ -85,14 +36,14 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
         for width in self.hidden_dims:
-            x = Dense(width, kernel_init=self.kernel_init)(x)
+            x = nn.Dense(width, kernel_init=self.kernel_init)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = self.activation(x)
             if self.dropout_rate:
                 x = nn.Dropout(self.dropout_rate, deterministic=not training)(x)
         if self.out_dim is not None:
-            x = Dense(self.out_dim, kernel_init=default_init(self.out_init_scale))(x)
+            x = nn.Dense(self.out_dim, kernel_init=default_init(self.out_init_scale))(x)
         return x
 
 
@@ -166,15 +117,11 @@ class Ensemble(nn.Module):
 
     @nn.compact
     def __call__(self, *args):
-        # A shared input makes XLA compute the members' first layer as one matmul whose output is laid out
-        # [batch, member, ...]; every later layer and gradient then transposes it. A copy per member does not.
-        per_member = tuple(_cpu_layout() and isinstance(a, (jax.Array, np.ndarray)) for a in args)
-        args = tuple(jnp.broadcast_to(a, (self.n, *a.shape)) if copy else a for a, copy in zip(args, per_member))
         vmapped = nn.vmap(
             self.module_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=tuple(0 if copy else None for copy in per_member),
+            in_axes=None,
             out_axes=0,
             axis_size=self.n,
         )
@@ -205,8 +152,8 @@ class TanhGaussianActor(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = MLP(self.hidden_dims, None, self.layer_norm)(obs)
-        mean = Dense(self.act_dim, kernel_init=default_init(0.01))(h)
-        log_std = Dense(self.act_dim, kernel_init=default_init(0.01))(h)
+        mean = nn.Dense(self.act_dim, kernel_init=default_init(0.01))(h)
+        log_std = nn.Dense(self.act_dim, kernel_init=default_init(0.01))(h)
         # Smoothly squash log-std into [min, max] (as in the SAC/CleanRL JAX ports).
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(log_std) + 1)
         return mean, log_std
@@ -224,7 +171,7 @@ class GaussianActor(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, training: bool = False) -> tuple[jax.Array, jax.Array]:
         h = MLP(self.hidden_dims, None, dropout_rate=self.dropout_rate)(obs, training)
-        mean = jnp.tanh(Dense(self.act_dim, kernel_init=default_init(1e-2))(h))
+        mean = jnp.tanh(nn.Dense(self.act_dim, kernel_init=default_init(1e-2))(h))
         log_std = self.param("log_std", nn.initializers.zeros, (self.act_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
         return mean, jnp.broadcast_to(log_std, mean.shape)

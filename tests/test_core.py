@@ -70,40 +70,6 @@ def test_ensemble_matches_separate_critics():
                                    atol=1e-6)
 
 
-def test_cpu_matmul_layout_gives_autodiffs_gradients(monkeypatch):
-    """The CPU layout (explicitly transposed weight gradients, a per-member copy of an ensemble's input) changes
-    how XLA computes, not what: outputs and gradients w.r.t. every parameter and input match XLA's own."""
-    obs = jax.random.normal(jax.random.PRNGKey(1), (32, 5))
-    act = jax.random.uniform(jax.random.PRNGKey(2), (32, 3), minval=-1, maxval=1)
-    ensemble = networks.Ensemble(networks.Critic, 2, {"hidden_dims": (16, 16)})
-    actor = networks.GaussianActor(3, (16, 16))
-    q_params = ensemble.init(jax.random.PRNGKey(0), obs, act)
-    pi_params = actor.init(jax.random.PRNGKey(3), obs)
-
-    def gradients():
-        """Traced anew on each call (JAX caches traces per function object; the layout is read when tracing)."""
-
-        def loss(q_params, pi_params, obs, act):
-            mean, log_std = actor.apply(pi_params, obs)
-            q = ensemble.apply(q_params, obs, mean)
-            return (q.min(0) ** 2).mean() + networks.gaussian_log_prob(mean, log_std, act).mean()
-
-        uses_layout = "name=_matmul" in str(jax.make_jaxpr(loss)(q_params, pi_params, obs, act))
-        return uses_layout, jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(q_params, pi_params, obs, act)
-
-    assert jax.default_backend() == "cpu" and networks.CPU_MATMUL_LAYOUT
-    uses_layout, with_layout = gradients()
-    assert uses_layout
-    monkeypatch.setattr(networks, "CPU_MATMUL_LAYOUT", False)
-    uses_layout, plain = gradients()
-    assert not uses_layout
-    flat_layout, flat_plain = jax.tree_util.tree_leaves(with_layout), jax.tree_util.tree_leaves(plain)
-    assert len(flat_layout) == len(flat_plain) > 10
-    for a, b in zip(flat_layout, flat_plain):
-        assert np.abs(np.asarray(b)).max() > 0
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 def _tanh_gaussian_logpdf64(a, mean, log_std):
     """log density of a = tanh(u), u ~ N(mean, std), by change of variables, in float64 numpy."""
     a, mean, std = np.asarray(a, np.float64), np.asarray(mean, np.float64), np.exp(np.asarray(log_std, np.float64))
