@@ -26,6 +26,9 @@ Steps, run in the order given, each only while time is left:
 - `atari`: PQN on Atari (`benchmarks/atari.py`, default Breakout and Pong, --atari-steps each, or as many whole
   chunks as the time left allows) with ale-py's emulators on the host's cores; --atari-side-by-side runs the
   games at once.
+- `profile`: where IQL's update spends its time on this device (`benchmarks/profile_update.py`, 1 and 10 seeds):
+  every kernel's count and time per update, into <out>/profiles/ (packed into runs.tgz); the kernels per update
+  and their share decide what a restructured update must remove to reach 10,000 updates/s.
 - `sac`: SAC on HalfCheetah-v5 with 5 vmapped seeds for 1M steps (issue 3's learning check, which the CPU could
   afford for one seed only); MuJoCo on the host, updates on the GPU; stopped at the deadline, it resumes from
   its checkpoint on the next call while the machine is held. Needs the mujoco wheels (below).
@@ -229,6 +232,16 @@ def atari_steps(args) -> int:
     return min(args.atari_steps, int(max(left, 0) * args.atari_rate) // ATARI_CHUNK * ATARI_CHUNK)
 
 
+def run_profile(args) -> None:
+    """IQL's per-kernel profile with 1 and 10 seeds, each in a child process (JAX's profiler starts there)."""
+    for n in (1, 10):
+        out = Path(args.out) / "profiles" / f"iql-{n}seed-{args.tag}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_bounded([sys.executable, str(ROOT / "benchmarks" / "profile_update.py"), "--algorithm", "iql",
+                     "--num-seeds", str(n), "--updates", "16" if args.quick else "400", "--out", str(out)],
+                    Path(args.out) / "profile.log", f"profile of IQL x{n}", args.deadline_s)
+
+
 def run_sac(args) -> None:
     """SAC on --sac-env with --sac-seeds vmapped seeds for --sac-steps env steps (the issue's learning check,
     several seeds at once): envs on the host, updates on the GPU; resumes from its checkpoint on a later call."""
@@ -264,6 +277,8 @@ def pack(args, scores_before: int) -> None:
             for name in ("eval.csv", "summary.json", "config.json", "train.csv"):
                 if (d / name).exists():
                     tar.add(d / name, arcname=f"runs/{d.name}/{name}")
+        for f in sorted((Path(args.out) / "profiles").glob("*.csv")):
+            tar.add(f, arcname=f"profiles/{f.name}")
 
 
 def device_tag() -> str:
@@ -294,7 +309,7 @@ def write_machine(out: Path) -> None:
     (out / "machine.txt").write_text("\n".join(parts))
 
 
-STEPS = ("speed", "unroll", "minatar", "purejaxql", "atari", "sac")
+STEPS = ("speed", "unroll", "profile", "minatar", "purejaxql", "atari", "sac")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -337,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         elif step == "unroll":
             run_speed(args, unroll_runs(args.quick, args.out))
             run_speed(args, command_buffer_runs(args.quick), COMMAND_BUFFER_FLAGS)
+        elif step == "profile":
+            run_profile(args)
         elif step == "minatar":
             run_minatar(args)
         elif step == "purejaxql":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RUNTIME_EVENTS = ("ThunkExecutor", "end: ")  # the CPU executor's own spans and end markers, not ops
+RUNTIME_EVENTS = ("ThunkExecutor", "end: ", "SlinkyThreadPool")  # the CPU runtime's own spans, markers and waits
 
 
 def op_kind(name: str, platform: str) -> str:
@@ -49,28 +49,29 @@ def op_kind(name: str, platform: str) -> str:
 
 
 def collect(trace_dir: str, platform: str) -> tuple[collections.Counter, collections.Counter]:
-    """(total ns, count) per op name from the trace: the XLA thunk lines on the host for the CPU, the device
-    planes' stream lines for a GPU."""
+    """(total ns, count) per op name from the trace: the XLA thunk lines on the host for the CPU; for a GPU the
+    device planes' stream lines (their events are kernels), or, where no line is named for a stream, every device
+    line but the per-module and per-step summaries."""
     import jax
 
     files = sorted(Path(trace_dir).rglob("*.xplane.pb"))
     if not files:
         raise SystemExit(f"no trace was written under {trace_dir}")
     data = jax.profiler.ProfileData.from_file(str(files[-1]))
+    if platform == "cpu":
+        lines = [line for plane in data.planes if not plane.name.startswith("/device:")
+                 for line in plane.lines if line.name.startswith("tf_XLA")]
+    else:
+        device = [line for plane in data.planes if plane.name.startswith("/device:") for line in plane.lines]
+        lines = ([line for line in device if line.name.startswith("Stream")]
+                 or [line for line in device if not any(k in line.name for k in ("Module", "Step", "Launch"))])
     ns, count = collections.Counter(), collections.Counter()
-    for plane in data.planes:
-        on_device = plane.name.startswith("/device:")
-        for line in plane.lines:
-            if platform == "cpu":
-                if on_device or not line.name.startswith("tf_XLA"):
-                    continue
-            elif not (on_device and line.name.startswith("Stream")):
+    for line in lines:
+        for event in line.events:
+            if event.name.startswith(RUNTIME_EVENTS):
                 continue
-            for event in line.events:
-                if event.name.startswith(RUNTIME_EVENTS):
-                    continue
-                ns[event.name] += event.duration_ns
-                count[event.name] += 1
+            ns[event.name] += event.duration_ns
+            count[event.name] += 1
     return ns, count
 
 

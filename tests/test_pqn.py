@@ -387,6 +387,31 @@ def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
     assert all(float(r["value"]) > 0 for r in rows)
 
 
+def test_profile_update_accounts_for_the_matmuls(jax_cache_dir, tmp_path):
+    """benchmarks/profile_update.py: one recorded IQL chunk, split per XLA op and update. An IQL update has at least
+    its 15 hidden-layer matmuls (forward and backward), the matmuls take the largest share, and the shares sum to 1."""
+    import csv
+
+    from conftest import cli_env
+
+    out = tmp_path / "profile.csv"
+    script = Path(__file__).parents[1] / "benchmarks" / "profile_update.py"
+    args = ["--algorithm", "iql", "--updates", "4", "--dataset-size", "1000", "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *args], env=cli_env(jax_cache_dir), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# iql, 1 seed(s), batch 256, 4 updates recorded")
+    rows = list(csv.DictReader(lines[1:]))
+    matmuls = [r for r in rows if r["kind"].startswith("matmul")]
+    assert sum(float(r["calls_per_update"]) for r in matmuls) >= 15
+    share = {kind: sum(float(r["share"]) for r in rows if r["kind"] == kind) for kind in {r["kind"] for r in rows}}
+    assert sum(share.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(v for k, v in share.items() if k.startswith("matmul")) > max(
+        v for k, v in share.items() if not k.startswith("matmul"))
+    assert "ops per update" in proc.stdout
+
+
 def minatar_benchmark():
     from rlzoo.run import import_script
 
