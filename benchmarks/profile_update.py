@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import os
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -90,19 +90,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="CSV path (default results/profiles/<algorithm>-<n>seed-<device>-<date>.csv)")
     p.add_argument("--top", type=int, default=15, help="ops printed")
     args = p.parse_args(argv)
-    if args.pin_cores:
-        os.sched_setaffinity(0, {int(c) for c in args.pin_cores.split(",")})
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    speed.pin_cores(args.pin_cores)
     import jax
 
     import rlzoo  # noqa: F401  (sets the single-thread CPU XLA_FLAGS, read when the backend starts)
     from rlzoo import provenance
     from rlzoo.run import seed_keys
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     mod = speed.load_algorithm(args.algorithm)
-    if "act_dim" in mod.make_train.__code__.co_varnames[: mod.make_train.__code__.co_argcount]:
+    if "act_dim" in inspect.signature(mod.make_train).parameters:
         raise SystemExit(f"{args.algorithm} is not an offline algorithm (make_train(config) -> train_chunk); "
                          "profile one of iql, td3_bc, cql")
     keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))

@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def pin_cores(spec: str) -> None:
+    """Keep this process (and the threads XLA starts later) on the comma-separated cores of `spec`, e.g. "0"."""
+    if spec:
+        os.sched_setaffinity(0, {int(c) for c in spec.split(",")})
+
+
 def load_algorithm(name: str):
     """Import algorithms/<name>.py by path (algorithms/ is not a package)."""
     path = ROOT / "algorithms" / f"{name}.py"
@@ -324,8 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cpu_devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.cpu_devices}").strip()
-    if args.pin_cores:
-        os.sched_setaffinity(0, {int(c) for c in args.pin_cores.split(",")})
+    pin_cores(args.pin_cores)
     load = os.getloadavg()
     # rlzoo first: importing it sets the single-threaded CPU XLA_FLAGS, read when jax's backend starts.
     import rlzoo  # noqa: F401
