@@ -57,6 +57,8 @@ def make_train(update: Callable, config: OfflineConfig, batches_per_update: int 
         raise RlzooError(f"--chunk {config.chunk} must be a multiple of {batches_per_update} (the gradient steps "
                          "one update takes); change --chunk.")
 
+    names: list[str] = []  # the update's metric names, in its order, recorded when the scan's body is traced
+
     def train_chunk(state: dict, data: dict) -> tuple[dict, dict]:
         def one(state, _):
             key, k_batch = jax.random.split(state["key"])
@@ -64,10 +66,15 @@ def make_train(update: Callable, config: OfflineConfig, batches_per_update: int 
             if batches_per_update > 1:
                 batch = jax.tree_util.tree_map(
                     lambda x: x.reshape(batches_per_update, config.batch_size, *x.shape[1:]), batch)
-            return update({**state, "key": key}, batch)
+            state, metrics = update({**state, "key": key}, batch)
+            names[:] = list(metrics)
+            # The scalar metrics go out as one row per update: one write into the scan's output instead of one
+            # per metric, each of which is a kernel launch on a GPU.
+            return state, jnp.stack([jnp.asarray(v, jnp.float32).reshape(()) for v in metrics.values()])
 
-        return jax.lax.scan(one, state, None, length=config.chunk // batches_per_update,
-                            unroll=config.scan_unroll)
+        state, rows = jax.lax.scan(one, state, None, length=config.chunk // batches_per_update,
+                                   unroll=config.scan_unroll)
+        return state, {name: rows[:, i] for i, name in enumerate(names)}
 
     return jax.jit(jax.vmap(train_chunk, in_axes=(0, None)), donate_argnums=0)
 

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 import rlzoo  # noqa: F401  (sets the CPU XLA flags before the first computation)
-from rlzoo import buffers, datasets, networks
+from rlzoo import buffers, datasets, networks, offline
 from rlzoo.checkpoint import Checkpointer, load_params, save_params
 from rlzoo.errors import NonFiniteLossError, RlzooError
 from rlzoo.evaluation import check_env_id
@@ -68,6 +68,29 @@ def test_ensemble_matches_separate_critics():
     for i in range(n):
         np.testing.assert_allclose(critic.apply({"params": separate[i]}, obs, act), out2[i], rtol=1e-6,
                                    atol=1e-6)
+
+
+def test_offline_chunk_returns_each_updates_metrics_by_name():
+    """`offline.make_train` sends an update's scalar metrics out of the scan as one row per update and hands them
+    back by name (in JAX's sorted key order, as any dict output), [seeds, updates] each, with each update's own
+    values."""
+    data = {"observations": jnp.arange(40.0).reshape(20, 2), "actions": jnp.zeros((20, 1)),
+            "rewards": jnp.arange(20.0), "next_observations": jnp.zeros((20, 2)), "dones": jnp.zeros(20)}
+
+    def update(state, batch):
+        step = state["step"] + 1
+        return {**state, "step": step}, {"z_loss": step * 2.0, "a_mean": batch["rewards"].mean(), "count": step}
+
+    config = offline.OfflineConfig(chunk=5, batch_size=4)
+    train_chunk = offline.make_train(update, config)
+    state = {"step": jnp.zeros(2, jnp.int32), "key": jax.vmap(jax.random.PRNGKey)(jnp.arange(2))}
+    state, metrics = train_chunk(state, data)
+    assert list(metrics) == ["a_mean", "count", "z_loss"]
+    assert all(v.shape == (2, 5) and v.dtype == jnp.float32 for v in metrics.values())
+    np.testing.assert_array_equal(metrics["z_loss"], np.tile(2.0 * np.arange(1, 6), (2, 1)))
+    np.testing.assert_array_equal(metrics["count"], np.tile(np.arange(1, 6), (2, 1)))
+    assert np.all((metrics["a_mean"] >= 0) & (metrics["a_mean"] <= 19)) and not np.allclose(*metrics["a_mean"])
+    np.testing.assert_array_equal(state["step"], [5, 5])
 
 
 def _tanh_gaussian_logpdf64(a, mean, log_std):
