@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rlzoo.run import seed_keys
 
     mod = speed.load_algorithm(args.algorithm)
-    if "act_dim" in inspect.signature(mod.make_train).parameters:
+    if not hasattr(mod, "make_train") or "act_dim" in inspect.signature(mod.make_train).parameters:
         raise SystemExit(f"{args.algorithm} is not an offline algorithm (make_train(config) -> train_chunk); "
                          "profile one of iql, td3_bc, cql")
     keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))

@@ -410,6 +410,9 @@ def test_profile_update_accounts_for_the_matmuls(jax_cache_dir, tmp_path):
     assert sum(v for k, v in share.items() if k.startswith("matmul")) > max(
         v for k, v in share.items() if not k.startswith("matmul"))
     assert "ops per update" in proc.stdout
+    proc = subprocess.run([sys.executable, str(script), "--algorithm", "sac"], env=cli_env(jax_cache_dir),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "sac is not an offline algorithm" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def minatar_benchmark():
