@@ -25,13 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "speed.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import speed  # noqa: E402  (no JAX at import: pin_cores, append_row)
 
 
 def matmul_worker(core: int, seconds: float, n: int) -> float:
     """GFLOP/s of a jitted n x n float32 matmul in this process, pinned to `core`, over `seconds`."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
     speed.pin_cores(str(core))
     import jax
     import jax.numpy as jnp
@@ -58,10 +57,7 @@ def run_matmuls(cores: list[int], seconds: float, n: int) -> list[float]:
     return [float(o.strip().split()[-1]) for o in out]
 
 
-def append_matmul_row(out: str, value: float, cores: list[int], concurrent: int, n: int, seconds: float) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed
-
+def append_matmul_row(out: str, value: float, core: int, concurrent: int, n: int, seconds: float) -> None:
     from rlzoo import provenance
 
     info = provenance.info()
@@ -69,15 +65,15 @@ def append_matmul_row(out: str, value: float, cores: list[int], concurrent: int,
         "benchmark": "matmul_one_process_per_core", "algorithm": f"matmul {n}^2 float32", "device": info["device"],
         "num_seeds": "", "batch_size": "", "unit": "GFLOP/s", "value": f"{value:.2f}", "commit": info["commit"],
         "date": info["date"], "jax": info["jax"],
-        "notes": f"one of {concurrent} processes run at the same time, this one pinned to core {cores[0]}; jitted "
+        "notes": f"one of {concurrent} processes run at the same time, this one pinned to core {core}; jitted "
                  f"a @ a for {seconds:g} s, XLA single-thread flags on; CPU {provenance.cpu_signature()}; "
                  f"{os.cpu_count()} cores visible"})
 
 
-def speed(args: argparse.Namespace, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, str(SPEED), "--algorithm", "iql", "--updates", str(args.updates),
-           "--repeats", str(args.repeats), "--out", args.out, *extra]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+def launch_speed(args: argparse.Namespace, *extra: str) -> subprocess.Popen:
+    """Start `speed.py --algorithm iql` with this run's --updates, --repeats and --out, plus `extra`."""
+    return subprocess.Popen([sys.executable, str(SPEED), "--algorithm", "iql", "--updates", str(args.updates),
+                             "--repeats", str(args.repeats), "--out", args.out, *extra])
 
 
 def wait_all(procs: list[subprocess.Popen]) -> None:
@@ -106,22 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     if "matmul" in args.steps:
         alone = run_matmuls(cores[:1], args.seconds, args.matmul_size)
         together = run_matmuls(cores, args.seconds, args.matmul_size)
-        append_matmul_row(args.out, alone[0], cores[:1], 1, args.matmul_size, args.seconds)
+        append_matmul_row(args.out, alone[0], cores[0], 1, args.matmul_size, args.seconds)
         for c, v in zip(cores, together):
-            append_matmul_row(args.out, v, [c], n, args.matmul_size, args.seconds)
+            append_matmul_row(args.out, v, c, n, args.matmul_size, args.seconds)
         print(f"[cpu_cores] matmul GFLOP/s: core {cores[0]} alone {alone[0]:.1f}; one process per core at once "
               + " + ".join(f"{v:.1f}" for v in together) + f" = {sum(together):.1f} "
               f"({sum(together) / alone[0]:.2f}x the lone core)")
     if "iql" in args.steps:
-        wait_all([speed(args, "--pin-cores", str(cores[0]), "--note", "alone on the machine")])
+        wait_all([launch_speed(args, "--pin-cores", str(cores[0]), "--note", "alone on the machine")])
         start = time.time() + args.start_delay
-        wait_all([speed(args, "--pin-cores", str(c), "--start-at", f"{start:.0f}",
+        wait_all([launch_speed(args, "--pin-cores", str(c), "--start-at", f"{start:.0f}",
                         "--benchmark", "update_throughput_one_process_per_core",
                         "--note", f"one of {n} pinned single-seed processes whose steady calls started together")
                   for c in cores])
-        wait_all([speed(args, "--note", "unpinned: XLA may use every core")])
-        wait_all([speed(args, "--num-seeds", str(n), "--cpu-devices", str(n))])
-        wait_all([speed(args, "--num-seeds", str(n), "--note", "seeds vmapped on one CPU device, unpinned")])
+        wait_all([launch_speed(args, "--note", "unpinned: XLA may use every core")])
+        wait_all([launch_speed(args, "--num-seeds", str(n), "--cpu-devices", str(n))])
+        wait_all([launch_speed(args, "--num-seeds", str(n), "--note", "seeds vmapped on one CPU device, unpinned")])
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("the trace holds no XLA op events for this backend; nothing to report")
     per_update = args.updates
     total = sum(ns.values())
-    rows = [{"op": name, "kind": op_kind(name, platform), "calls_per_update": f"{count[name] / per_update:.3g}",
+    kind = {name: op_kind(name, platform) for name in ns}
+    rows = [{"op": name, "kind": kind[name], "calls_per_update": f"{count[name] / per_update:.3g}",
              "us_per_update": f"{t / 1e3 / per_update:.2f}", "share": f"{t / total:.4f}"}
             for name, t in ns.most_common()]
     info = provenance.info()
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     by_kind = collections.Counter()
     kinds_count = collections.Counter()
     for name, t in ns.items():
-        by_kind[op_kind(name, platform)] += t
-        kinds_count[op_kind(name, platform)] += count[name]
+        by_kind[kind[name]] += t
+        kinds_count[kind[name]] += count[name]
     print(f"[profile] {args.algorithm} x{args.num_seeds} seeds on {info['device']}: {total / 1e3 / per_update:.0f} us "
           f"of ops per update, {sum(count.values()) / per_update:.1f} ops per update")
     for kind, t in by_kind.most_common():
