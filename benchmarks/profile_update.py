@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     total = sum(ns.values())
     kind = {name: op_kind(name, platform) for name in ns}
     rows = [{"op": name, "kind": kind[name], "calls_per_update": f"{count[name] / per_update:.3g}",
-             "us_per_update": f"{t / 1e3 / per_update:.2f}", "share": f"{t / total:.4f}"}
+             "us_per_update": f"{t / 1e3 / per_update:.2f}", "share": f"{t / total:.6f}"}
             for name, t in ns.most_common()]
     info = provenance.info()
     tag = info["device"].split(":")[0] + ("-" + info["device"].split(":")[1].strip().split()[1].lower()

@@ -406,7 +406,8 @@ def test_profile_update_accounts_for_the_matmuls(jax_cache_dir, tmp_path):
     matmuls = [r for r in rows if r["kind"].startswith("matmul")]
     assert sum(float(r["calls_per_update"]) for r in matmuls) >= 15
     share = {kind: sum(float(r["share"]) for r in rows if r["kind"] == kind) for kind in {r["kind"] for r in rows}}
-    assert sum(share.values()) == pytest.approx(1.0, abs=1e-3)
+    # Each share is rounded to 6 decimals in the CSV, so their sum is within half a unit of that place per row.
+    assert sum(share.values()) == pytest.approx(1.0, abs=len(rows) * 5e-7 + 1e-9)
     assert sum(v for k, v in share.items() if k.startswith("matmul")) > max(
         v for k, v in share.items() if not k.startswith("matmul"))
     assert "ops per update" in proc.stdout
