@@ -6,13 +6,15 @@ plain per-array `optax.adam`.
 
 Both programs are built in one process (the optimizer is chosen when the state is created) and their calls are
 interleaved, round by round, so that a machine's drift falls on both alike. Each call is --updates updates of
-one seed on synthetic HalfCheetah-shaped data, as `speed.py` times them. Two rows go to results/speed.csv
-(benchmark update_throughput_flat_adam): plain Adam's, and flat Adam's with plain Adam as its baseline and ratio.
+each seed on synthetic HalfCheetah-shaped data, as `speed.py` times them. Two rows go to results/speed.csv
+(benchmark update_throughput_flat_adam, updates/s summed over the seeds): plain Adam's, and flat Adam's with
+plain Adam as its baseline and ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -24,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithm", default="iql", help="an offline algorithm: iql, td3_bc, cql")
+    p.add_argument("--num-seeds", type=int, default=1, help="seeds per program (vmapped; sharded with --cpu-devices)")
+    p.add_argument("--cpu-devices", type=int, default=1, help="split the CPU into N XLA devices, as speed.py")
     p.add_argument("--updates", type=int, default=200, help="updates per call")
     p.add_argument("--rounds", type=int, default=40, help="timed calls of each program, interleaved")
     p.add_argument("--dataset-size", type=int, default=1_000_000, help="rows of the synthetic offline data")
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> float:
     import speed
 
     speed.pin_cores(args.pin_cores)
+    if args.cpu_devices > 1:
+        os.environ["RLZOO_CPU_DEVICES"] = str(args.cpu_devices)
     import jax
     import optax
 
@@ -41,14 +47,14 @@ def main(argv: list[str] | None = None) -> float:
     from rlzoo.run import seed_keys
 
     mod = speed.load_algorithm(args.algorithm)
-    setup = argparse.Namespace(num_seeds=1, updates=args.updates, batch_size=256, scan_unroll=1, seed=0,
+    setup = argparse.Namespace(num_seeds=args.num_seeds, updates=args.updates, batch_size=256, scan_unroll=1, seed=0,
                                dataset_size=args.dataset_size)
     flat_adam = optim.flat_adam
     programs = {}
     for flat in (False, True):
         optim.flat_adam = flat_adam if flat else optax.adam
         try:
-            _, train_chunk, state, data = speed.offline_setup(mod, setup, seed_keys([0]))
+            _, train_chunk, state, data = speed.offline_setup(mod, setup, seed_keys(list(range(args.num_seeds))))
         finally:
             optim.flat_adam = flat_adam
         compiled = train_chunk.lower(state, data).compile()
@@ -63,11 +69,14 @@ def main(argv: list[str] | None = None) -> float:
             program[1], metrics = compiled(state, data)
             jax.block_until_ready((program[1], metrics))
             seconds[flat].append(time.perf_counter() - t0)
-    rate = {flat: args.updates / statistics.median(s) for flat, s in seconds.items()}
+    updates = args.updates * args.num_seeds  # per call, all seeds
+    rate = {flat: updates / statistics.median(s) for flat, s in seconds.items()}
     ratio = rate[True] / rate[False]
     best = min(seconds[False]) / min(seconds[True])
     info = provenance.info()
-    print(f"[flat_adam] {args.algorithm} on {info['device']}, 1 seed, median of {args.rounds} interleaved calls "
+    devices = len(jax.tree_util.tree_leaves(programs[True][1])[0].sharding.device_set)
+    print(f"[flat_adam] {args.algorithm} on {info['device']}, {args.num_seeds} seed(s) on {devices} device(s), median "
+          f"of {args.rounds} interleaved calls "
           f"x {args.updates} updates: optax.adam {rate[False]:.1f} updates/s, optim.flat_adam {rate[True]:.1f} "
           f"({ratio:.3f}x; fastest calls {best:.3f}x)")
     if args.out:
@@ -75,16 +84,17 @@ def main(argv: list[str] | None = None) -> float:
             s = seconds[flat]
             speed.append_row(Path(args.out), {
                 "benchmark": "update_throughput_flat_adam", "algorithm": args.algorithm,
-                "device": info["device"], "num_seeds": 1, "batch_size": 256, "unit": "updates/s",
+                "device": info["device"], "num_seeds": args.num_seeds, "batch_size": 256, "unit": "updates/s",
                 "value": f"{rate[flat]:.2f}",
                 "baseline": f"optax.adam={rate[False]:.2f}" if flat else "",
                 "ratio_to_baseline": f"{ratio:.3f}" if flat else "", "commit": info["commit"],
                 "date": info["date"], "jax": info["jax"],
                 "notes": f"{'rlzoo.optim.flat_adam' if flat else 'optax.adam per parameter array'}; median of "
                          f"{args.rounds} calls x {args.updates} updates interleaved with the other optimizer's in "
-                         f"one process (per-call updates/s min {args.updates / max(s):.1f} max "
-                         f"{args.updates / min(s):.1f}; fastest-call ratio {best:.3f}); synthetic "
-                         f"{args.dataset_size}-row dataset; pinned to cores {args.pin_cores or 'none'}; "
+                         f"one process (per-call updates/s min {updates / max(s):.1f} max "
+                         f"{updates / min(s):.1f}; fastest-call ratio {best:.3f}); synthetic "
+                         f"{args.dataset_size}-row dataset; seeds on {devices} device(s); "
+                         f"pinned to cores {args.pin_cores or 'none'}; "
                          f"CPU {provenance.cpu_signature()}"})
     return ratio
 
