@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline, optim
+from rlzoo import networks, offline
 from rlzoo.errors import run_cli
 from rlzoo.run import task_defaults
 
@@ -91,8 +91,8 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
                                                  tx=optax.adam(lr))
     return {
         "actor": TrainState.create(apply_fn=actor.apply, params=actor.init(k_actor, obs),
-                                   tx=optim.flat_adam(config.policy_lr)),
-        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optim.flat_adam(config.qf_lr)),
+                                   tx=optax.adam(config.policy_lr)),
+        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.qf_lr)),
         "target_params": jax.tree_util.tree_map(lambda x: x.copy(), critic_params),
         "log_alpha": scalar(0.0, config.policy_lr),
         "log_alpha_prime": scalar(1.0, config.qf_lr),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline, optim
+from rlzoo import networks, offline
 from rlzoo.errors import run_cli
 from rlzoo.run import task_defaults
 
@@ -68,11 +68,11 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
     critic_params = critic.init(k_critic, obs, act)
     actor_lr = optax.cosine_decay_schedule(config.actor_lr, config.total_steps)
     return {
-        "actor": TrainState.create(apply_fn=actor.apply, params=actor.init(k_actor, obs), tx=optim.flat_adam(actor_lr)),
-        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optim.flat_adam(config.critic_lr)),
+        "actor": TrainState.create(apply_fn=actor.apply, params=actor.init(k_actor, obs), tx=optax.adam(actor_lr)),
+        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.critic_lr)),
         "target_params": jax.tree_util.tree_map(lambda x: x.copy(), critic_params),
         "value": TrainState.create(apply_fn=value.apply, params=value.init(k_value, obs),
-                                   tx=optim.flat_adam(config.value_lr)),
+                                   tx=optax.adam(config.value_lr)),
         "key": key,
     }
 

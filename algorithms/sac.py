@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import buffers, networks, optim
+from rlzoo import buffers, networks
 from rlzoo.checkpoint import save_params
 from rlzoo.errors import RlzooError, run_cli
 from rlzoo.evaluation import Evaluator, check_env_id
@@ -100,8 +100,8 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
                "next_observations": jnp.zeros(obs_dim), "dones": jnp.float32(0)}
     return {
         "actor": TrainState.create(apply_fn=actor.apply, params=actor.init(k_actor, obs),
-                                   tx=optim.flat_adam(config.actor_lr)),
-        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optim.flat_adam(config.critic_lr)),
+                                   tx=optax.adam(config.actor_lr)),
+        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.critic_lr)),
         "target_params": jax.tree_util.tree_map(lambda x: x.copy(), critic_params),
         "log_alpha": TrainState.create(apply_fn=None, params={"log_alpha": jnp.log(jnp.float32(config.init_alpha))},
                                        tx=optax.adam(config.alpha_lr)),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline, optim
+from rlzoo import networks, offline
 from rlzoo.errors import run_cli
 from rlzoo.run import task_defaults
 
@@ -65,9 +65,9 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
     actor_params, critic_params = actor.init(k_actor, obs), critic.init(k_critic, obs, act)
     copy = lambda tree: jax.tree_util.tree_map(lambda x: x.copy(), tree)
     return {
-        "actor": TrainState.create(apply_fn=actor.apply, params=actor_params, tx=optim.flat_adam(config.actor_lr)),
+        "actor": TrainState.create(apply_fn=actor.apply, params=actor_params, tx=optax.adam(config.actor_lr)),
         "actor_target": copy(actor_params),
-        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optim.flat_adam(config.critic_lr)),
+        "critic": TrainState.create(apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.critic_lr)),
         "critic_target": copy(critic_params),
         "key": key,
     }

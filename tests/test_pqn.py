@@ -556,3 +556,23 @@ def test_minatar_collect_from_results_redraws_without_the_run_folders(tmp_path, 
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p != figure} == before
     with pytest.raises(SystemExit):
         bench.main(["run", *settings, "--from-results"])
+
+
+def test_flat_adam_ab_writes_both_optimizers_rows(jax_cache_dir, tmp_path):
+    """benchmarks/flat_adam.py: the flat program's state really holds fewer arrays (else the script stops), and
+    two rows come back, plain Adam's and the flat one's with plain Adam as its baseline and their ratio."""
+    import csv
+
+    from conftest import cli_env
+
+    out = tmp_path / "speed.csv"
+    script = Path(__file__).parents[1] / "benchmarks" / "flat_adam.py"
+    args = ["--algorithm", "td3_bc", "--updates", "4", "--rounds", "2", "--dataset-size", "1000", "--out", str(out)]
+    proc = subprocess.run([sys.executable, str(script), *args], env=cli_env(jax_cache_dir), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain, flat = list(csv.DictReader(out.read_text().splitlines()))
+    assert plain["benchmark"] == flat["benchmark"] == "update_throughput_flat_adam"
+    assert plain["notes"].startswith("optax.adam per parameter array") and flat["notes"].startswith("optax.flatten")
+    assert flat["baseline"] == f"optax.adam={plain['value']}"
+    assert float(flat["ratio_to_baseline"]) == pytest.approx(float(flat["value"]) / float(plain["value"]), abs=2e-3)
