@@ -11,8 +11,8 @@ concatenated vector per network instead of several per parameter array. Both pro
 round by round, so that a machine's drift falls on both alike. Each call is --updates updates of each seed on
 synthetic HalfCheetah-shaped data, as `speed.py` times them. Two rows go to results/speed.csv (benchmark
 update_throughput_flat_adam, updates/s summed over the seeds): plain Adam's, and flat Adam's with plain Adam as
-its baseline and ratio. (Rows from commits 8ae3ca2 to 4c7ffa0 measured `rlzoo.optim.flat_adam`, the same
-transform, then the algorithms' optimizer.)
+its baseline and ratio. (The rows of commits 8ae3ca2 to c8a4bff measured the same transform as
+`rlzoo.optim.flat_adam`, while the algorithms used it; they went back to `optax.adam` in 5a66779.)
 """
 
 from __future__ import annotations
