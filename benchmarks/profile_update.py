@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -101,9 +100,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rlzoo.run import seed_keys
 
     mod = speed.load_algorithm(args.algorithm)
-    if not hasattr(mod, "make_train") or "act_dim" in inspect.signature(mod.make_train).parameters:
-        raise SystemExit(f"{args.algorithm} is not an offline algorithm (make_train(config) -> train_chunk); "
-                         "profile one of iql, td3_bc, cql")
     keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))
     _, train_chunk, state, data = speed.offline_setup(mod, args, keys)
     for _ in range(2):

@@ -162,6 +162,12 @@ def time_calls(call, state, repeats: int, start_at: float = 0.0):
     return first, times, state
 
 
+def is_offline(mod) -> bool:
+    """An offline algorithm's `make_train(config)` returns `train_chunk(states, data)`; a replay-based online
+    one's `make_train(config, act_dim)` returns (act, learn)."""
+    return hasattr(mod, "make_train") and "act_dim" not in inspect.signature(mod.make_train).parameters
+
+
 def offline_setup(mod, args, keys):
     """(config, jitted train_chunk, seeds' state, synthetic data) of an offline algorithm, as its `main` builds
     them: --num-seeds seeds, --updates updates per call."""
@@ -169,6 +175,9 @@ def offline_setup(mod, args, keys):
 
     from rlzoo.run import shard_seeds
 
+    if not is_offline(mod):
+        raise SystemExit(f"{Path(mod.__file__).stem} is not an offline algorithm (make_train(config) -> "
+                         "train_chunk); use one of iql, td3_bc, cql")
     config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size,
                         scan_unroll=args.scan_unroll)
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
@@ -353,8 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
         first, times, flops, work, unit, batch_size = (bench_pqn_atari if atari else bench_pqn)(mod, args, keys, notes)
         what = "env steps"
     else:
-        params = list(inspect.signature(mod.make_train).parameters)
-        bench = bench_replay if "act_dim" in params else bench_offline
+        bench = bench_offline if is_offline(mod) else bench_replay
         first, times, flops = bench(mod, args, keys, notes)
         work, unit, batch_size, what = args.updates, "updates/s", args.batch_size, "updates"
 
