@@ -100,6 +100,69 @@ def test_expectile_loss_minimizer(tau):
 
 # ---------------------------------------------------------------------------------------------- learning
 
+def test_iql_update_is_value_then_actor_then_critic_as_the_paper_says():
+    """One update against numpy: V's expectile loss on min_i Q'_i(s, a) of the target critics, the actor's clipped
+    advantage weights exp(beta (Q' - V)) with V before its step, the critics' TD target r + gamma (1 - d) V(s') with
+    V after its step, each network moved by one Adam step on its own loss, and one Polyak step of the targets."""
+    obs_dim, act_dim, n = 3, 2, 64
+    config = iql.Config(hidden_dims=(16, 16), beta=30.0, max_weight=2.0, tau=0.25, max_action=2.0, value_lr=1e-3,
+                        critic_lr=1e-3)
+    k = jax.random.split(jax.random.PRNGKey(3), 8)
+    batch = {"observations": jax.random.normal(k[0], (n, obs_dim)),
+             "actions": jax.random.uniform(k[1], (n, act_dim), minval=-2.0, maxval=2.0),
+             "rewards": jax.random.normal(k[2], (n,)),
+             "next_observations": jax.random.normal(k[3], (n, obs_dim)),
+             "dones": (jax.random.uniform(k[4], (n,)) < 0.3).astype(jnp.float32)}
+    state0 = iql.init_state(config, k[5], obs_dim, act_dim)
+    # Targets unlike the online critics, so that a loss that used the wrong ones would not match.
+    leaves, treedef = jax.tree_util.tree_flatten(state0["target_params"])
+    noise = jax.random.split(k[6], len(leaves))
+    state0["target_params"] = jax.tree_util.tree_unflatten(
+        treedef, [x + 0.3 * jax.random.normal(key, x.shape) for x, key in zip(leaves, noise)])
+    state, metrics = jax.jit(iql.make_update(config))(state0, batch)
+
+    f64 = lambda x: np.asarray(x, np.float64)
+    obs, act, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+    r, d = f64(batch["rewards"]), f64(batch["dones"])
+    value0, actor0, critic0 = state0["value"], state0["actor"], state0["critic"]
+    target_q = f64(critic0.apply_fn(state0["target_params"], obs, act)).min(0)
+    v0 = f64(value0.apply_fn(value0.params, obs))
+    u = target_q - v0
+    value_loss = np.mean(np.where(u > 0, 0.7, 0.3) * u**2)
+    weights = np.minimum(np.exp(30.0 * u), 2.0)
+    assert 0 < np.mean(weights == 2.0) < 1  # the clip is active for some samples, not all
+    mean, log_std = (f64(x) for x in actor0.apply_fn(actor0.params, obs))
+    z = (f64(act) / 2.0 - mean) / np.exp(log_std)
+    log_prob = np.sum(-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi), axis=-1)
+    actor_loss = -np.mean(weights * log_prob)
+    v1_next = f64(state["value"].apply_fn(state["value"].params, next_obs))
+    td_target = r + 0.99 * (1 - d) * v1_next
+    q0 = f64(critic0.apply_fn(critic0.params, obs, act))
+    critic_loss = ((q0 - td_target) ** 2).mean(1).sum()
+    stale = ((q0 - (r + 0.99 * (1 - d) * f64(value0.apply_fn(value0.params, next_obs)))) ** 2).mean(1).sum()
+    assert abs(stale - critic_loss) > 1e-3 * critic_loss  # V's step changes the critics' target measurably
+
+    np.testing.assert_allclose(float(metrics["value_loss"]), value_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["weight_mean"]), weights.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["actor_loss"]), actor_loss, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["critic_loss"]), critic_loss, rtol=1e-5)
+
+    # Each network took one Adam step on the gradient of its own loss (written here in jnp from the same pieces).
+    tq, w = jnp.asarray(target_q, jnp.float32), jnp.asarray(weights, jnp.float32)
+    y = jnp.asarray(td_target, jnp.float32)
+    losses = {
+        "value": lambda p: iql.expectile_loss(tq - value0.apply_fn(p, obs), 0.7).mean(),
+        "actor": lambda p: -(w * iql.networks.gaussian_log_prob(*actor0.apply_fn(p, obs), act / 2.0)).mean(),
+        "critic": lambda p: ((critic0.apply_fn(p, obs, act) - y) ** 2).mean(1).sum(),
+    }
+    for name, loss in losses.items():
+        expected = state0[name].apply_gradients(grads=jax.grad(loss)(state0[name].params)).params
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                               state[name].params, expected)
+    jax.tree_util.tree_map(lambda t, c, t0: np.testing.assert_allclose(t, 0.25 * c + 0.75 * t0, rtol=1e-5, atol=1e-6),
+                           state["target_params"], state["critic"].params, state0["target_params"])
+
+
 
 def test_iql_learns_from_controller_data(pendulum_store, monkeypatch, tmp_path):
     """3000 updates on 20 noisy-controller episodes (dataset return -156 on average), with Pendulum's action
