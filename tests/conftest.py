@@ -214,3 +214,40 @@ def cli_env(cache: Path, store: Path | None = None, **extra: str) -> dict:
         env["MINARI_DATASETS_PATH"] = str(store)
     env.update(extra)
     return env
+
+
+def help_options(text: str) -> dict[str, str]:
+    """tyro's --help, read back as {flag: its shown default} ('' if none shown): each option starts a row
+    `│ --flag ...` (a boolean's `--x, --no-x` counts as --x) and its description runs on until the next option."""
+    import re
+
+    rows = [line.strip("│ ").rstrip() for line in text.splitlines() if line.startswith("│")]
+    options: dict[str, list[str]] = {}
+    current = None
+    for row in rows:
+        if row.startswith("--"):
+            current = row.split()[0].rstrip(",")
+            options[current] = []
+        if current is not None:
+            options[current].append(row)
+    shown = {}
+    for flag, parts in options.items():
+        defaults = re.findall(r"\(default: ([^()]*)\)", " ".join(" ".join(parts).split()))
+        shown[flag] = defaults[-1] if defaults else ""
+    return shown
+
+
+@pytest.fixture
+def plotted_labels(monkeypatch) -> list[str]:
+    """The legend labels of every line drawn with Axes.plot during the test, in order (the figure still draws)."""
+    import matplotlib.axes
+
+    labels, original = [], matplotlib.axes.Axes.plot
+
+    def plot(ax, *args, **kwargs):
+        if "label" in kwargs:
+            labels.append(kwargs["label"])
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    return labels

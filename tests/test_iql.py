@@ -20,6 +20,7 @@ from conftest import (
     assert_clean_failure,
     checkpoint_steps,
     cli_env,
+    help_options,
     kill_once_checkpointed,
     load_checkpoint,
     pendulum_random_return,
@@ -282,17 +283,23 @@ def test_help_documents_every_option(jax_cache_dir):
     proc = run_iql(["--help"], cli_env(jax_cache_dir))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
+    shown = help_options(text)
     for f in dataclasses.fields(iql.Config):
-        assert f"--{f.name.replace('_', '-')}" in text, f.name
+        assert f"--{f.name.replace('_', '-')}" in shown, f.name
+    paper = {"--expectile": "0.7", "--beta": "3.0", "--max-weight": "100.0", "--tau": "0.005", "--gamma": "0.99",
+             "--actor-lr": "0.0003", "--value-lr": "0.0003", "--hidden-dims": "256 256", "--batch-size": "256",
+             "--total-steps": "1000000"}
+    assert {flag: shown[flag] for flag in paper} == paper
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
-    assert re.search(r"--expectile FLOAT .*?\(default: 0\.7\)", flat)
-    assert re.search(r"--beta FLOAT .*?\(default: 3\.0\)", flat)
     assert re.search(r"--expectile FLOAT [^()]*\(0\.7 MuJoCo", flat)  # the docstring travels into --help
 
 
 def test_wandb_offline_needs_no_network(pendulum_store, jax_cache_dir, tmp_path):
-    env = cli_env(jax_cache_dir, pendulum_store, WANDB_DIR=str(tmp_path / "wandb-dir"))
-    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+    # Every route to a server leads to a closed local port, so a run that tried to reach one would fail or hang.
+    dead = "http://127.0.0.1:9"
+    env = cli_env(jax_cache_dir, pendulum_store, WANDB_DIR=str(tmp_path / "wandb-dir"), WANDB_BASE_URL=dead,
+                  HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead, https_proxy=dead)
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "NO_PROXY", "no_proxy"):
         env.pop(var, None)
     args = SMALL + ["--total-steps", "200", "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "200",
                     "--wandb", "--wandb-mode", "offline", "--run-dir", str(tmp_path / "run")]
@@ -320,7 +327,9 @@ def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
     t0 = time.perf_counter()
     proc = run_iql(["--env", "hopper-medium", "--run-dir", str(minari_store.parent / "run")], env, timeout=60)
     assert_clean_failure(proc, "python envs/build_dataset.py hopper-medium", "dataset 'hopper-medium' is not available")
-    assert time.perf_counter() - t0 < 60
+    elapsed = time.perf_counter() - t0
+    print(f"the missing dataset was reported after {elapsed:.1f} s")
+    assert elapsed < 30  # fails fast: no long wait on the unreachable remote (the subprocess may take 60)
 
 
 def test_seeds_shard_over_several_devices(pendulum_store, jax_cache_dir, tmp_path):
