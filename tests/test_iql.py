@@ -26,7 +26,7 @@ from conftest import (
     pendulum_random_return,
 )
 
-from rlzoo import datasets
+from rlzoo import datasets, networks
 
 REPO = Path(__file__).resolve().parents[1]
 IQL_PY = REPO / "algorithms" / "iql.py"
@@ -153,7 +153,7 @@ def test_iql_update_is_value_then_actor_then_critic_as_the_paper_says():
     y = jnp.asarray(td_target, jnp.float32)
     losses = {
         "value": lambda p: iql.expectile_loss(tq - value0.apply_fn(p, obs), 0.7).mean(),
-        "actor": lambda p: -(w * iql.networks.gaussian_log_prob(*actor0.apply_fn(p, obs), act / 2.0)).mean(),
+        "actor": lambda p: -(w * networks.gaussian_log_prob(*actor0.apply_fn(p, obs), act / 2.0)).mean(),
         "critic": lambda p: ((critic0.apply_fn(p, obs, act) - y) ** 2).mean(1).sum(),
     }
     for name, loss in losses.items():
