@@ -217,19 +217,21 @@ def cli_env(cache: Path, store: Path | None = None, **extra: str) -> dict:
 
 
 def help_options(text: str) -> dict[str, str]:
-    """tyro's --help, read back as {flag: its shown default} ('' if none shown): each option starts a row
-    `│ --flag ...` (a boolean's `--x, --no-x` counts as --x) and its description runs on until the next option."""
+    """tyro's --help, read back as {flag: its shown default} ('' if none shown): an option starts a row `│ --flag`
+    (a boolean's `--x, --no-x` counts as --x; a wrapped description is indented, so it never starts one) and its
+    description runs on until the next option."""
     import re
 
-    rows = [line.strip("│ ").rstrip() for line in text.splitlines() if line.startswith("│")]
     options: dict[str, list[str]] = {}
     current = None
-    for row in rows:
-        if row.startswith("--"):
-            current = row.split()[0].rstrip(",")
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        if line.startswith("│ --"):
+            current = line[2:].split()[0].rstrip(",")
             options[current] = []
         if current is not None:
-            options[current].append(row)
+            options[current].append(line.strip("│ "))
     shown = {}
     for flag, parts in options.items():
         defaults = re.findall(r"\(default: ([^()]*)\)", " ".join(" ".join(parts).split()))
@@ -237,17 +239,29 @@ def help_options(text: str) -> dict[str, str]:
     return shown
 
 
+def assert_help_shows(text: str, config_cls, expected: dict[str, str]) -> None:
+    """--help lists a flag for every field of `config_cls`, and shows `expected` {flag: default} on those flags."""
+    import dataclasses
+
+    shown = help_options(text)
+    missing = [f.name for f in dataclasses.fields(config_cls) if "--" + f.name.replace("_", "-") not in shown]
+    assert not missing, f"--help lacks {missing}"
+    assert {flag: shown.get(flag) for flag in expected} == expected
+
+
 @pytest.fixture
-def plotted_labels(monkeypatch) -> list[str]:
-    """The legend labels of every line drawn with Axes.plot during the test, in order (the figure still draws)."""
+def plotted_labels(monkeypatch) -> list[tuple[str, int]]:
+    """(legend label, number of points) of every labelled line drawn with Axes.plot during the test, in order
+    (the figure still draws)."""
     import matplotlib.axes
 
     labels, original = [], matplotlib.axes.Axes.plot
 
     def plot(ax, *args, **kwargs):
+        lines = original(ax, *args, **kwargs)
         if "label" in kwargs:
-            labels.append(kwargs["label"])
-        return original(ax, *args, **kwargs)
+            labels.append((kwargs["label"], sum(len(line.get_xdata()) for line in lines)))
+        return lines
 
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
     return labels

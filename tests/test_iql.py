@@ -18,9 +18,9 @@ import pytest
 from conftest import (
     PENDULUM_ID,
     assert_clean_failure,
+    assert_help_shows,
     checkpoint_steps,
     cli_env,
-    help_options,
     kill_once_checkpointed,
     load_checkpoint,
     pendulum_random_return,
@@ -156,10 +156,15 @@ def test_iql_update_is_value_then_actor_then_critic_as_the_paper_says():
         "actor": lambda p: -(w * networks.gaussian_log_prob(*actor0.apply_fn(p, obs), act / 2.0)).mean(),
         "critic": lambda p: ((critic0.apply_fn(p, obs, act) - y) ** 2).mean(1).sum(),
     }
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
     for name, loss in losses.items():
-        expected = state0[name].apply_gradients(grads=jax.grad(loss)(state0[name].params)).params
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                               state[name].params, expected)
+        grads = jax.grad(loss)(state0[name].params)
+        jax.tree_util.tree_map(close, state[name].params, state0[name].apply_gradients(grads=grads).params)
+        # Adam's first step moves each weight by about lr * sign(g); its moments hold the gradient itself.
+        adam = state[name].opt_state[0]
+        assert int(adam.count) == 1
+        jax.tree_util.tree_map(lambda m, g: close(m, 0.1 * g), adam.mu, grads)
+        jax.tree_util.tree_map(lambda v, g: close(v, 0.001 * g**2), adam.nu, grads)
     jax.tree_util.tree_map(lambda t, c, t0: np.testing.assert_allclose(t, 0.25 * c + 0.75 * t0, rtol=1e-5, atol=1e-6),
                            state["target_params"], state["critic"].params, state0["target_params"])
 
@@ -283,13 +288,10 @@ def test_help_documents_every_option(jax_cache_dir):
     proc = run_iql(["--help"], cli_env(jax_cache_dir))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    shown = help_options(text)
-    for f in dataclasses.fields(iql.Config):
-        assert f"--{f.name.replace('_', '-')}" in shown, f.name
-    paper = {"--expectile": "0.7", "--beta": "3.0", "--max-weight": "100.0", "--tau": "0.005", "--gamma": "0.99",
-             "--actor-lr": "0.0003", "--value-lr": "0.0003", "--hidden-dims": "256 256", "--batch-size": "256",
-             "--total-steps": "1000000"}
-    assert {flag: shown[flag] for flag in paper} == paper
+    assert_help_shows(text, iql.Config, {
+        "--expectile": "0.7", "--beta": "3.0", "--max-weight": "100.0", "--tau": "0.005", "--gamma": "0.99",
+        "--actor-lr": "0.0003", "--value-lr": "0.0003", "--hidden-dims": "256 256", "--batch-size": "256",
+        "--total-steps": "1000000"})
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
     assert re.search(r"--expectile FLOAT [^()]*\(0\.7 MuJoCo", flat)  # the docstring travels into --help
 
@@ -329,7 +331,7 @@ def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
     assert_clean_failure(proc, "python envs/build_dataset.py hopper-medium", "dataset 'hopper-medium' is not available")
     elapsed = time.perf_counter() - t0
     print(f"the missing dataset was reported after {elapsed:.1f} s")
-    assert elapsed < 30  # fails fast: no long wait on the unreachable remote (the subprocess may take 60)
+    assert elapsed < 45  # fails fast: no long wait on the unreachable remote (the subprocess may take 60)
 
 
 def test_seeds_shard_over_several_devices(pendulum_store, jax_cache_dir, tmp_path):

@@ -557,7 +557,8 @@ def test_corl_curve_compare_draws_both_runs_and_copies_their_files(tmp_path, plo
     out = tmp_path / "out"
     corl_curve.main(["compare", "--rlzoo-run", str(run), "--corl-csv", str(corl), "--out", str(out)])
     assert_figure(out / "compare.png")
-    assert "rlzoo (JAX)" in plotted_labels and "CORL (PyTorch)" in plotted_labels, plotted_labels
+    drawn = dict(plotted_labels)  # label -> points of its last line
+    assert drawn.get("rlzoo (JAX)", 0) > 0 and drawn.get("CORL (PyTorch)", 0) > 0, plotted_labels
     assert (out / "corl.csv").read_text() == corl.read_text()
     assert (out / "rlzoo-train.csv").read_text() == (run / "train.csv").read_text()
     assert json.loads((out / "corl.json").read_text())["torch"] == "2.13.0+cpu"

@@ -272,7 +272,8 @@ def test_atari_xla_and_host_stepping_agree(tmp_path, capsys):
     rows = []
     for xla in (True, False):
         summary = pqn.main(pqn.default_config(**common, atari_xla=xla, run_dir=str(tmp_path / f"xla{xla}")))
-        assert summary["steps"] == 256 and (tmp_path / f"xla{xla}" / "policy.npz").exists()
+        assert load_checkpoint(tmp_path / f"xla{xla}")[1]["step"] == 256
+        assert summary["algorithm"] == "pqn" and (tmp_path / f"xla{xla}" / "policy.npz").exists()
         assert "1 of 1 games were still going after --eval-max-steps 50 agent steps" in capsys.readouterr().out, xla
         rows.append((tmp_path / f"xla{xla}" / "train.csv").read_text())
     assert rows[0] == rows[1]
@@ -465,7 +466,8 @@ def test_minatar_collect_plots_runs_and_lists_unfinished(tmp_path, monkeypatch, 
     bench.collect(args)
     assert (curves / f"{run.name}.csv").read_text() == (run / "eval.csv").read_text()
     assert_figure(curves / "pqn-minatar-s0-n2-2048-decay4096.png")
-    assert plotted_labels == ["rlzoo, mean of 2 seeds", "purejaxql, 1 seed"]  # the game's runs, and the reference
+    # The game's two seeds' mean at 2 evaluations, and the reference's one evaluation.
+    assert plotted_labels == [("rlzoo, mean of 2 seeds", 2), ("purejaxql, 1 seed", 1)]
     progress = (curves / "pqn-minatar-s0-n2-2048-decay4096-in-progress.csv").read_text().splitlines()
     assert progress == ["task,steps_reached,latest_mean_return,seeds", "Breakout-MinAtar,2048,4.0,2"]
     (run / "summary.json").write_text("{}")
