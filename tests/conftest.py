@@ -216,6 +216,23 @@ def cli_env(cache: Path, store: Path | None = None, **extra: str) -> dict:
     return env
 
 
+def resumed_step(stdout: str) -> int:
+    """The step a `--resume` run says it resumed at (fails the test if it does not say so)."""
+    import re
+
+    match = re.search(r"resumed at step (\d+)", stdout)
+    assert match, stdout[-3000:]
+    return int(match.group(1))
+
+
+def assert_logs_match(run_dir, reference_dir) -> None:
+    """A resumed run's train.csv and eval.csv read as if it had never stopped: equal to an uninterrupted run's."""
+    from pathlib import Path
+
+    for name in ("train.csv", "eval.csv"):
+        assert (Path(run_dir) / name).read_text() == (Path(reference_dir) / name).read_text(), name
+
+
 def help_options(text: str) -> dict[str, str]:
     """tyro's --help, read back as {flag: its shown default} ('' if none shown): an option starts a row `│ --flag`
     (a boolean's `--x, --no-x` counts as --x; a wrapped description is indented, so it never starts one) and its

@@ -19,11 +19,13 @@ from conftest import (
     PENDULUM_ID,
     assert_clean_failure,
     assert_help_shows,
+    assert_logs_match,
     checkpoint_steps,
     cli_env,
     kill_once_checkpointed,
     load_checkpoint,
     pendulum_random_return,
+    resumed_step,
 )
 
 from rlzoo import datasets, networks
@@ -241,8 +243,7 @@ def test_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_path):
 
     resumed = run_iql(["--resume", str(run_dir), "--quiet"], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resumed at step" in resumed.stdout
-    start = int(re.search(r"resumed at step (\d+)", resumed.stdout).group(1))
+    start = resumed_step(resumed.stdout)
     assert start >= max(killed_at) - 200  # the newest complete checkpoint (a save may have been cut short)
 
     state_full, meta_full = load_checkpoint(tmp_path / "full")
@@ -250,8 +251,7 @@ def test_kill_and_resume_is_bit_exact(pendulum_store, jax_cache_dir, tmp_path):
     assert meta_full["step"] == meta_resumed["step"] == 4000
     assert_states_equal(state_full, state_resumed)
     # The logs of the resumed run read as if it had never stopped.
-    for name in ("train.csv", "eval.csv"):
-        assert (run_dir / name).read_text() == (tmp_path / "full" / name).read_text(), name
+    assert_logs_match(run_dir, tmp_path / "full")
     assert json.loads((run_dir / "summary.json").read_text())["final_scores"] == \
         json.loads((tmp_path / "full" / "summary.json").read_text())["final_scores"]
 

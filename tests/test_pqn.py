@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, assert_figure, cli_env, kill_once_checkpointed, load_checkpoint
+from conftest import (
+    assert_clean_failure,
+    assert_figure,
+    assert_logs_match,
+    cli_env,
+    kill_once_checkpointed,
+    load_checkpoint,
+    resumed_step,
+)
 
 from rlzoo.checkpoint import load_params
 
@@ -326,7 +333,7 @@ def test_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
     assert 1024 <= max(killed_at) < 4096, killed_at
     resumed = run_pqn(["--resume", str(run_dir), "--quiet"], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert int(re.search(r"resumed at step (\d+)", resumed.stdout).group(1)) >= 1024
+    assert resumed_step(resumed.stdout) >= 1024
     state_full, meta_full = load_checkpoint(tmp_path / "full")
     state_resumed, meta_resumed = load_checkpoint(run_dir)
     assert state_full.keys() == state_resumed.keys()
@@ -334,8 +341,7 @@ def test_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
         np.testing.assert_array_equal(state_full[k], state_resumed[k], err_msg=k)
     drop_wall = lambda meta: {k: v for k, v in meta.items() if k != "wall_s"}  # training time differs, rightly
     assert drop_wall(meta_full) == drop_wall(meta_resumed)
-    for name in ("train.csv", "eval.csv"):
-        assert (run_dir / name).read_text() == (tmp_path / "full" / name).read_text(), name
+    assert_logs_match(run_dir, tmp_path / "full")
 
 
 def test_nan_loss_is_dated_in_env_steps(tmp_path):
@@ -374,8 +380,6 @@ def test_nan_loss_is_dated_in_env_steps(tmp_path):
 def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
     """benchmarks/speed.py: PQN is timed in env steps/s (env_throughput), an offline update in updates/s."""
     import csv
-
-    from conftest import cli_env
 
     out = tmp_path / "speed.csv"
     speed = Path(__file__).parents[1] / "benchmarks" / "speed.py"
@@ -568,8 +572,6 @@ def test_flat_adam_ab_writes_both_optimizers_rows(jax_cache_dir, tmp_path):
     """benchmarks/flat_adam.py: the flat program's state really holds fewer arrays (else the script stops), and
     two rows come back, plain Adam's and the flat one's with plain Adam as its baseline and their ratio."""
     import csv
-
-    from conftest import cli_env
 
     out = tmp_path / "speed.csv"
     script = Path(__file__).parents[1] / "benchmarks" / "flat_adam.py"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, cli_env, kill_once_checkpointed, load_checkpoint
+from conftest import (
+    assert_clean_failure,
+    assert_logs_match,
+    cli_env,
+    kill_once_checkpointed,
+    load_checkpoint,
+    resumed_step,
+)
 
 from rlzoo.checkpoint import load_params
 from rlzoo.run import import_script
@@ -86,7 +92,7 @@ def test_sac_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
 
     resumed = run_sac(["--resume", str(run_dir), "--quiet"], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    start = int(re.search(r"resumed at step (\d+)", resumed.stdout).group(1))
+    start = resumed_step(resumed.stdout)
     assert 750 <= start < 2000
 
     full_params, _ = load_params(tmp_path / "full" / "policy.npz")
@@ -101,8 +107,7 @@ def test_sac_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
     # Step and the host envs' state (observations, RNG, time limit); wall_s is time, not state.
     assert {k: v for k, v in meta_full.items() if k != "wall_s"} == \
         {k: v for k, v in meta_resumed.items() if k != "wall_s"}
-    for name in ("train.csv", "eval.csv"):
-        assert (run_dir / name).read_text() == (tmp_path / "full" / name).read_text(), name
+    assert_logs_match(run_dir, tmp_path / "full")
     assert json.loads((run_dir / "summary.json").read_text())["final_scores"] == \
         json.loads((tmp_path / "full" / "summary.json").read_text())["final_scores"]
 

@@ -18,10 +18,12 @@ from conftest import (
     INVERTED_PENDULUM_ID,
     PENDULUM_ID,
     assert_help_shows,
+    assert_logs_match,
     cli_env,
     kill_once_checkpointed,
     load_checkpoint,
     pendulum_random_return,
+    resumed_step,
 )
 
 from rlzoo import datasets
@@ -258,7 +260,7 @@ def test_kill_and_resume_is_bit_exact(name, pendulum_store, jax_cache_dir, tmp_p
     assert max(killed_at) < 800, killed_at
     resumed = run_script(script, ["--resume", str(run_dir), "--quiet"], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    start = int(re.search(r"resumed at step (\d+)", resumed.stdout).group(1))
+    start = resumed_step(resumed.stdout)
     assert start >= max(killed_at) - 200  # the newest complete checkpoint (a save may have been cut short)
     state_full, meta_full = load_checkpoint(tmp_path / "full")
     state_resumed, meta_resumed = load_checkpoint(run_dir)
@@ -271,8 +273,7 @@ def test_kill_and_resume_is_bit_exact(name, pendulum_store, jax_cache_dir, tmp_p
         assert state_full["['log_alpha_prime']['params']['log']"] != 1.0
     for key in state_full:
         np.testing.assert_array_equal(state_full[key], state_resumed[key], err_msg=key)
-    for log in ("train.csv", "eval.csv"):  # the resumed run's logs read as if it had never stopped
-        assert (run_dir / log).read_text() == (tmp_path / "full" / log).read_text(), log
+    assert_logs_match(run_dir, tmp_path / "full")
 
 
 # ---------------------------------------------------------------------------------------------- command line
