@@ -23,33 +23,33 @@ import optax
 from flax.training.train_state import TrainState
 
 from rlzoo import networks, offline
-from rlzoo.errors import run_cli
-from rlzoo.run import task_defaults
+from rlzoo.cli import run_cli
+from rlzoo.options import option
 
 
 @dataclass
 class Config(offline.OfflineConfig):
-    expectile: float = 0.7
+    expectile: float = option(0.7, "(0, 1)")
     """Expectile of V's regression onto Q (0.7 MuJoCo, 0.9 AntMaze)."""
-    beta: float = 3.0
+    beta: float = option(3.0, ">= 0")
     """Inverse temperature of the advantage weights (3.0 MuJoCo, 10.0 AntMaze)."""
-    max_weight: float = 100.0
+    max_weight: float = option(100.0, "> 0")
     """Clip of the exponentiated advantage weights."""
-    gamma: float = 0.99
+    gamma: float = option(0.99, "[0, 1]")
     """Discount."""
-    tau: float = 0.005
+    tau: float = option(0.005, "(0, 1]")
     """Polyak rate of the target critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = option(3e-4, "> 0")
     """Actor learning rate (cosine-decayed to 0 over total_steps)."""
-    critic_lr: float = 3e-4
+    critic_lr: float = option(3e-4, "> 0")
     """Q learning rate."""
-    value_lr: float = 3e-4
+    value_lr: float = option(3e-4, "> 0")
     """V learning rate."""
-    hidden_dims: tuple[int, ...] = (256, 256)
+    hidden_dims: tuple[int, ...] = option((256, 256), ">= 1")
     """Hidden layers of actor, critics and value."""
     scale_rewards: bool = True
     """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (the paper's MuJoCo setting)."""
-    max_action: float = 1.0
+    max_action: float = option(1.0, "> 0")
     """Action bound: the actor models a / max_action and acts with max_action * mean (1.0 for every MuJoCo task)."""
 
 
@@ -145,4 +145,4 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, Config, task_defaults(Config, "iql"))
+    run_cli(main, Config)

@@ -13,7 +13,6 @@ block). Seeds are a vmapped axis of the whole training state.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -26,57 +25,50 @@ from flax.training.train_state import TrainState
 
 from rlzoo import buffers, networks
 from rlzoo.checkpoint import save_params
-from rlzoo.errors import RlzooError, run_cli
-from rlzoo.evaluation import Evaluator, check_env_id
-from rlzoo.run import (
-    RunConfig,
-    finish,
-    make_logger,
-    resume_state,
-    save_policy,
-    seed_keys,
-    shard_seeds,
-    start_run,
-    train_loop,
-)
-from rlzoo.wrappers import HostVectorEnv
+from rlzoo.cli import run_cli
+from rlzoo.devices import shard_seeds
+from rlzoo.envs import HostVectorEnv, check_env_id
+from rlzoo.errors import RlzooError
+from rlzoo.evaluation import Evaluator
+from rlzoo.options import RunConfig, option
+from rlzoo.run import Run
 
 
 @dataclass
 class Config(RunConfig):
     env: str = "HalfCheetah-v5"
     """Gymnasium env id (MuJoCo v5)."""
-    total_steps: int = 1_000_000
+    total_steps: int = option(1_000_000, ">= 1")
     """Environment steps per seed."""
-    checkpoint_every: int = 50_000
+    checkpoint_every: int = option(50_000, ">= 1")
     """Checkpoint interval (the replay buffer is part of the checkpoint, so not too often)."""
-    learning_starts: int = 5_000
+    learning_starts: int = option(5_000, ">= 0")
     """Uniform-random actions and no updates for this many initial steps."""
-    update_every: int = 50
+    update_every: int = option(50, ">= 1")
     """Env steps collected between blocks of as many updates (1 update per env step)."""
-    buffer_size: int = 1_000_000
+    buffer_size: int = option(1_000_000, ">= 1")
     """Replay capacity per seed."""
-    batch_size: int = 256
+    batch_size: int = option(256, ">= 1")
     """Minibatch size."""
-    gamma: float = 0.99
+    gamma: float = option(0.99, "[0, 1]")
     """Discount."""
-    tau: float = 0.005
+    tau: float = option(0.005, "(0, 1]")
     """Polyak rate of the target critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = option(3e-4, "> 0")
     """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
+    critic_lr: float = option(3e-4, "> 0")
     """Adam learning rate of the critics."""
-    alpha_lr: float = 3e-4
+    alpha_lr: float = option(3e-4, "> 0")
     """Adam learning rate of log(alpha)."""
-    init_alpha: float = 1.0
+    init_alpha: float = option(1.0, ">= 0")
     """Initial entropy temperature."""
     autotune: bool = True
     """Tune alpha toward the target entropy -|A| (else alpha stays init_alpha)."""
-    hidden_dims: tuple[int, ...] = (256, 256)
+    hidden_dims: tuple[int, ...] = option((256, 256), ">= 1")
     """Hidden layers of actor and critics."""
-    num_critics: int = 2
+    num_critics: int = option(2, ">= 1")
     """Critics in the ensemble (the minimum is used)."""
-    save_policy_every: int = 0
+    save_policy_every: int = option(0, ">= 0")
     """If > 0, also write the actor's parameters every this many steps to run_dir/policies (for
     building offline datasets from intermediate policies)."""
     save_replay: bool = False
@@ -224,28 +216,26 @@ def save_replay(path, replay: buffers.Replay, seeds: list[int]) -> None:
 
 
 def main(config: Config) -> dict:
-    run = start_run(config, "sac", prepare=check_config)
+    run = Run.start(config, "sac", prepare=check_config)
     config = run.config
     envs = HostVectorEnv(config.env, run.seeds)
     if not np.allclose(np.abs(envs.low), np.abs(envs.high)):
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
-    actor, _ = make_networks(config, envs.act_dim)
-    state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(seed_keys(run.seeds))
-    state, start_step, host = resume_state(run, state, host_keys=("envs",))
+    state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(run.keys)
+    state = run.restore(state, host_keys=("envs",))
     if run.resuming:
-        envs.set_state(host["envs"])
+        envs.set_state(run.host["envs"])
     state, _ = shard_seeds(state)
     act, learn = make_train(config, envs.act_dim)
+    actor, _ = make_networks(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
-    evaluator = Evaluator(config.env, policy, run.seeds, config.eval_episodes,
-                          evals_done=start_step // config.eval_every)
-    logger = make_logger(run, "return", start_step)
-    step = start_step
-    act_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(seed_keys(run.seeds))
-    policy_dir = run.run_dir / "policies"
+    evaluator = Evaluator(config.env, policy, run.seeds, config.eval_episodes, evals_done=run.evals_done)
+    act_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(run.keys)
+    step = run.start_step
 
     def chunk(state):
+        """config.chunk env steps: blocks of update_every steps, each followed by as many updates."""
         nonlocal step
         blocks = []
         for _ in range(config.chunk // config.update_every):
@@ -257,7 +247,7 @@ def main(config: Config) -> dict:
             state, metrics = learn(state, transitions, step >= config.learning_starts)
             blocks.append(metrics)
         if config.save_policy_every and step % config.save_policy_every == 0:
-            save_params(policy_dir / f"step_{step}.npz", state["actor"].params)
+            save_params(run.run_dir / "policies" / f"step_{step}.npz", state["actor"].params)
         metrics = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=1), *blocks)
         metrics["episode_return"] = jnp.asarray(np.nan_to_num(envs.last_return))[:, None]
         return state, metrics
@@ -266,15 +256,11 @@ def main(config: Config) -> dict:
         returns = evaluator(state["actor"].params)
         return returns, returns.mean(1)
 
-    t0 = time.perf_counter()
-    state = train_loop(run, state, chunk, evaluate, logger, start_step,
-                       host_state=lambda: {"envs": envs.get_state()})
-    save_policy(run, state["actor"].params, hidden_dims=list(config.hidden_dims))
+    state = run.train(state, chunk, evaluate, "return", host_state=lambda: {"envs": envs.get_state()})
+    run.save_policy(state["actor"].params, hidden_dims=list(config.hidden_dims))
     if config.save_replay:
         save_replay(run.run_dir / "replay.npz", state["replay"], run.seeds)
-    envs.close()
-    evaluator.close()
-    return finish(run, logger, "return", config.env, "online", time.perf_counter() - t0)
+    return run.finish(task=config.env, data_source="online", close=[envs, evaluator])
 
 
 if __name__ == "__main__":

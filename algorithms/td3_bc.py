@@ -23,31 +23,31 @@ import optax
 from flax.training.train_state import TrainState
 
 from rlzoo import networks, offline
-from rlzoo.errors import run_cli
-from rlzoo.run import task_defaults
+from rlzoo.cli import run_cli
+from rlzoo.options import option
 
 
 @dataclass
 class Config(offline.OfflineConfig):
-    alpha: float = 2.5
+    alpha: float = option(2.5, ">= 0")
     """Weight of the Q term against behaviour cloning (lambda = alpha / mean|Q|)."""
-    policy_noise: float = 0.2
+    policy_noise: float = option(0.2, ">= 0")
     """Std of the target policy smoothing noise (times max_action)."""
-    noise_clip: float = 0.5
+    noise_clip: float = option(0.5, ">= 0")
     """Clip of the target policy smoothing noise (times max_action)."""
-    policy_freq: int = 2
+    policy_freq: int = option(2, ">= 1")
     """Critic steps per actor step (and per target update)."""
-    gamma: float = 0.99
+    gamma: float = option(0.99, "[0, 1]")
     """Discount."""
-    tau: float = 0.005
+    tau: float = option(0.005, "(0, 1]")
     """Polyak rate of the target actor and critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = option(3e-4, "> 0")
     """Actor learning rate."""
-    critic_lr: float = 3e-4
+    critic_lr: float = option(3e-4, "> 0")
     """Critic learning rate."""
-    hidden_dims: tuple[int, ...] = (256, 256)
+    hidden_dims: tuple[int, ...] = option((256, 256), ">= 1")
     """Hidden layers of actor and critics."""
-    max_action: float = 1.0
+    max_action: float = option(1.0, "> 0")
     """Action bound: the actor outputs max_action * tanh(.) (1.0 for every MuJoCo task)."""
 
 
@@ -137,4 +137,4 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, Config, task_defaults(Config, "td3_bc"))
+    run_cli(main, Config)

@@ -34,7 +34,9 @@ OFFICIAL_KINDS = ("random", "simple", "medium", "expert")
 # A composite dataset is the concatenation of its parts (D4RL's medium-expert = medium + expert).
 COMPOSITES = {"medium-expert": ("medium", "expert")}
 LOCAL_NAMESPACE = "rlzoo-local"
-BUILD_SCRIPT = "envs/build_dataset.py"
+# How a user builds a dataset of the local namespace (rlzoo's repository has the builder): the one pointer
+# upward that the missing-dataset paragraph must give, as text only.
+BUILD_COMMAND = "python -m envs.build_dataset"
 
 
 def aliases() -> list[str]:
@@ -59,7 +61,7 @@ def local_id(task: str, kind: str) -> str:
 
 
 def build_command(alias: str) -> str:
-    return f"python {BUILD_SCRIPT} {alias}"
+    return f"{BUILD_COMMAND} {alias}"
 
 
 def datasets_root() -> Path:
@@ -187,7 +189,7 @@ def _download(dataset_id: str) -> None:
     except Exception as err:  # network errors come in many types; all mean the same here
         raise RlzooError(
             f"downloading Minari dataset '{dataset_id}' failed ({type(err).__name__}: {err}). Check the "
-            "network, or build the locally built stand-in with " + BUILD_SCRIPT
+            "network, or build the locally built stand-in with " + BUILD_COMMAND
         ) from err
 
 
@@ -424,21 +426,6 @@ def _read_minari(dataset_id: str, name: str) -> dict:
     return out
 
 
-def _upgrade_parts(saved: dict, now: dict) -> bool:
-    """Add the build recipe to a record written before runs recorded it, when each part is provably the same
-    data (same id, size and return); True when something was added."""
-    old, new = saved.get("parts") or [], now.get("parts") or []
-    if len(old) != len(new) or all("recipe" in p for p in old):
-        return False
-    same = all(o.get(k) == n.get(k) for o, n in zip(old, new) for k in ("dataset_id", "transitions", "episodes"))
-    same = same and all(o.get("return_mean") is not None and np.isclose(o["return_mean"], n["return_mean"], rtol=1e-12)
-                        for o, n in zip(old, new))
-    if not same or not all("recipe" in n for n in new):
-        return False
-    saved["parts"] = [{**o, "recipe": n["recipe"], "built_on": n["built_on"]} for o, n in zip(old, new)]
-    return True
-
-
 def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
     """Record which data a run trains on (dataset.json); a resumed run must find the same data again: not an
     official copy downloaded in between, nor a rebuild or new reference scores (`--refs-only`), which would
@@ -448,13 +435,9 @@ def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
         saved = json.loads(path.read_text())
         now = dataset.summary
         changed = [k for k in ("dataset_ids", "transitions", "episodes") if saved.get(k, now[k]) != now[k]]
-        # return_mean identifies the data itself. Records from before it counted complete episodes only lack
-        # "returns_over" (their return also counted budget-cut fragments) and are not compared on it.
-        numbers = ("ref_min_score", "ref_max_score") + (("return_mean",) if "returns_over" in saved else ())
+        numbers = ("ref_min_score", "ref_max_score", "return_mean")  # return_mean identifies the data itself
         changed += [k for k in numbers
                     if saved.get(k) is not None and now[k] is not None and not np.isclose(saved[k], now[k], rtol=1e-9)]
-        if not changed and _upgrade_parts(saved, now):
-            path.write_text(json.dumps(saved, indent=2))
         if changed:
             raise RlzooError(
                 f"the run in {run_dir} trained on {saved['dataset_ids']} ({saved['data_source']}, "

@@ -8,20 +8,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from rlzoo.errors import RlzooError, close_matches
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise a readable RlzooError, with close matches, when `env_id` is not a registered Gymnasium env."""
-    if env_id in gym.registry:
-        return
-    matches = close_matches(env_id, [k for k in gym.registry if "/" not in k or k.startswith("ALE/")])
-    raise RlzooError(
-        f"unknown environment '{env_id}'. "
-        + (f"Close matches: {', '.join(matches)}. " if matches else "")
-        + "Online algorithms take a Gymnasium id such as HalfCheetah-v5, Hopper-v5 or Walker2d-v5 "
-        "(MuJoCo v5); offline algorithms take a dataset name such as halfcheetah-medium."
-    )
+from rlzoo.envs import check_env_id
 
 
 class Evaluator:

@@ -198,3 +198,27 @@ def tanh_gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Arra
     a = jnp.clip(action, -1.0 + eps, 1.0 - eps)
     u = jnp.arctanh(a)
     return gaussian_log_prob(mean, log_std, u) - jnp.sum(jnp.log(1.0 - a**2 + eps), axis=-1)
+
+
+class QNetwork(nn.Module):
+    """Q(s, .): convolutions, then dense layers, each followed by LayerNorm and ReLU; a linear output (PQN: the
+    LayerNorms are what keep Q-learning stable without a target network)."""
+
+    num_actions: int
+    convs: Sequence[tuple[int, int, int]]  # (features, kernel size, stride), VALID padding
+    hidden: Sequence[int]
+    channels_first: bool = False  # ale-py stacks frames first: [4, 84, 84]
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = obs.astype(jnp.float32) * self.scale
+        if self.channels_first:
+            x = jnp.moveaxis(x, -3, -1)
+        for features, kernel, stride in self.convs:
+            x = PatchConv(features, (kernel, kernel), (stride, stride), kernel_init=nn.initializers.he_normal())(x)
+            x = nn.relu(nn.LayerNorm()(x))  # over channels, at every position
+        x = x.reshape(*x.shape[:-3], -1)
+        for width in self.hidden:
+            x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=nn.initializers.he_normal())(x)))
+        return nn.Dense(self.num_actions)(x)

@@ -11,7 +11,6 @@ resume, and write the summary.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlzoo import buffers, datasets
+from rlzoo.devices import shard_seeds
 from rlzoo.errors import RlzooError
 from rlzoo.evaluation import Evaluator
-from rlzoo.run import RunConfig, finish, make_logger, resume_state, seed_keys, shard_seeds, start_run, train_loop
+from rlzoo.options import RunConfig, option
+from rlzoo.run import Run
 
 
 @dataclass
@@ -32,9 +33,9 @@ class OfflineConfig(RunConfig):
 
     env: str = "halfcheetah-medium"
     """Dataset: a D4RL-style name (halfcheetah-medium, hopper-medium-replay, ...), a Minari id or a path."""
-    total_steps: int = 1_000_000
+    total_steps: int = option(1_000_000, ">= 1")
     """Gradient steps per seed (1M in the papers)."""
-    batch_size: int = 256
+    batch_size: int = option(256, ">= 1")
     """Minibatch size."""
     normalize_obs: bool = True
     """Normalize observations with the dataset's mean and std (+1e-3), in training and at evaluation."""
@@ -42,7 +43,7 @@ class OfflineConfig(RunConfig):
     """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (IQL's MuJoCo setting)."""
     download: bool = True
     """Try to download the official Minari dataset when it is not on disk (fails fast offline)."""
-    scan_unroll: int = 1
+    scan_unroll: int = option(1, ">= 1")
     """Updates per iteration of the chunk's compiled loop (lax.scan's unroll): on a GPU each iteration pays for
     loop control, so a small update can run faster unrolled; same math, longer compile."""
 
@@ -111,7 +112,7 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     gives the evaluation policy on normalized observations. All three get the run's config (the saved one
     when resuming)."""
     # Build the training program (which checks e.g. --chunk against the update) before the run directory exists.
-    run = start_run(config, algorithm, prepare=lambda c: (load_dataset(c), make_train(c)))
+    run = Run.start(config, algorithm, prepare=lambda c: (load_dataset(c), make_train(c)))
     config, (dataset, train_chunk) = run.config, run.prepared
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
@@ -121,22 +122,17 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     data = jax.device_put(dataset.transitions(obs_mean, obs_std, reward_scale))
     obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
 
-    state = jax.vmap(partial(init_state, config, obs_dim=obs_dim, act_dim=act_dim))(seed_keys(run.seeds))
-    state, start_step, _ = resume_state(run, state)
+    state = run.restore(jax.vmap(partial(init_state, config, obs_dim=obs_dim, act_dim=act_dim))(run.keys))
     state, data = shard_seeds(state, data)
 
     act = make_policy(config, act_dim)
     mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
     policy = lambda params, obs: act(params, (obs - mean_j) / std_j)
-    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes,
-                          evals_done=start_step // config.eval_every)
-    logger = make_logger(run, "normalized score", start_step, extra_config=dataset.summary)
+    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes, evals_done=run.evals_done)
 
     def evaluate(state):
         returns = evaluator(state["actor"].params)
         return returns, dataset.normalized_score(returns).mean(1)
 
-    t0 = time.perf_counter()
-    train_loop(run, state, lambda s: train_chunk(s, data), evaluate, logger, start_step)
-    evaluator.close()
-    return finish(run, logger, "normalized score", config.env, dataset.source, time.perf_counter() - t0)
+    run.train(state, lambda s: train_chunk(s, data), evaluate, "normalized score", extra_config=dataset.summary)
+    return run.finish(task=config.env, data_source=dataset.source, close=[evaluator])

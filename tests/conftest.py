@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+from rlzoo.devices import configure_cpu  # noqa: E402
+
+configure_cpu()  # the XLA flags every command line sets, before this process's first computation
+
 PENDULUM_ID = "rlzoo-test/pendulum/controller-v0"
 INVERTED_PENDULUM_ID = "rlzoo-test/invertedpendulum/controller-v0"
 

@@ -8,7 +8,6 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,24 +16,15 @@ import optax
 import pytest
 from scipy import stats
 
-import rlzoo  # noqa: F401  (sets the CPU XLA flags before the first computation)
+from algorithms import iql
 from rlzoo import buffers, datasets, networks, offline
 from rlzoo.checkpoint import Checkpointer, load_params, save_params
+from rlzoo.devices import seed_keys
+from rlzoo.envs import check_env_id
 from rlzoo.errors import NonFiniteLossError, RlzooError
-from rlzoo.evaluation import check_env_id
-from rlzoo.logging import RunLogger
-from rlzoo.run import RunConfig, make_logger, resume_state, save_policy, seed_keys, start_run, train_loop
-
-ALGORITHMS = Path(__file__).resolve().parents[1] / "algorithms"
-
-
-def _import_iql():
-    if str(ALGORITHMS) not in sys.path:
-        sys.path.insert(0, str(ALGORITHMS))
-    import iql
-
-    return iql
-
+from rlzoo.logger import RunLogger
+from rlzoo.options import RunConfig
+from rlzoo.run import Run
 
 # ---------------------------------------------------------------------------------------------- networks
 
@@ -208,7 +198,6 @@ def _iql_state(num_seeds=2, updates=3):
 
     The shapes (3-d observations, 1-d actions, 32x32 nets, 2 seeds) and the eager `vmap(init_state)` are those
     of the Pendulum IQL runs in test_iql.py, so the compiled initialization ops are shared with them."""
-    iql = _import_iql()
     config = iql.Config(hidden_dims=(32, 32), batch_size=8, chunk=updates, total_steps=100)
     obs_dim, act_dim = 3, 1
     rng = np.random.default_rng(0)
@@ -319,8 +308,8 @@ def _two_seed_run(tmp_path, total_steps: int):
     """A run of 2 seeds in chunks of 10 steps, evaluated and checkpointed after each chunk, and its logger."""
     config = RunConfig(env="fake", seed=0, num_seeds=2, total_steps=total_steps, chunk=10, eval_every=10,
                        checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
-    run = start_run(config, "fake")
-    return run, RunLogger(run.run_dir, "fake", 2, run.seeds, total_steps, quiet=True)
+    run = Run.start(config, "fake")
+    return run, run.make_logger("score")
 
 
 def test_run_helpers_fresh_start_policy_file_and_logged_config(tmp_path, monkeypatch):
@@ -328,19 +317,19 @@ def test_run_helpers_fresh_start_policy_file_and_logged_config(tmp_path, monkeyp
     and the extras; `make_logger` names the run <algorithm>-<env> and logs the extras beside the hyperparameters."""
     config = RunConfig(env="fake", seed=3, num_seeds=2, total_steps=20, chunk=10, eval_every=10,
                        checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True, wandb=True)
-    run = start_run(config, "algo")
+    run = Run.start(config, "algo")
     state = {"w": jnp.ones((2, 3))}
-    got, start_step, host = resume_state(run, state)
-    assert got is state and start_step == 0 and host == {}
+    got = run.restore(state)
+    assert got is state and run.start_step == 0 and run.host == {}
 
-    save_policy(run, {"layer": {"kernel": np.arange(3.0)}}, backend="minatar")
+    run.save_policy({"layer": {"kernel": np.arange(3.0)}}, backend="minatar")
     params, meta = load_params(run.run_dir / "policy.npz")
     assert meta == {"env": "fake", "backend": "minatar", "seeds": [3, 4], "step": 20, "algorithm": "algo"}
     np.testing.assert_array_equal(params["layer"]["kernel"], np.arange(3.0))
 
     logged = {}
     monkeypatch.setattr(RunLogger, "_init_wandb", lambda self, cfg, project, mode: logged.update(cfg))
-    logger = make_logger(run, "return", start_step, extra_config={"dataset_id": "x", "seed": 99})
+    logger = run.make_logger("return", extra_config={"dataset_id": "x", "seed": 99})
     assert logger.name == "algo-fake" and logger.seeds == [3, 4]
     assert logged["dataset_id"] == "x" and logged["total_steps"] == 20 and logged["seed"] == 99  # extras win
     logger.close()
@@ -351,12 +340,12 @@ def test_resume_state_returns_host_state_and_refuses_a_checkpoint_without_a_need
     logger.close()
     state = {"w": jnp.arange(6.0).reshape(2, 3)}
     run.checkpointer.save(10, state, {"step": 10, "host": {"other": 1}})
-    resumed = start_run(RunConfig(resume=str(run.run_dir), quiet=True), "fake")
-    got, step, host = resume_state(resumed, {"w": jnp.zeros((2, 3))})
+    resumed = Run.start(RunConfig(resume=str(run.run_dir), quiet=True), "fake")
+    got = resumed.restore({"w": jnp.zeros((2, 3))})
     np.testing.assert_array_equal(got["w"], state["w"])
-    assert step == 10 and host == {"other": 1}
+    assert resumed.start_step == 10 and resumed.host == {"other": 1}
     with pytest.raises(RlzooError, match="checkpoint at step 10 holds no envs state"):
-        resume_state(resumed, {"w": jnp.zeros((2, 3))}, host_keys=("envs",))
+        resumed.restore({"w": jnp.zeros((2, 3))}, host_keys=("envs",))
 
 
 def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
@@ -378,7 +367,7 @@ def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
 
     evaluate = lambda state: (np.zeros((2, 1)), np.zeros(2))
     with pytest.raises(NonFiniteLossError) as info:
-        train_loop(run, {"w": jnp.zeros((2, 3))}, chunk, evaluate, logger)
+        run.train({"w": jnp.zeros((2, 3))}, chunk, evaluate, "score")
     message = str(info.value)
     assert "'critic_loss'" in message
     assert "at step 14 " in message
@@ -411,7 +400,7 @@ def test_nan_parameters_behind_finite_losses_are_never_checkpointed(tmp_path):
     evaluate = lambda state: (np.zeros((2, 1)), np.zeros(2))
     state = {"w": jnp.zeros((2, 3)), "step": jnp.zeros((2,), jnp.int32)}
     with pytest.raises(NonFiniteLossError, match=r"parameters became NaN/inf by step 20.*\(step 10\)"):
-        train_loop(run, state, chunk, evaluate, logger)
+        run.train(state, chunk, evaluate, "score")
     assert sorted(p.name for p in (run.run_dir / "checkpoints").iterdir()) == ["10"]
     logger.close()
 
@@ -425,11 +414,11 @@ def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path):
     try:
         (run_dir / "run.pid").write_text(str(other.pid))
         with pytest.raises(RlzooError, match=f"in use by process {other.pid}"):
-            start_run(RunConfig(run_dir=str(run_dir)), "iql")
+            Run.start(RunConfig(run_dir=str(run_dir)), "iql")
     finally:
         other.kill()
         other.wait()
-    start_run(RunConfig(run_dir=str(run_dir)), "iql")  # a claim left by a dead process is taken over
+    Run.start(RunConfig(run_dir=str(run_dir)), "iql")  # a claim left by a dead process is taken over
     assert (run_dir / "run.pid").read_text() == str(__import__("os").getpid())
 
 
@@ -452,7 +441,7 @@ def test_dataset_typo_suggests_alias(minari_store):
     assert "unknown dataset 'halfcheeta-medium'" in message
     matches = message.split("Close matches:")[1].split(".")[0]
     assert matches.split(",")[0].strip() == "halfcheetah-medium"
-    assert message.endswith("Build a local dataset with: python envs/build_dataset.py halfcheetah-medium")
+    assert message.endswith("Build a local dataset with: python -m envs.build_dataset halfcheetah-medium")
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -467,7 +456,7 @@ def test_missing_dataset_fails_fast_with_build_command(minari_store, monkeypatch
         datasets.load("halfcheetah-medium", download=download)
     assert time.perf_counter() - t0 < 10.0
     message = str(info.value)
-    assert "python envs/build_dataset.py halfcheetah-medium" in message
+    assert "python -m envs.build_dataset halfcheetah-medium" in message
     assert "mujoco/halfcheetah/medium-v0" in message  # says what was tried
     assert "rlzoo-local/halfcheetah/medium-v0" in message
     if download:
@@ -478,22 +467,22 @@ def test_resume_from_empty_dir_raises(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RlzooError, match="no checkpoint found"):
-        start_run(RunConfig(resume=str(empty)), "iql")
+        Run.start(RunConfig(resume=str(empty)), "iql")
     with pytest.raises(RlzooError, match="no checkpoint found"):
-        start_run(RunConfig(resume=str(tmp_path / "does-not-exist")), "iql")
+        Run.start(RunConfig(resume=str(tmp_path / "does-not-exist")), "iql")
 
 
 def test_resume_with_another_algorithms_file_names_the_right_one(tmp_path):
-    run = start_run(RunConfig(env="fake", run_dir=str(tmp_path / "r"), quiet=True), "sac")
+    run = Run.start(RunConfig(env="fake", run_dir=str(tmp_path / "r"), quiet=True), "sac")
     assert json.loads((run.run_dir / "config.json").read_text())["algorithm"] == "sac"
     run.checkpointer.save(1000, {"w": jnp.zeros(3)}, {"step": 1000})
-    with pytest.raises(RlzooError, match=r"holds a sac run, not iql.*python algorithms/sac.py --resume"):
-        start_run(RunConfig(resume=str(tmp_path / "r")), "iql")
+    with pytest.raises(RlzooError, match=r"holds a sac run, not iql.*the sac algorithm's own file"):
+        Run.start(RunConfig(resume=str(tmp_path / "r")), "iql")
 
 
 def test_start_run_rejects_chunk_mismatch(tmp_path):
     with pytest.raises(RlzooError, match="multiple of --chunk"):
-        start_run(RunConfig(run_dir=str(tmp_path / "r"), chunk=300, eval_every=1000, total_steps=3000,
+        Run.start(RunConfig(run_dir=str(tmp_path / "r"), chunk=300, eval_every=1000, total_steps=3000,
                             checkpoint_every=3000), "iql")
 
 
@@ -506,27 +495,27 @@ def test_start_run_rejects_chunk_mismatch(tmp_path):
     ("num_seeds", 0, "--num-seeds 0: must be at least 1"),
 ])
 def test_start_run_refuses_an_out_of_range_option_before_making_the_run_dir(tmp_path, flag, value, says):
-    config = dataclasses.replace(_import_iql().Config(run_dir=str(tmp_path / "r")), **{flag: value})
+    config = dataclasses.replace(iql.Config(run_dir=str(tmp_path / "r")), **{flag: value})
     with pytest.raises(RlzooError) as err:
-        start_run(config, "iql")
+        Run.start(config, "iql")
     assert str(err.value).startswith(says)
     assert not (tmp_path / "r").exists()
 
 
 def test_every_numeric_option_of_every_algorithm_has_a_range():
-    """A new numeric option must be given its range in rlzoo.run.OPTION_RANGES (or be exempted on purpose)."""
-    from rlzoo.run import OPTION_RANGES, OPTION_RANGES_EXEMPT, check_option_ranges
+    """Every numeric option declares its range beside its field (rlzoo.options.option), and the defaults lie in it."""
+    import importlib
 
-    _import_iql()
-    for name in ("iql", "td3_bc", "cql", "sac", "pqn"):
-        config = __import__(name).Config()
+    from rlzoo.options import RANGE_KEY, check_option_ranges, numeric_fields
+
+    for name in ("iql", "td3_bc", "cql", "sac", "pqn", "pqn_atari"):
+        config_cls = importlib.import_module(f"algorithms.{name}").Config
+        config = config_cls()
         check_option_ranges(config)  # the defaults are in range
         if name in ("td3_bc", "iql"):  # 0 switches the RL term off (behaviour cloning): allowed
             check_option_ranges(dataclasses.replace(config, **{"alpha" if name == "td3_bc" else "beta": 0.0}))
-        numeric = {f.name for f in dataclasses.fields(config)
-                   if any(isinstance(v, (int, float)) and not isinstance(v, bool)
-                          for v in (lambda x: x if isinstance(x, tuple) else (x,))(getattr(config, f.name)))}
-        assert numeric <= set(OPTION_RANGES) | OPTION_RANGES_EXEMPT, (name, numeric - set(OPTION_RANGES))
+        missing = [f.name for f in numeric_fields(config_cls) if RANGE_KEY not in f.metadata]
+        assert not missing, (name, missing)
 
 
 def test_seed_keys_are_distinct_and_match_prngkey():
@@ -553,7 +542,6 @@ def test_append_scores_upgrades_an_old_header_and_keeps_rows(tmp_path):
 
 def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
     from rlzoo import provenance
-    from rlzoo.run import finish
 
     monkeypatch.setattr(provenance, "commit", lambda: "aaa1111")  # the first process's code
 
@@ -571,30 +559,29 @@ def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
     config = RunConfig(env="fake", seed=0, num_seeds=1, total_steps=40, chunk=10, eval_every=10,
                        checkpoint_every=10, run_dir=str(tmp_path / "run"), quiet=True)
     evaluate = lambda state: (np.zeros((1, 1)), np.zeros(1))
-    run = start_run(config, "fake")
-    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, quiet=True)
+    run = Run.start(config, "fake")
     with pytest.raises(Killed):
-        train_loop(run, {"w": jnp.zeros((1, 3))}, chunk, evaluate, logger)
-    logger.close()
+        run.train({"w": jnp.zeros((1, 3))}, chunk, evaluate, "return")
+    run.logger.close()
     run.checkpointer.close()
     first = Checkpointer(run.run_dir).restore({"w": jnp.zeros((1, 3))})[1]["wall_s"]
     assert 0 < first < 60
 
     # A second process, at another commit, restores the newest checkpoint as an algorithm does on --resume.
     monkeypatch.setattr(provenance, "commit", lambda: "bbb2222")
-    run = start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
-    state, start_step, host = resume_state(run, {"w": jnp.zeros((1, 3))})
-    assert start_step == 20 and host == {}
+    run = Run.start(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
+    state = run.restore({"w": jnp.zeros((1, 3))})
+    assert run.start_step == 20 and run.host == {}
     np.testing.assert_array_equal(state["w"], np.full((1, 3), 2.0))
-    logger = make_logger(run, "return", start_step)
-    train_loop(run, state, chunk, evaluate, logger, start_step)
-    assert Checkpointer(run.run_dir).restore(state)[1]["wall_s"] > first
-    summary = finish(run, logger, "return", "fake", "online", wall_s=0.5)
-    assert summary["wall_s"] == pytest.approx(first + 0.5)
+    run.train(state, chunk, evaluate, "return")
+    last = Checkpointer(run.run_dir).restore(state)[1]["wall_s"]
+    assert last > first
+    summary = run.finish(task="fake", data_source="online")
+    assert last <= summary["wall_s"] < last + 5  # the final checkpoint's save is the only time after it
     assert summary["commits"] == ["aaa1111", "bbb2222"] and summary["commit"] == "aaa1111;bbb2222"
     # A finished run is not resumed again: that would record its scores twice.
-    with pytest.raises(RlzooError, match="that run has finished .*record_run.py"):
-        start_run(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
+    with pytest.raises(RlzooError, match="that run has finished"):
+        Run.start(dataclasses.replace(config, resume=str(run.run_dir), run_dir=None), "fake")
 
 
 def _tiny_dataset(ref_max: float = 100.0, n: int = 6) -> datasets.OfflineDataset:
@@ -621,26 +608,6 @@ def test_resume_refuses_a_dataset_rebuilt_or_renormalized_meanwhile(tmp_path):
     with pytest.raises(RlzooError, match="return_mean changed"):
         datasets.pin_to_run(rebuilt, tmp_path, resuming=True)
     assert (tmp_path / "dataset.json").read_text() == record
-
-
-def test_resume_adds_the_build_recipe_to_an_older_record_of_the_same_data(tmp_path):
-    """Runs recorded before dataset.json named the build recipe get it on resume, only for provably the same
-    data, so that the report can tell a rebuild of the listed recipe on another CPU from another dataset."""
-    part = {"dataset_id": "rlzoo-local/hopper/medium-v0", "transitions": 6, "episodes": 3, "return_mean": 2.5}
-    recipe = {"policy_sha256": "aaa", "seed": 0, "steps": 6, "full_recipe": True}
-    old = _tiny_dataset()
-    old.metadata = {"part_summaries": [part]}
-    datasets.pin_to_run(old, tmp_path, resuming=False)
-    assert "recipe" not in (tmp_path / "dataset.json").read_text()
-    other = _tiny_dataset()
-    other.metadata = {"part_summaries": [{**part, "return_mean": 2.4, "recipe": recipe, "built_on": "cpu A"}]}
-    datasets.pin_to_run(other, tmp_path, resuming=True)  # a part's return differs: nothing is added
-    assert "recipe" not in (tmp_path / "dataset.json").read_text()
-    new = _tiny_dataset()
-    new.metadata = {"part_summaries": [{**part, "recipe": recipe, "built_on": "cpu A"}]}
-    datasets.pin_to_run(new, tmp_path, resuming=True)
-    saved = json.loads((tmp_path / "dataset.json").read_text())
-    assert saved["parts"] == [{**part, "recipe": recipe, "built_on": "cpu A"}]
 
 
 def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):

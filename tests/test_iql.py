@@ -32,9 +32,7 @@ from rlzoo import datasets, networks
 
 REPO = Path(__file__).resolve().parents[1]
 IQL_PY = REPO / "algorithms" / "iql.py"
-if str(IQL_PY.parent) not in sys.path:
-    sys.path.insert(0, str(IQL_PY.parent))
-import iql  # noqa: E402
+from algorithms import iql  # noqa: E402
 
 # A small, fast configuration on the Pendulum controller dataset (3-d observations, 1-d actions).
 SMALL = ["--env", PENDULUM_ID, "--max-action", "2.0", "--hidden-dims", "32", "32", "--batch-size", "64",
@@ -282,6 +280,28 @@ def test_copied_file_runs_from_another_directory(pendulum_store, jax_cache_dir, 
     summaries = list((work / "runs").glob("*/summary.json"))
     assert len(summaries) == 1
     assert json.loads(summaries[0].read_text())["steps"] == 200
+
+
+def test_a_copied_file_grows_an_option_with_its_range_without_touching_rlzoo(jax_cache_dir, tmp_path):
+    """A researcher copies iql.py and adds a hyperparameter with its range beside it: --help documents it and an
+    out-of-range value is refused in one paragraph, with no edit to rlzoo (ranges live beside the fields)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    anchor = '    max_weight: float = option(100.0, "> 0")'
+    text = IQL_PY.read_text()
+    assert text.count(anchor) == 1
+    added = text.replace(anchor, '    adv_temperature_floor: float = option(0.25, "[0, 1]")\n'
+                                 '    """A hyperparameter this project added."""\n' + anchor)
+    script = work / "my_iql.py"
+    script.write_text(added)
+    env = cli_env(jax_cache_dir)
+    shown = run_iql(["--help"], env, cwd=work, script=script)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", shown.stdout).split())
+    assert re.search(r"--adv-temperature-floor FLOAT A hyperparameter this project added\. \(default: 0\.25\)", flat)
+    refused = run_iql(["--adv-temperature-floor", "2", "--run-dir", str(work / "run")], env, cwd=work, script=script)
+    assert_clean_failure(refused, "--adv-temperature-floor 2.0: must be in [0, 1]")
+    assert not (work / "run").exists()
 
 
 def test_help_documents_every_option(jax_cache_dir):

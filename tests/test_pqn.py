@@ -28,9 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:scatter inputs have incompatible
 
 REPO = Path(__file__).resolve().parents[1]
 PQN_PY = REPO / "algorithms" / "pqn.py"
-if str(PQN_PY.parent) not in sys.path:
-    sys.path.insert(0, str(PQN_PY.parent))
-import pqn  # noqa: E402
+from algorithms import pqn, pqn_atari  # noqa: E402
 
 # A tiny MinAtar run: 16 envs x 8 steps per rollout, 4 rollouts per chunk.
 TINY = [
@@ -97,7 +95,7 @@ def test_q_lambda_returns_match_python_reference():
 
 @pytest.mark.parametrize("backend,obs_shape,layers", [("minatar", (10, 10, 4), 2), ("atari", (4, 84, 84), 4)])
 def test_network_has_layernorm_after_every_hidden_layer(backend, obs_shape, layers):
-    network = pqn.make_network(backend, 6)
+    network = pqn.make_network(6) if backend == "minatar" else pqn_atari.make_network(6)
     params = jax.jit(network.init)(jax.random.PRNGKey(0), jnp.zeros((1, *obs_shape)))["params"]
     norms = sorted(k for k in params if k.startswith("LayerNorm"))
     hidden = sorted(k for k in params if k.startswith(("PatchConv", "Dense")))
@@ -114,7 +112,7 @@ def test_network_has_layernorm_after_every_hidden_layer(backend, obs_shape, laye
 def test_minatar_obs_div_255_scales_the_input_only():
     """The reference code's division of MinAtar's 0/1 planes by 255, kept as an option for comparing with it."""
     obs = (jax.random.uniform(jax.random.PRNGKey(1), (3, 10, 10, 4)) < 0.2).astype(jnp.float32)
-    plain, divided = pqn.make_network("minatar", 6), pqn.make_network("minatar", 6, minatar_obs_div_255=True)
+    plain, divided = pqn.make_network(6), pqn.make_network(6, obs_div_255=True)
     params = plain.init(jax.random.PRNGKey(0), obs)
     np.testing.assert_array_equal(divided.apply(params, obs), plain.apply(params, obs / 255))
     assert not np.allclose(divided.apply(params, obs), plain.apply(params, obs))
@@ -193,7 +191,7 @@ def test_minatar_learns_breakout(tmp_path):
 
 
 def test_atari_wrapper_shapes_clipping_and_raw_score():
-    from rlzoo.wrappers import AtariEnvs, atari_game, atari_signals
+    from rlzoo.atari import AtariEnvs, atari_game, atari_signals
 
     assert atari_game("ALE/SpaceInvaders-v5") == atari_game("SpaceInvaders") == "space_invaders"
     assert atari_game("Breakout-MinAtar") is None
@@ -229,11 +227,11 @@ def test_atari_wrapper_shapes_clipping_and_raw_score():
     np.testing.assert_array_equal(train_rewards, np.sign(raw_rewards))
 
     # Evaluation reports the raw score (multiples of 5 in Space Invaders), not the clipped count.
-    config = pqn.default_config("SpaceInvaders", eval_episodes=2, eval_max_steps=400)
-    network = pqn.make_network("atari", 6)
+    config = pqn_atari.Config(env="SpaceInvaders", eval_episodes=2, eval_max_steps=400)
+    network = pqn_atari.make_network(6)
     init = jax.jit(jax.vmap(lambda k: network.init(k, jnp.zeros((1, 4, 84, 84)))))
     params = init(jax.random.split(jax.random.PRNGKey(0), 1))
-    evaluate, eval_envs = pqn.atari_evaluator(config, "space_invaders", network, [0], 0)
+    evaluate, eval_envs = pqn_atari.atari_evaluator(config, "space_invaders", network, [0], 0)
     assert not eval_envs.clip_rewards and not eval_envs.episodic_life
     recorded, step = [], eval_envs.step
 
@@ -252,11 +250,20 @@ def test_atari_wrapper_shapes_clipping_and_raw_score():
     assert (np.sign(raw) * counted).sum(0).max() < returns.max(), returns  # not a count of clipped rewards
 
 
-def test_atari_defaults_follow_env():
-    assert pqn.default_config("ALE/Pong-v5").lr == 2.5e-4 and not pqn.default_config("Pong").lr_linear_decay
-    assert pqn.default_config("Breakout-MinAtar").lr == 5e-4
-    assert pqn.cli_defaults(["--env", "Pong", "--lr", "1e-3"]).eps_finish == 0.001
-    assert pqn.cli_defaults(["--env=Asterix-MinAtar"]).eps_finish == 0.05
+def test_each_file_has_its_papers_table_and_refuses_the_others_games(jax_cache_dir, tmp_path):
+    """pqn_atari.py defaults to the paper's Atari table, pqn.py to its MinAtar table; each file sends the other's
+    games to the right file in one paragraph."""
+    atari, minatar = pqn_atari.Config(), pqn.Config()
+    assert atari.lr == 2.5e-4 and not atari.lr_linear_decay and atari.eps_finish == 0.001
+    assert minatar.lr == 5e-4 and minatar.lr_linear_decay and minatar.eps_finish == 0.05
+    assert pqn_atari.check_config(pqn_atari.Config(env="Pong")) == pqn_atari.check_config(
+        pqn_atari.Config(env="ALE/Pong-v5")) == "pong"
+    proc = run_pqn(["--env", "Pong", "--run-dir", str(tmp_path / "a")], cli_env(jax_cache_dir), timeout=120)
+    assert_clean_failure(proc, "unknown environment 'Pong'", "algorithms/pqn_atari.py")
+    proc = run_pqn(["--env", "Breakout-MinAtar", "--run-dir", str(tmp_path / "b")], cli_env(jax_cache_dir),
+                   script=REPO / "algorithms" / "pqn_atari.py", timeout=120)
+    assert_clean_failure(proc, "unknown Atari game 'Breakout-MinAtar'", "algorithms/pqn.py")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_atari_xla_and_host_stepping_agree(tmp_path, capsys):
@@ -278,7 +285,7 @@ def test_atari_xla_and_host_stepping_agree(tmp_path, capsys):
     )
     rows = []
     for xla in (True, False):
-        summary = pqn.main(pqn.default_config(**common, atari_xla=xla, run_dir=str(tmp_path / f"xla{xla}")))
+        summary = pqn_atari.main(pqn_atari.Config(**common, atari_xla=xla, run_dir=str(tmp_path / f"xla{xla}")))
         assert load_checkpoint(tmp_path / f"xla{xla}")[1]["step"] == 256
         assert summary["algorithm"] == "pqn" and (tmp_path / f"xla{xla}" / "policy.npz").exists()
         assert "1 of 1 games were still going after --eval-max-steps 50 agent steps" in capsys.readouterr().out, xla
@@ -348,8 +355,8 @@ def test_nan_loss_is_dated_in_env_steps(tmp_path):
     """PQN logs one metric entry per rollout (4096 env steps by default): a NaN in the 3rd rollout of the
     second chunk is reported at the env step that rollout ends on, not at a rollout index."""
     from rlzoo.errors import NonFiniteLossError
-    from rlzoo.logging import RunLogger
-    from rlzoo.run import RunConfig, start_run, train_loop
+    from rlzoo.options import RunConfig
+    from rlzoo.run import Run
 
     config = RunConfig(
         env="fake",
@@ -361,8 +368,7 @@ def test_nan_loss_is_dated_in_env_steps(tmp_path):
         run_dir=str(tmp_path / "run"),
         quiet=True,
     )
-    run = start_run(config, "fake")
-    logger = RunLogger(run.run_dir, "fake", 1, run.seeds, config.total_steps, quiet=True)
+    run = Run.start(config, "fake")
     calls = []
 
     def chunk(state):
@@ -373,7 +379,7 @@ def test_nan_loss_is_dated_in_env_steps(tmp_path):
         return state, {"loss": loss, "episode_return": np.zeros((1, 5), np.float32)}
 
     with pytest.raises(NonFiniteLossError, match=r"at step 32768 \(seed 0\)"):
-        train_loop(run, {"w": jnp.zeros((1, 2))}, chunk, lambda s: (np.zeros((1, 1)), np.zeros(1)), logger)
+        run.train({"w": jnp.zeros((1, 2))}, chunk, lambda s: (np.zeros((1, 1)), np.zeros(1)), "return")
     run.checkpointer.close()
 
 
@@ -441,7 +447,7 @@ def test_minatar_test_estimators_count_episodes_as_each_implementation_does():
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     for game, several in (("Breakout-MinAtar", True), ("Freeway-MinAtar", False)):
         env, env_params = gymnax.make(game)
-        network = pqn.make_network("minatar", env.num_actions)
+        network = pqn.make_network(env.num_actions)
         obs = jnp.zeros((1, *env.observation_space(env_params).shape))
         params = jax.vmap(network.init, in_axes=(0, None))(keys, obs)
         first, window, episodes, unfinished = bench.score_both_ways(network, game, params, keys, num_envs=4)

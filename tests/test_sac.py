@@ -25,9 +25,7 @@ from rlzoo.run import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 SAC_PY = REPO / "algorithms" / "sac.py"
-if str(SAC_PY.parent) not in sys.path:
-    sys.path.insert(0, str(SAC_PY.parent))
-import sac  # noqa: E402
+from algorithms import sac  # noqa: E402
 
 # Small and fast on Pendulum-v1 (200-step episodes, 3-d observations, 1-d actions).
 SMALL = ["--env", "Pendulum-v1", "--hidden-dims", "32", "32", "--batch-size", "64", "--learning-starts", "500",
@@ -116,7 +114,7 @@ def test_sac_kill_and_resume_is_bit_exact(jax_cache_dir, tmp_path):
 def test_host_env_state_roundtrip(env_id):
     """Save the envs' state mid-episode, restore it into fresh envs (other seeds), and step both the same way
     across an episode end: the transitions must agree exactly (physics / classic-control state, RNG, time limit)."""
-    from rlzoo.wrappers import HostVectorEnv
+    from rlzoo.envs import HostVectorEnv
 
     a = HostVectorEnv(env_id, [0, 1])
     limit = a.envs[0].spec.max_episode_steps

@@ -1,14 +1,16 @@
 """TD3+BC and CQL: their losses do what the papers say, they learn from a tiny dataset, and they share
-IQL's plumbing (resume, copied file, --help, per-task settings from configs/)."""
+IQL's plumbing (resume, copied file, --help, per-task settings from the Config's TASKS table)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +29,12 @@ from conftest import (
 )
 
 from rlzoo import datasets
+from rlzoo.cli import task_defaults, task_settings
 from rlzoo.errors import RlzooError
-from rlzoo.run import task_defaults, task_settings
 
 REPO = Path(__file__).resolve().parents[1]
 ALGORITHMS = REPO / "algorithms"
-if str(ALGORITHMS) not in sys.path:
-    sys.path.insert(0, str(ALGORITHMS))
-import cql  # noqa: E402
-import td3_bc  # noqa: E402
+from algorithms import cql, td3_bc  # noqa: E402
 
 # Pendulum's torque bound is 2; MuJoCo tasks use the default 1.
 SMALL = ["--env", PENDULUM_ID, "--hidden-dims", "32", "32", "--batch-size", "64", "--eval-episodes", "1",
@@ -322,55 +321,46 @@ def test_copied_file_trains(name, pendulum_store, jax_cache_dir, tmp_path):
     assert list(evals["step"]) == [200] and np.isfinite(evals["return_mean"]).all()
 
 
-# ---------------------------------------------------------------------------------------------- configs/
+# ---------------------------------------------------------------------------------------- per-task defaults
 
 
-def test_per_task_settings_come_from_configs_and_flags_win(jax_cache_dir):
-    """configs/cql.toml scales rewards on hopper-medium only (CORL); --help shows the chosen default."""
-    fields = {"scale_rewards", "cql_alpha"}
-    assert task_settings("cql", "hopper-medium", fields) == {"scale_rewards": True}
-    assert task_settings("cql", "hopper-medium-replay", fields) == {}
-    assert task_settings("cql", "mujoco/hopper/medium-v0", fields) == {"scale_rewards": True}  # its Minari id
-    assert task_defaults(cql.Config, "cql")(["--env", "hopper-medium"]).scale_rewards is True
-    assert task_defaults(cql.Config, "cql")(["--env=walker2d-medium"]) is None
-    assert task_defaults(cql.Config, "cql")([]) is None  # the default task, halfcheetah-medium
+def test_per_task_settings_come_from_the_algorithms_table_and_flags_win(jax_cache_dir):
+    """cql.Config.TASKS scales rewards on hopper-medium only (CORL); --help shows the chosen default."""
+    assert task_settings(cql.Config, "hopper-medium") == {"scale_rewards": True}
+    assert task_settings(cql.Config, "hopper-medium-replay") == {}
+    assert task_settings(cql.Config, "mujoco/hopper/medium-v0") == {"scale_rewards": True}  # its Minari id
+    assert task_defaults(cql.Config, ["--env", "hopper-medium"]).scale_rewards is True
+    assert task_defaults(cql.Config, ["--env=walker2d-medium"]) is None
+    assert task_defaults(cql.Config, []) is None  # the default task, halfcheetah-medium
     env = cli_env(jax_cache_dir)
     shown = run_script(ALGORITHMS / "cql.py", ["--env", "hopper-medium", "--help"], env)
     assert re.search(r"--scale-rewards.*\(default: True\)", " ".join(shown.stdout.split()))
     plain = run_script(ALGORITHMS / "cql.py", ["--env", "hopper-medium-replay", "--help"], env)
     assert re.search(r"--scale-rewards.*\(default: False\)", " ".join(plain.stdout.split()))
+    flagged = run_script(ALGORITHMS / "cql.py", ["--env", "hopper-medium", "--no-scale-rewards", "--help"], env)
+    assert re.search(r"--scale-rewards.*\(default: False\)", " ".join(flagged.stdout.split()))
 
 
-def test_bad_configs_file_is_named(tmp_path):
-    (tmp_path / "cql.toml").write_text('["hopper-*"]\ncql_alhpa = 5.0\n')
-    with pytest.raises(RlzooError, match=r"cql\.toml \[hopper-\*\] sets cql_alhpa.*cql_alpha"):
-        task_settings("cql", "hopper-medium", {"cql_alpha", "scale_rewards"}, tmp_path)
-    (tmp_path / "cql.toml").write_text('["hopper-*"\n')
-    with pytest.raises(RlzooError, match="not valid TOML"):
-        task_settings("cql", "hopper-medium", {"cql_alpha"}, tmp_path)
-    # Globs: later tables override earlier ones.
-    (tmp_path / "iql.toml").write_text('["*"]\nbeta = 1.0\nexpectile = 0.8\n["antmaze-*"]\nbeta = 10.0\n')
-    assert task_settings("iql", "antmaze-umaze", {"beta", "expectile"}, tmp_path) == {"beta": 10.0, "expectile": 0.8}
+def test_a_bad_task_table_is_named_and_later_globs_win():
+    @dataclasses.dataclass
+    class Typo(cql.Config):
+        TASKS: ClassVar[dict] = {"hopper-*": {"cql_alhpa": 5.0}}
 
+    with pytest.raises(RlzooError, match=r"TASKS\['hopper-\*'\] sets cql_alhpa.*cql_alpha"):
+        task_settings(Typo, "hopper-medium")
 
-def test_configs_are_found_installed_or_by_env_var_and_their_absence_is_an_error(tmp_path, monkeypatch):
-    import rlzoo.run
+    @dataclasses.dataclass
+    class Globs(cql.Config):
+        TASKS: ClassVar[dict] = {"*": {"cql_alpha": 1.0, "cql_temp": 0.8}, "hopper-*": {"cql_alpha": 10.0}}
 
-    (tmp_path / "cql.toml").write_text('["hopper-medium"]\nscale_rewards = false\n')
-    # A regular (non-editable) install has no repository: the copy under <prefix>/share/rlzoo/configs is read.
-    monkeypatch.setattr(rlzoo.run, "CONFIG_DIRS", [tmp_path / "no-repo", tmp_path])
-    assert task_settings("cql", "hopper-medium", {"scale_rewards"}) == {"scale_rewards": False}
-    monkeypatch.setattr(rlzoo.run, "CONFIG_DIRS", [tmp_path / "no-repo", tmp_path / "no-share"])
-    with pytest.raises(RlzooError, match="RLZOO_CONFIGS"):  # never silently without per-task settings
-        task_settings("cql", "hopper-medium", {"scale_rewards"})
-    monkeypatch.setenv("RLZOO_CONFIGS", str(tmp_path))
-    assert task_settings("cql", "hopper-medium", {"scale_rewards"}) == {"scale_rewards": False}
+    assert task_settings(Globs, "hopper-medium") == {"cql_alpha": 10.0, "cql_temp": 0.8}
+    assert task_settings(Globs, "walker2d-medium") == {"cql_alpha": 1.0, "cql_temp": 0.8}
 
 
 def test_scan_unroll_changes_the_loop_not_the_updates():
     """--scan-unroll runs the same updates, several per loop iteration: TD3+BC (2 gradient steps per update)
     and IQL after a chunk of 8 steps agree with the rolled loop to float rounding, metrics included."""
-    import iql
+    from algorithms import iql
 
     rng = np.random.default_rng(0)
     data = {"observations": rng.normal(size=(500, 3)), "actions": rng.uniform(-1, 1, (500, 1)),
