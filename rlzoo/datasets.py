@@ -34,7 +34,7 @@ OFFICIAL_KINDS = ("random", "simple", "medium", "expert")
 # A composite dataset is the concatenation of its parts (D4RL's medium-expert = medium + expert).
 COMPOSITES = {"medium-expert": ("medium", "expert")}
 LOCAL_NAMESPACE = "rlzoo-local"
-BUILD_SCRIPT = "envs/build_dataset.py"
+BUILD_COMMAND = "python -m envs.build_dataset"  # run from the repository root
 
 
 def aliases() -> list[str]:
@@ -59,7 +59,7 @@ def local_id(task: str, kind: str) -> str:
 
 
 def build_command(alias: str) -> str:
-    return f"python {BUILD_SCRIPT} {alias}"
+    return f"{BUILD_COMMAND} {alias}"
 
 
 def datasets_root() -> Path:
@@ -187,7 +187,7 @@ def _download(dataset_id: str) -> None:
     except Exception as err:  # network errors come in many types; all mean the same here
         raise RlzooError(
             f"downloading Minari dataset '{dataset_id}' failed ({type(err).__name__}: {err}). Check the "
-            "network, or build the locally built stand-in with " + BUILD_SCRIPT
+            "network, or build the locally built stand-in with " + BUILD_COMMAND
         ) from err
 
 
@@ -334,14 +334,6 @@ def recipe_of(build: dict) -> dict:
     medium actor (when it did not, its replay is that of another training run)."""
     return {**{k: build.get(k) for k in RECIPE_KEYS},
             "reproduces_medium_policy": (build.get("replay") or {}).get("reproduces_medium_policy")}
-
-
-def same_recipe(recipe: dict, listed: dict) -> bool:
-    """Whether a build's recipe has the inputs of a results/datasets.csv row: the same env, kind, behaviour
-    policy file (sha256; none for random), seed and steps. Reference scores are compared by the callers."""
-    return ((listed.get("policy_sha256") or "") == (recipe.get("policy_sha256") or "")
-            and str(listed.get("kind")) == str(recipe.get("kind")) and listed.get("env_id") == recipe.get("env_id")
-            and int(listed["seed"]) == int(recipe["seed"]) and int(listed["steps"]) == int(recipe["steps"]))
 
 
 def _part_summary(dataset_id: str, part: dict) -> dict:

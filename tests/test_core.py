@@ -452,7 +452,7 @@ def test_dataset_typo_suggests_alias(minari_store):
     assert "unknown dataset 'halfcheeta-medium'" in message
     matches = message.split("Close matches:")[1].split(".")[0]
     assert matches.split(",")[0].strip() == "halfcheetah-medium"
-    assert message.endswith("Build a local dataset with: python envs/build_dataset.py halfcheetah-medium")
+    assert message.endswith("Build a local dataset with: python -m envs.build_dataset halfcheetah-medium")
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -467,7 +467,7 @@ def test_missing_dataset_fails_fast_with_build_command(minari_store, monkeypatch
         datasets.load("halfcheetah-medium", download=download)
     assert time.perf_counter() - t0 < 10.0
     message = str(info.value)
-    assert "python envs/build_dataset.py halfcheetah-medium" in message
+    assert "python -m envs.build_dataset halfcheetah-medium" in message
     assert "mujoco/halfcheetah/medium-v0" in message  # says what was tried
     assert "rlzoo-local/halfcheetah/medium-v0" in message
     if download:
