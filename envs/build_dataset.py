@@ -25,8 +25,8 @@ from typing import Annotated
 
 import tyro
 
+from envs import listing
 from envs.builder import build
-from envs.listing import relist
 from envs.recipes import BUILD_COMMAND, RECIPE_ENVS, RECIPES, expand, parts, unavailable
 from envs.references import refresh_refs
 from envs.replay_logs import save_action_log
@@ -98,18 +98,20 @@ def main(config: Config) -> list[dict]:
     names = expand(config.datasets)
     check_options(config, names)
     if config.save_actions:
-        return [{"dataset": alias, "action_log": str(save_action_log(alias))} for alias in names]
+        return [{"dataset": alias, "action_log": str(save_action_log(alias, results_csv=listing.RESULTS_CSV))}
+                for alias in names]
     if config.refs_only:
-        return [refresh_refs(part, record_results=config.record) for alias in names for part in parts(alias)]
+        return [refresh_refs(part, results_csv=listing.RESULTS_CSV, record_results=config.record)
+                for alias in names for part in parts(alias)]
     if config.relist:
-        return [relist(part) for alias in names for part in parts(alias)]
+        return [listing.relist(part, results_csv=listing.RESULTS_CSV) for alias in names for part in parts(alias)]
     if "all" in config.datasets:
         for alias in RECIPES:
             if alias not in names:
                 say(f"skipping {alias}: {unavailable(alias)}")
     records = [build(alias, force=config.force, steps=config.steps, seed=config.seed, num_envs=config.num_envs,
-                     force_refs=config.force_refs, record_results=config.record, replay_from=config.replay_from,
-                     retrain=config.retrain) for alias in names]
+                     force_refs=config.force_refs, results_csv=listing.RESULTS_CSV, record_results=config.record,
+                     replay_from=config.replay_from, retrain=config.retrain) for alias in names]
     return [r for r in records if r is not None]
 
 

@@ -655,3 +655,56 @@ def test_relist_makes_the_build_on_disk_the_listed_one(store, monkeypatch):
         listing.relist("walker2d-random", results_csv=csv_path, quiet=True)
     with pytest.raises(RlzooError, match="separate steps"):
         bd.main(bd.Config(datasets=["hopper-random"], refs_only=True, relist=True))
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_build_writes_under_results_only_with_record(store, tmp_path, monkeypatch, capsys):
+    """A user's build writes only to the Minari store: without --record a full-recipe build leaves (a copy of)
+    results/ byte-identical and prints the verdict on the listed build; with it, it is logged and listed."""
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    csv_path, before = results / "datasets.csv", _digests(results)
+    kw = {"steps": None, "results_csv": csv_path, "num_envs": RECIPE_ENVS, "force": True, "quiet": False}
+    first = _build(store, **kw)
+    assert first["full_recipe"] and _digests(results) == before
+    out = capsys.readouterr()
+    assert "lists a build of another recipe" in out.out and "--record" in out.out
+    assert "400/400" in out.err  # the progress bar over the transitions collected
+
+    _build(store, record_results=True, **kw)  # the maintainer's step: logged and listed
+    assert float(listing.listed_row(csv_path, "hopper-random")["return_mean"]) == first["return_mean"]
+    assert len(_rows(results / "builds.csv")) == len(_rows(ROOT / "results" / "builds.csv")) + 1
+    listed = _digests(results)
+    capsys.readouterr()
+    _build(store, **kw)
+    assert "the same data as the build" in capsys.readouterr().out and _digests(results) == listed
+    row = listing.listed_row(csv_path, "hopper-random")
+    listing.upsert_row(csv_path, {**row, "return_mean": str(first["return_mean"] + 1.0)})
+    listed = _digests(results)
+    _build(store, **kw)
+    assert "the data differ from the build" in capsys.readouterr().out and _digests(results) == listed
+
+
+def test_the_command_line_build_leaves_results_untouched(tmp_path, monkeypatch):
+    """`python -m envs.build_dataset hopper-random` (the recipe's env count; its steps made small here) writes no
+    file under results/ (a copy, and the repository's), nor the reference-score cache (it is current)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    monkeypatch.setattr(listing, "RESULTS_CSV", tmp_path / "results" / "datasets.csv")
+    before = _digests(tmp_path / "results"), _digests(ROOT / "results"), sha256(references.REFS_PATH)
+    records = bd.main(bd.Config(datasets=("hopper-random",)))
+    assert records[0]["full_recipe"] and datasets.load("hopper-random", download=False).source == "local"
+    assert (_digests(tmp_path / "results"), _digests(ROOT / "results"), sha256(references.REFS_PATH)) == before
+    records = bd.main(bd.Config(datasets=("hopper-random",), force=True, record=True))
+    assert listing.listed_row(listing.RESULTS_CSV, "hopper-random")["steps"] == "400"
+    assert _digests(ROOT / "results") == before[1]
