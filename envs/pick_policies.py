@@ -104,18 +104,10 @@ def check_install(src: Path, dst: Path, force: bool) -> None:
                          "or keep the current medium policy with --medium-step <its step>")
 
 
-def main(config: Config) -> dict:
-    env_id, sac_config = check_run(config)
-    run_dir = config.run_dir.expanduser()
-    obs_dim, act_dim = env_info(env_id)
-    total = int(json.loads((run_dir / "summary.json").read_text())["steps"])
-    expert_mean, expert_std = sampled_return(env_id, run_dir / "policy.npz", obs_dim, act_dim, config.expert_episodes)
-    target = expert_mean / 3.0
-    print(f"[pick_policies] {config.task}: expert (step {total}) sampled return {expert_mean:.1f} +- {expert_std:.1f}"
-          f" over {config.expert_episodes} episodes; medium target {target:.1f}")
-
-    logged = logged_returns(run_dir, int(sac_config.get("seed", 0)))
-    logged_final = logged.get(total, expert_mean)
+def medium_candidates(config: Config, env_id: str, run_dir: Path, logged: dict, logged_final: float,
+                      dims: tuple[int, int]) -> list[dict]:
+    """The run's snapshots whose logged return is within `config.window` of the expert's (and the
+    --medium-step one), each evaluated with sampled actions."""
     snapshots = sorted((int(re.findall(r"\d+", p.stem)[0]), p) for p in (run_dir / "policies").glob("step_*.npz"))
     lo, hi = config.window
     candidates = []
@@ -123,13 +115,18 @@ def main(config: Config) -> dict:
         outside = step in logged and not lo * logged_final <= logged[step] <= hi * logged_final
         if outside and step != config.medium_step:
             continue
-        mean, std = sampled_return(env_id, path, obs_dim, act_dim, config.episodes)
+        mean, std = sampled_return(env_id, path, *dims, config.episodes)
         candidates.append({"step": step, "return_sampled_mean": round(mean, 2), "return_sampled_std": round(std, 2),
                            "return_mean_action_logged": logged.get(step)})
         print(f"[pick_policies]   step {step:>8}: {mean:9.1f} +- {std:.1f}")
     if not candidates:
         raise RlzooError(f"no snapshot in {run_dir / 'policies'} has a logged return within {lo}-{hi} of the "
                          f"expert's ({logged_final:.1f}); widen --window")
+    return candidates
+
+
+def choose_medium(config: Config, run_dir: Path, candidates: list[dict], target: float) -> dict:
+    """The candidate nearest to `target` (one third of the expert's return), or the --medium-step one."""
     best = min(candidates, key=lambda c: (abs(c["return_sampled_mean"] - target), c["step"]))
     if config.medium_step:
         chosen = [c for c in candidates if c["step"] == config.medium_step]
@@ -137,17 +134,38 @@ def main(config: Config) -> dict:
             raise RlzooError(f"--medium-step {config.medium_step}: no snapshot policies/step_{config.medium_step}.npz "
                              f"in {run_dir}")
         best = chosen[0]
-    print(f"[pick_policies] {config.task}: medium = step {best['step']} ({best['return_sampled_mean']:.1f}, "
-          f"{best['return_sampled_mean'] / expert_mean:.2f} of the expert's)")
+    return best
 
+
+def install(config: Config, run_dir: Path, medium_step: int) -> tuple[Path, Path]:
+    """Copy the expert and medium actors to envs/policies/<task>-{expert,medium}.npz (refusing first, before
+    anything is copied, to replace a differing file without --force)."""
     expert_file = recipes.POLICY_DIR / f"{config.task}-expert.npz"
     medium_file = recipes.POLICY_DIR / f"{config.task}-medium.npz"
-    pairs = [(run_dir / "policy.npz", expert_file), (run_dir / "policies" / f"step_{best['step']}.npz", medium_file)]
-    for src, dst in pairs:  # refuse before copying anything
+    pairs = [(run_dir / "policy.npz", expert_file), (run_dir / "policies" / f"step_{medium_step}.npz", medium_file)]
+    for src, dst in pairs:
         check_install(src, dst, config.force)
     for src, dst in pairs:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    return expert_file, medium_file
+
+
+def main(config: Config) -> dict:
+    env_id, sac_config = check_run(config)
+    run_dir = config.run_dir.expanduser()
+    dims = env_info(env_id)
+    total = int(json.loads((run_dir / "summary.json").read_text())["steps"])
+    expert_mean, expert_std = sampled_return(env_id, run_dir / "policy.npz", *dims, config.expert_episodes)
+    target = expert_mean / 3.0
+    print(f"[pick_policies] {config.task}: expert (step {total}) sampled return {expert_mean:.1f} +- {expert_std:.1f}"
+          f" over {config.expert_episodes} episodes; medium target {target:.1f}")
+    logged = logged_returns(run_dir, int(sac_config.get("seed", 0)))
+    candidates = medium_candidates(config, env_id, run_dir, logged, logged.get(total, expert_mean), dims)
+    best = choose_medium(config, run_dir, candidates, target)
+    print(f"[pick_policies] {config.task}: medium = step {best['step']} ({best['return_sampled_mean']:.1f}, "
+          f"{best['return_sampled_mean'] / expert_mean:.2f} of the expert's)")
+    expert_file, medium_file = install(config, run_dir, best["step"])
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"task": config.task, "env_id": env_id, "run": run_dir.name, "sac_config": sac_config,
