@@ -230,4 +230,6 @@ def build(alias: str, *, force: bool = False, steps: int | None = None, seed: in
     if c.full and results_csv is not None:
         results_csv = Path(results_csv)
         say(f"{alias}: {list_build(results_csv, record) if record_results else describe(results_csv, record)}", quiet)
+    elif record_results:
+        say(f"{alias}: not the recipe's own steps, seed and env count, so not written to results/", quiet)
     return record
