@@ -345,7 +345,8 @@ def rebuild_of_listed(part: dict, listed: dict | None) -> bool:
     """Whether a run's dataset part (its dataset.json entry) was built by the recipe datasets.csv lists, on
     another machine: the recipe's own settings, the same behaviour policy file (sha256), seed and steps, a
     medium-replay re-run that reproduced the committed actor, and a data score near the listed one."""
-    from rlzoo.datasets import normalize, same_recipe
+    from envs.listing import same_recipe
+    from rlzoo.datasets import normalize
 
     recipe = part.get("recipe")
     if not recipe or listed is None or not recipe.get("full_recipe") or recipe.get("reproduces_medium_policy") is False:

@@ -326,8 +326,8 @@ def complete_returns(returns: np.ndarray, complete: np.ndarray) -> np.ndarray:
     return returns[complete] if complete.any() else returns
 
 
-# What makes a locally built dataset the one results/datasets.csv lists, apart from the CPU it was built on
-# (envs/build_dataset.py's record; the data are bit-identical only on the same CPU signature).
+# What a locally built dataset's own build record calls its recipe (the data are bit-identical only on the same
+# CPU signature).
 RECIPE_KEYS = ("env_id", "kind", "policy_sha256", "seed", "num_envs", "steps", "full_recipe")
 
 
@@ -336,14 +336,6 @@ def recipe_of(build: dict) -> dict:
     medium actor (when it did not, its replay is that of another training run)."""
     return {**{k: build.get(k) for k in RECIPE_KEYS},
             "reproduces_medium_policy": (build.get("replay") or {}).get("reproduces_medium_policy")}
-
-
-def same_recipe(recipe: dict, listed: dict) -> bool:
-    """Whether a build's recipe has the inputs of a results/datasets.csv row: the same env, kind, behaviour
-    policy file (sha256; none for random), seed and steps. Reference scores are compared by the callers."""
-    return ((listed.get("policy_sha256") or "") == (recipe.get("policy_sha256") or "")
-            and str(listed.get("kind")) == str(recipe.get("kind")) and listed.get("env_id") == recipe.get("env_id")
-            and int(listed["seed"]) == int(recipe["seed"]) and int(listed["steps"]) == int(recipe["steps"]))
 
 
 def _part_summary(dataset_id: str, part: dict) -> dict:
@@ -395,7 +387,7 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         spec = ds.spec.env_spec if hasattr(ds, "spec") else None
         env_spec = spec or ds.env_spec
         metadata["env_id"] = env_spec.id if env_spec is not None else None
-        if (path / "rlzoo_build.json").is_file():  # envs/build_dataset.py's full record of a local build
+        if (path / "rlzoo_build.json").is_file():  # the builder's full record of a local build
             metadata["rlzoo_build"] = json.loads((path / "rlzoo_build.json").read_text())
         time_limit = _time_limit(env_spec)
     except RlzooError:

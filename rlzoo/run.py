@@ -3,7 +3,7 @@
     run = Run.start(config, "sac", prepare=check_config)      # options checked, run dir created or reopened
     state = run.restore(jax.vmap(init)(run.keys))              # the newest checkpoint's state when resuming
     state = run.train(state, chunk, evaluate, "return")        # chunks, evaluation, NaN checks, checkpoints
-    run.save_policy(state["actor"].params)                     # policy.npz, what envs/ builders load
+    run.save_policy(state["actor"].params)                     # policy.npz, what dataset builders load
     return run.finish(task=config.env, data_source="online")   # one line per seed, summary.json
 
 An algorithm supplies `chunk(state) -> (state, metrics)` (config.chunk steps, usually one jitted `lax.scan`,

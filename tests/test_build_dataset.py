@@ -1,4 +1,5 @@
-"""envs/build_dataset.py: locally built D4RL-style Minari datasets (small builds into a temporary store)."""
+"""envs/ (python -m envs.build_dataset): locally built D4RL-style Minari datasets (small builds into a temporary
+store)."""
 
 from __future__ import annotations
 
@@ -13,30 +14,34 @@ import numpy as np
 import pytest
 from conftest import assert_clean_failure, cli_env
 
+import envs.build_dataset as bd
+import envs.pick_policies as pick
+from envs import builder, listing, recipes, references, replay_logs, sac_replay
+from envs.behaviours import policy_behaviour, random_behaviour
+from envs.collect import collect
+from envs.recipes import RANDOM, RECIPE_ENVS, RECIPES, Recipe
+from envs.shared import sha256
+from envs.store import STAGING
 from rlzoo import datasets
 from rlzoo.errors import RlzooError
 from rlzoo.provenance import cpu_signature
-from rlzoo.run import import_script
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-bd = import_script(ROOT / "envs" / "build_dataset.py", "build_dataset")
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh Minari store, policy folder and reference-score cache; nothing outside tmp_path is touched."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
-    monkeypatch.setattr(bd, "POLICY_DIR", tmp_path / "policies")
-    monkeypatch.setattr(bd, "ACTION_LOG_DIR", tmp_path / "replays")
+    monkeypatch.setattr(recipes, "POLICY_DIR", tmp_path / "policies")
+    monkeypatch.setattr(replay_logs, "ACTION_LOG_DIR", tmp_path / "replays")
     (tmp_path / "policies").mkdir()
     return tmp_path
 
 
 def _build(store, alias="hopper-random", **kw):
     kw = {"steps": 3000, "num_envs": 4, "refs_path": store / "refs.json", "results_csv": None, "quiet": True, **kw}
-    return bd.build(alias, **kw)
+    return builder.build(alias, **kw)
 
 
 def _save_actor(path, obs_dim, act_dim, seed=0, mean_scale=1.0):
@@ -123,7 +128,7 @@ def test_hopper_random_arrays_boundaries_and_metadata(store):
         "rlzoo",
     ):
         assert key in saved, key
-    assert saved["build_command"] == "python envs/build_dataset.py hopper-random --steps 3000 --num-envs 4"
+    assert saved["build_command"] == "python -m envs.build_dataset hopper-random --steps 3000 --num-envs 4"
     # The random policy scores ~0 on its own reference.
     assert abs(float(ds.normalized_score(ds.episode_returns.mean()))) < 10
     assert abs(record["normalized_mean"]) < 10
@@ -138,7 +143,7 @@ def test_hopper_random_arrays_boundaries_and_metadata(store):
         datasets.resolve(str(store), download=False)
     assert "Delete" not in str(err.value)
     # Nothing is left in the staging folder; an existing dataset is skipped without --force.
-    assert not (datasets.datasets_root() / bd.STAGING).exists()
+    assert not (datasets.datasets_root() / STAGING).exists()
     assert _build(store) is None
 
 
@@ -168,8 +173,8 @@ def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, mo
     with pytest.raises(KeyboardInterrupt):
         _build(store, steps=500)
     assert not datasets.on_disk(datasets.local_id("hopper", "random"))
-    assert not (datasets.datasets_root() / bd.STAGING).exists()
-    with pytest.raises(RlzooError, match="python envs/build_dataset.py hopper-random"):
+    assert not (datasets.datasets_root() / STAGING).exists()
+    with pytest.raises(RlzooError, match="python -m envs.build_dataset hopper-random"):
         datasets.load("hopper-random", download=False)
 
     monkeypatch.setattr(minari, "create_dataset_from_buffers", real)
@@ -179,29 +184,29 @@ def test_crash_mid_build_leaves_nothing_and_corrupt_files_are_reported(store, mo
     h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
     with pytest.raises(RlzooError) as err:
         datasets.load("hopper-random", download=False)
-    assert str(path) in str(err.value) and "python envs/build_dataset.py hopper-random --force" in str(err.value)
+    assert str(path) in str(err.value) and "python -m envs.build_dataset hopper-random --force" in str(err.value)
     # The same from the command line: one clean paragraph, no traceback from h5py.
     proc = subprocess.run([sys.executable, str(ROOT / "algorithms" / "iql.py"), "--env", "hopper-random"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env=cli_env(jax_cache_dir, datasets.datasets_root()))
-    assert_clean_failure(proc, str(path), "python envs/build_dataset.py hopper-random --force")
+    assert_clean_failure(proc, str(path), "python -m envs.build_dataset hopper-random --force")
 
 
 def test_missing_dataset_and_unknown_or_unbuildable_names(store, monkeypatch):
-    with pytest.raises(RlzooError, match="python envs/build_dataset.py walker2d-random"):
+    with pytest.raises(RlzooError, match="python -m envs.build_dataset walker2d-random"):
         datasets.load("walker2d-random", download=False)
     with pytest.raises(RlzooError, match="Close matches: .*hopper-random"):
-        bd.build("hopper-randm")
-    with pytest.raises(RlzooError, match="medium-replay.*pick_policies.py --task halfcheetah"):
+        builder.build("hopper-randm")
+    with pytest.raises(RlzooError, match="medium-replay.*envs.pick_policies --task halfcheetah"):
         _build(store, "halfcheetah-medium-replay")
-    with pytest.raises(RlzooError, match="ant-expert.npz does not exist.*pick_policies.py --task ant"):
-        bd.build("ant-expert")
+    with pytest.raises(RlzooError, match="ant-expert.npz does not exist.*envs.pick_policies --task ant"):
+        builder.build("ant-expert")
     missing = store / "policies" / "halfcheetah-medium.npz"
-    monkeypatch.setitem(bd.RECIPES, "halfcheetah-medium", bd.Recipe("HalfCheetah-v5", str(missing)))
+    monkeypatch.setitem(RECIPES, "halfcheetah-medium", Recipe("HalfCheetah-v5", str(missing)))
     with pytest.raises(RlzooError) as err:
         _build(store, "halfcheetah-medium")
     assert str(missing) in str(err.value) and "algorithms/sac.py" in str(err.value)
-    assert "halfcheetah-medium" not in bd.expand(["all"]) and "hopper-random" in bd.expand(["all"])
+    assert "halfcheetah-medium" not in recipes.expand(["all"]) and "hopper-random" in recipes.expand(["all"])
     # medium-expert is built as its two parts, so a missing part is reported.
     with pytest.raises(RlzooError, match="halfcheetah-medium"):
         _build(store, "halfcheetah-medium-expert")
@@ -211,7 +216,7 @@ def test_policy_behaviour_and_expert_reference(store, monkeypatch):
     # A SAC checkpoint written during training (leading seed axis, empty meta) drives halfcheetah-medium.
     policy = store / "policies" / "step_10000.npz"
     _save_actor(policy, 17, 6)
-    monkeypatch.setitem(bd.RECIPES, "halfcheetah-medium", bd.Recipe("HalfCheetah-v5", str(policy)))
+    monkeypatch.setitem(RECIPES, "halfcheetah-medium", Recipe("HalfCheetah-v5", str(policy)))
     refs = {
         "halfcheetah": {
             "env_id": "HalfCheetah-v5",
@@ -222,27 +227,29 @@ def test_policy_behaviour_and_expert_reference(store, monkeypatch):
     }
     (store / "refs.json").write_text(json.dumps(refs))  # cached: no 100-episode evaluation here
     record = _build(store, "halfcheetah-medium", steps=1200, num_envs=3)
-    assert record["policy_sha256"] == bd.sha256(policy) and record["ref_min_score"] == -280.0
+    assert record["policy_sha256"] == sha256(policy) and record["ref_min_score"] == -280.0
     ds = datasets.load("halfcheetah-medium", download=False)
     assert len(ds) == 1200 and ds.timeouts.sum() == 3 and ds.terminals.sum() == 0
     assert ds.actions.std(0).min() > 0.01  # sampled, not the (near-zero) mean of a fresh actor
 
     # With envs/policies/hopper-expert.npz present, ref_max_score is that policy's mean return.
-    _save_actor(bd.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
-    entry = bd.reference_scores("hopper", store / "refs.json", quiet=True)
-    assert entry["ref_max_policy_sha256"] == bd.sha256(bd.POLICY_DIR / "hopper-expert.npz")
+    _save_actor(recipes.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
+    entry = references.reference_scores("hopper", store / "refs.json", quiet=True)
+    assert entry["ref_max_policy_sha256"] == sha256(recipes.POLICY_DIR / "hopper-expert.npz")
     assert "expert policy" in entry["ref_max_source"] and entry["ref_max_episodes"] == 100
     assert json.loads((store / "refs.json").read_text())["hopper"]["ref_max_score"] == entry["ref_max_score"]
 
 
 def test_only_the_recipes_own_build_is_listed_in_results(store, monkeypatch):
     """Another seed or env count changes the data: such a build must not replace the recipe's row."""
-    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
     csv_path = store / "datasets.csv"
-    for kw in ({"num_envs": 4}, {"seed": 3, "num_envs": bd.RECIPE_ENVS}):
-        assert _build(store, steps=None, results_csv=csv_path, force=True, **kw)["full_recipe"] is False
+    for kw in ({"num_envs": 4}, {"seed": 3, "num_envs": RECIPE_ENVS}):
+        record = _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, **kw)
+        assert record["full_recipe"] is False
         assert not csv_path.exists()
-    assert _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)["full_recipe"]
+    assert _build(store, steps=None, results_csv=csv_path, record_results=True, force=True,
+                  num_envs=RECIPE_ENVS)["full_recipe"]
     assert "hopper-random" in csv_path.read_text()
 
 
@@ -251,30 +258,31 @@ def test_committed_expert_scores_about_100_and_random_about_0_on_the_committed_r
     reference's), the deterministic expert normalizes to ~100 and the uniform random policy to ~0."""
     refs = json.loads((ROOT / "envs" / "reference_scores.json").read_text())["hopper"]
     expert = ROOT / "envs" / "policies" / "hopper-expert.npz"
-    assert bd.sha256(expert) == refs["ref_max_policy_sha256"]
+    assert sha256(expert) == refs["ref_max_policy_sha256"]
     norm = lambda r: datasets.normalize(r.mean(), refs["ref_min_score"], refs["ref_max_score"])
-    got = bd.collect("Hopper-v5", bd.policy_behaviour(expert, 11, 3, deterministic=True), seed=7, num_envs=4,
+    got = collect("Hopper-v5", policy_behaviour(expert, 11, 3, deterministic=True), seed=7, num_envs=4,
                      episodes=4, record=False)
     assert 90.0 < norm(got.returns) < 110.0 and got.lengths.min() == 1000
-    got = bd.collect("Hopper-v5", bd.random_behaviour(3), seed=7, num_envs=10, episodes=100, record=False)
+    got = collect("Hopper-v5", random_behaviour(3), seed=7, num_envs=10, episodes=100, record=False)
     assert abs(norm(got.returns)) < 3.0
 
 
 def test_results_csv_upsert(tmp_path):
     path = tmp_path / "datasets.csv"
-    bd.upsert_row(path, {"dataset": "hopper-random", "steps": 1, "return_mean": 1.0})
-    bd.upsert_row(path, {"dataset": "ant-random", "steps": 2})
-    bd.upsert_row(path, {"dataset": "hopper-random", "steps": 3})
+    listing.upsert_row(path, {"dataset": "hopper-random", "steps": 1, "return_mean": 1.0})
+    listing.upsert_row(path, {"dataset": "ant-random", "steps": 2})
+    listing.upsert_row(path, {"dataset": "hopper-random", "steps": 3})
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["dataset"] for r in rows] == ["ant-random", "hopper-random"] and rows[1]["steps"] == "3"
-    assert list(rows[0]) == bd.DATASET_COLUMNS
+    assert list(rows[0]) == listing.DATASET_COLUMNS
 
 
 def test_cli_error_is_one_paragraph(tmp_path):
     env = {"MINARI_DATASETS_PATH": str(tmp_path), "PATH": "", "HOME": str(tmp_path)}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "envs" / "build_dataset.py"), "halfcheetah-randon"],
+        [sys.executable, "-m", "envs.build_dataset", "halfcheetah-randon"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env=env,
@@ -292,7 +300,7 @@ TINY_SAC = {"env": "Hopper-v5", "seed": 3, "chunk": 200, "learning_starts": 200,
 def tiny_sac_run(tmp_path_factory):
     """The "training run" of a medium policy: a tiny SAC run on Hopper that saves its replay and actor."""
     run_dir = tmp_path_factory.mktemp("tiny-sac") / "sac-run"
-    cmd = bd.sac_command(TINY_SAC, 600, 3, run_dir) + ["--quiet"]
+    cmd = sac_replay.sac_command(TINY_SAC, 600, 3, run_dir) + ["--quiet"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     return run_dir
 
@@ -314,7 +322,7 @@ def _as_medium_policy(store, tmp_path, tiny_sac_run):
 def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path, tiny_sac_run):
     run_dir, entry = _as_medium_policy(store, tmp_path, tiny_sac_run)
 
-    record = bd.build("hopper-medium-replay", refs_path=store / "refs.json", results_csv=None, quiet=True)
+    record = builder.build("hopper-medium-replay", refs_path=store / "refs.json", results_csv=None, quiet=True)
     # The builder re-ran the training: same actor bit for bit, so this is that run's replay.
     assert record["replay"]["reproduces_medium_policy"] is True and record["steps"] == 600
     assert record["policy"] == f"replay of the SAC run that trained {entry['file']}"
@@ -337,7 +345,7 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path, tin
     for drop_npz in (False, True):
         if drop_npz:
             (run_dir / "replay.npz").unlink()
-        again = bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
+        again = builder.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
                          quiet=True, replay_from=run_dir)
         assert again["replay"]["read_from"].endswith("checkpoints/600" if drop_npz else "replay.npz")
         assert again["steps"] == 600 and again["episodes"] == record["episodes"]
@@ -347,13 +355,13 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path, tin
             np.testing.assert_array_equal(getattr(ds2, field), getattr(ds, field))
     # A prefix only: asking for more than the run collected, or reading another run, is refused by name.
     with pytest.raises(RlzooError, match="holds 600 transitions, fewer than the 800"):
-        bd.build("hopper-medium-replay", force=True, steps=800, refs_path=store / "refs.json", results_csv=None,
+        builder.build("hopper-medium-replay", force=True, steps=800, refs_path=store / "refs.json", results_csv=None,
                  quiet=True, replay_from=run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "batch_size": 64}))
     with pytest.raises(RlzooError, match="its batch_size is 64, but hopper-medium.s policy was trained with "
                                          "batch_size = 32"):
-        bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
+        builder.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
                  quiet=True, replay_from=run_dir)
 
     # A re-run whose actor is not the committed one (here: the file was changed) is that of another training
@@ -361,7 +369,8 @@ def test_medium_replay_is_the_training_runs_replay_in_order(store, tmp_path, tin
     with np.load(store / "policies" / "hopper-medium.npz") as f:
         arrays = {k: f[k] + 1.0 if f[k].dtype.kind == "f" else f[k] for k in f.files}
     np.savez(store / "policies" / "hopper-medium.npz", **arrays)
-    other = bd.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None, quiet=True)
+    other = builder.build("hopper-medium-replay", force=True, refs_path=store / "refs.json", results_csv=None,
+                          quiet=True)
     assert other["replay"]["reproduces_medium_policy"] is False and other["replay"]["medium_policy_max_abs_diff"] > 0
     assert other["policy"].startswith(f"replay of a re-run of the SAC training of {entry['file']} (same command")
 
@@ -371,18 +380,18 @@ def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path,
     SAC training and gives the same data bit for bit. A log that no longer fits is refused by name."""
     run_dir, _ = _as_medium_policy(store, tmp_path, tiny_sac_run)
     csv_path, alias = store / "datasets.csv", "hopper-medium-replay"
-    kw = {"refs_path": store / "refs.json", "results_csv": csv_path, "quiet": True}
-    with pytest.raises(RlzooError, match="not built.*build_dataset.py hopper-medium-replay"):
-        bd.save_action_log(alias, results_csv=csv_path, quiet=True)
-    listed = bd.build(alias, replay_from=run_dir, **kw)
+    kw = {"refs_path": store / "refs.json", "results_csv": csv_path, "record_results": True, "quiet": True}
+    with pytest.raises(RlzooError, match="not built.*envs.build_dataset hopper-medium-replay"):
+        replay_logs.save_action_log(alias, results_csv=csv_path, quiet=True)
+    listed = builder.build(alias, replay_from=run_dir, **kw)
     original = datasets.load(alias, download=False)
     with pytest.raises(RlzooError, match="for <task>-medium-replay datasets, not 'hopper-random'"):
         bd.main(bd.Config(datasets=["hopper-random"], save_actions=True))
-    log_path = bd.save_action_log(alias, results_csv=csv_path, quiet=True)
+    log_path = replay_logs.save_action_log(alias, results_csv=csv_path, quiet=True)
     assert log_path == store / "replays" / f"{alias}.npz"
 
-    monkeypatch.setattr(bd, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
-    again = bd.build(alias, force=True, **kw)
+    monkeypatch.setattr(builder, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
+    again = builder.build(alias, force=True, **kw)
     assert again["replay"]["identical_to_log_source"] is True and again["replay"]["actions_log"].endswith(
         "hopper-medium-replay.npz")
     assert (again["episodes"], again["return_mean"], again["policy"]) == (
@@ -401,7 +410,7 @@ def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path,
     changed = {**arrays, "actions": arrays["actions"].copy()}
     changed["actions"][0] += 1e-4
     np.savez(log_path, **changed)
-    other = bd.build(alias, force=True, **kw)
+    other = builder.build(alias, force=True, **kw)
     assert other["replay"]["identical_to_log_source"] is False and other["return_mean"] != listed["return_mean"]
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == listed["return_mean"]
@@ -412,19 +421,19 @@ def test_medium_replay_rebuilds_from_its_action_log_bit_for_bit(store, tmp_path,
     np.savez(log_path, **{**arrays, "episode_lengths": lengths})
     with pytest.raises(RlzooError, match=f"diverged from the recorded run at episode 0, step {lengths[0] - 2}: the "
                                          "env ended it by a termination, the recording did not end it.*--retrain"):
-        bd.build(alias, force=True, **kw)
+        builder.build(alias, force=True, **kw)
     log_path.write_bytes(b"not an npz")
     with pytest.raises(RlzooError, match="not a readable action log.*git checkout"):
-        bd.build(alias, force=True, **kw)
+        builder.build(alias, force=True, **kw)
     np.savez(log_path, **arrays)
     medium = store / "policies" / "hopper-medium.npz"
     medium.write_bytes(medium.read_bytes() + b"\0")
     with pytest.raises(RlzooError, match="medium policy with sha256 .* the log is of another run.*--retrain"):
-        bd.build(alias, force=True, **kw)
+        builder.build(alias, force=True, **kw)
     # Only the build the CSV lists can be logged.
-    bd.upsert_row(csv_path, {**listed, "return_mean": listed["return_mean"] + 1.0})
+    listing.upsert_row(csv_path, {**listed, "return_mean": listed["return_mean"] + 1.0})
     with pytest.raises(RlzooError, match="not the one .*datasets.csv lists.*--relist"):
-        bd.save_action_log(alias, results_csv=csv_path, quiet=True)
+        replay_logs.save_action_log(alias, results_csv=csv_path, quiet=True)
 
 
 def test_committed_action_logs_are_of_the_listed_builds():
@@ -434,7 +443,7 @@ def test_committed_action_logs_are_of_the_listed_builds():
     logs = {p.stem: p for p in (ROOT / "envs" / "replays").glob("*.npz")}
     assert set(logs) == {f"{t}-medium-replay" for t in ("halfcheetah", "hopper", "walker2d", "ant")}
     for alias, path in logs.items():
-        log, row = bd._read_action_log(path), bd.listed_row(datasets_csv, alias)
+        log, row = replay_logs.read_action_log(path), listing.listed_row(datasets_csv, alias)
         assert (len(log["episode_lengths"]), len(log["actions"])) == (int(row["episodes"]), int(row["steps"]))
         assert log["source"]["return_mean"] == pytest.approx(float(row["return_mean"]), rel=1e-12)
         assert log["source"]["policy_sha256"] == row["policy_sha256"]
@@ -444,9 +453,9 @@ def test_committed_halfcheetah_medium_replay_log_rebuilds_the_listed_build(tmp_p
     """The committed log of halfcheetah-medium-replay (40k steps) rebuilds the listed build bit for bit on this
     machine, without the SAC training: the claim that a logged medium-replay does not depend on the CPU."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
-    monkeypatch.setattr(bd, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
-    record = bd.build("halfcheetah-medium-replay", results_csv=None, quiet=True)
-    row = bd.listed_row(ROOT / "results" / "datasets.csv", "halfcheetah-medium-replay")
+    monkeypatch.setattr(builder, "collect_replay", lambda *a, **k: pytest.fail("a logged replay must not re-run SAC"))
+    record = builder.build("halfcheetah-medium-replay", results_csv=None, quiet=True)
+    row = listing.listed_row(ROOT / "results" / "datasets.csv", "halfcheetah-medium-replay")
     assert record["replay"]["identical_to_log_source"] is True, record["replay"]["log_source"]
     assert (record["episodes"], record["return_mean"]) == (int(row["episodes"]), float(row["return_mean"]))
 
@@ -460,23 +469,23 @@ def test_split_replay_separates_terminations_time_limits_and_the_budget_cut():
     replay = {"observations": obs, "actions": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
               "rewards": rng.normal(size=n).astype(np.float32), "next_observations": next_obs,
               "dones": np.zeros(n, np.float32)}
-    got = bd.split_replay(replay, "Pendulum-v1", 0)
+    got = sac_replay.split_replay(replay, "Pendulum-v1", 0)
     assert got.lengths.tolist() == [200, 200, 50] and got.cut.tolist() == [False, False, True]
     assert not got.terminated.any() and all(ep.truncations[-1] and ep.truncations.sum() == 1 for ep in got.episodes)
     np.testing.assert_array_equal(got.episodes[1].observations[-1], next_obs[399])
     np.testing.assert_allclose(got.episodes[0].actions, 2.0 * replay["actions"][:200], atol=1e-6)  # bounds ±2
     replay["dones"][[99]] = 1.0  # a termination splits an episode and is not a truncation
-    got = bd.split_replay(replay, "Pendulum-v1", 0)
+    got = sac_replay.split_replay(replay, "Pendulum-v1", 0)
     assert got.lengths.tolist() == [100, 100, 200, 50] and got.terminated.tolist() == [True, False, False, False]
 
 
 def test_medium_expert_is_its_local_parts_and_never_mixes_official_with_local(store):
     import shutil
 
-    _save_actor(bd.POLICY_DIR / "hopper-medium.npz", 11, 3, seed=2)
-    _save_actor(bd.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
+    _save_actor(recipes.POLICY_DIR / "hopper-medium.npz", 11, 3, seed=2)
+    _save_actor(recipes.POLICY_DIR / "hopper-expert.npz", 11, 3, seed=1, mean_scale=300.0)
     refs = {"hopper": {"env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3000.0,
-                       "ref_max_policy_sha256": bd.sha256(bd.POLICY_DIR / "hopper-expert.npz")}}
+                       "ref_max_policy_sha256": sha256(recipes.POLICY_DIR / "hopper-expert.npz")}}
     (store / "refs.json").write_text(json.dumps(refs))  # cached: no 100-episode evaluations here
     _build(store, "hopper-medium-expert", steps=300, num_envs=2)  # builds its two parts
     ds = datasets.load("hopper-medium-expert", download=False)
@@ -493,13 +502,7 @@ def test_medium_expert_is_its_local_parts_and_never_mixes_official_with_local(st
     assert mixed.source == "local" and all(i.startswith("rlzoo-local/") for i in mixed.dataset_ids)
 
 
-def _load_picker():
-    # pick_policies imports build_dataset: the module `bd` above (sys.modules)
-    return import_script(ROOT / "envs" / "pick_policies.py", "pick_policies")
-
-
 def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(store, tmp_path):
-    pick = _load_picker()
     run = tmp_path / "sac-Hopper-v5-s0"
     (run / "policies").mkdir(parents=True)
     config = {**TINY_SAC, "total_steps": 40000, "save_policy_every": 10000, "run_dir": str(run), "quiet": True}
@@ -519,20 +522,20 @@ def test_pick_policies_takes_final_actor_as_expert_and_nearest_third_as_medium(s
     target = expert["return_sampled_mean"] / 3
     best = min(medium["candidates"], key=lambda c: abs(c["return_sampled_mean"] - target))
     assert medium["step"] == best["step"] and expert["step"] == 40000
-    assert bd.sha256(bd.POLICY_DIR / "hopper-medium.npz") == bd.sha256(run / "policies" / f"step_{best['step']}.npz")
-    assert bd.sha256(bd.POLICY_DIR / "hopper-expert.npz") == bd.sha256(run / "policy.npz")
+    assert sha256(recipes.POLICY_DIR / "hopper-medium.npz") == sha256(run / "policies" / f"step_{best['step']}.npz")
+    assert sha256(recipes.POLICY_DIR / "hopper-expert.npz") == sha256(run / "policy.npz")
     assert medium["sac_config"]["hidden_dims"] == [32, 32] and "run_dir" not in medium["sac_config"]
-    assert json.loads((bd.POLICY_DIR / "policies.json").read_text()) == records
-    assert bd.unavailable("hopper-medium-replay") is None and bd.unavailable("hopper-expert") is None
+    assert json.loads((recipes.POLICY_DIR / "policies.json").read_text()) == records
+    assert recipes.unavailable("hopper-medium-replay") is None and recipes.unavailable("hopper-expert") is None
     # A different existing policy file is not silently replaced.
     _save_actor(run / "policy.npz", 11, 3, seed=99)
     with pytest.raises(RlzooError, match="pass --force"):
         pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2))
     # Nothing was copied by the refused call; --medium-step keeps a chosen snapshot (outside the window too).
-    assert bd.sha256(bd.POLICY_DIR / "hopper-expert.npz") != bd.sha256(run / "policy.npz")
+    assert sha256(recipes.POLICY_DIR / "hopper-expert.npz") != sha256(run / "policy.npz")
     records = pick.main(pick.Config("hopper", run, episodes=2, expert_episodes=2, force=True, medium_step=10000))
     assert records["hopper-medium"]["step"] == 10000
-    assert bd.sha256(bd.POLICY_DIR / "hopper-medium.npz") == bd.sha256(run / "policies" / "step_10000.npz")
+    assert sha256(recipes.POLICY_DIR / "hopper-medium.npz") == sha256(run / "policies" / "step_10000.npz")
 
 
 def test_refs_only_updates_reference_scores_without_collecting(store, monkeypatch):
@@ -543,14 +546,15 @@ def test_refs_only_updates_reference_scores_without_collecting(store, monkeypatc
     before = datasets.load("hopper-random", download=False)
     refs["hopper"]["ref_max_score"] = 2000.0  # as if an expert policy had been evaluated since
     (store / "refs.json").write_text(json.dumps(refs))
-    monkeypatch.setattr(bd, "collect", lambda *a, **k: pytest.fail("--refs-only must not collect"))
-    new = bd.refresh_refs("hopper-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
+    for module in (builder, references):  # the two that collect
+        monkeypatch.setattr(module, "collect", lambda *a, **k: pytest.fail("--refs-only must not collect"))
+    new = references.refresh_refs("hopper-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
     after = datasets.load("hopper-random", download=False)
     assert (after.ref_min_score, after.ref_max_score) == (-20.0, 2000.0)
     np.testing.assert_array_equal(after.observations, before.observations)
     assert new["normalized_mean"] == pytest.approx(100 * (record["return_mean"] + 20) / 2020)
     with pytest.raises(RlzooError, match="not built"):
-        bd.refresh_refs("walker2d-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
+        references.refresh_refs("walker2d-random", refs_path=store / "refs.json", results_csv=None, quiet=True)
 
 
 def test_replay_from_goes_with_exactly_one_medium_replay_dataset(store, tmp_path):
@@ -561,7 +565,6 @@ def test_replay_from_goes_with_exactly_one_medium_replay_dataset(store, tmp_path
 
 
 def test_pick_policies_judges_snapshots_by_their_own_seeds_returns(tmp_path):
-    pick = _load_picker()
     (tmp_path / "eval.csv").write_text("step,seed,return_mean,return_std,score\n"
                                        "10000,3,100,0,100\n10000,4,900,0,900\n20000,3,200,0,200\n20000,4,50,0,50\n")
     assert pick.logged_returns(tmp_path, 3) == {10000: 100.0, 20000: 200.0}
@@ -572,20 +575,20 @@ def test_a_rebuild_with_other_data_keeps_the_listed_build_and_is_logged(store, m
     """Builds are bit-exact per CPU type only. A rebuild of the listed recipe that gives other data (here:
     the listed row says so) keeps the listed row, which the recorded runs were trained on, and goes to
     builds.csv; an identical rebuild is logged as such; another recipe (seed) replaces the row."""
-    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
     csv_path = store / "datasets.csv"
-    first = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
-    again = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    first = _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, num_envs=RECIPE_ENVS)
+    again = _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, num_envs=RECIPE_ENVS)
     assert again["return_mean"] == first["return_mean"] and again["machine"] == cpu_signature()
     with open(csv_path, newline="") as f:
         row = next(csv.DictReader(f))
     row["return_mean"] = str(first["return_mean"] + 1.0)  # as if listed from a build on another CPU
-    bd.upsert_row(csv_path, row)
-    _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    listing.upsert_row(csv_path, row)
+    _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, num_envs=RECIPE_ENVS)
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == first["return_mean"] + 1.0
-    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400, seed=5))
-    _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400, seed=5))
+    _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, num_envs=RECIPE_ENVS)
     with open(csv_path, newline="") as f:
         row = next(csv.DictReader(f))
     assert row["seed"] == "5" and float(row["return_mean"]) != first["return_mean"] + 1.0
@@ -605,25 +608,25 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
               "policy": "envs/policies/hopper-medium.npz", "policy_sha256": "aaa", "seed": 0, "steps": 1000,
               "num_envs": 20, "full_recipe": True, "episodes": 10, "return_mean": 500.0, "return_std": 1.0,
               "ref_min_score": 0.0, "ref_max_score": 1000.0, "normalized_mean": 50.0, "machine": "cpu A",
-              "code": "envs/build_dataset.py at rlzoo commit abc", "date": "2026-01-01T00:00:00Z", "replay": None}
+              "code": "envs.build_dataset at rlzoo commit abc", "date": "2026-01-01T00:00:00Z", "replay": None}
     # A log from before the medium_policy_max_abs_diff column: rewritten with it, its row kept.
-    (tmp_path / "builds.csv").write_text(",".join(bd.BUILD_LOG_COLUMNS[:13]) + "\nold-build" + "," * 12 + "\n")
-    assert "row written" in bd.list_build(csv_path, record)
-    assert "most likely a build on another CPU" in bd.list_build(csv_path, {**record, "return_mean": 510.0})
+    (tmp_path / "builds.csv").write_text(",".join(listing.BUILD_LOG_COLUMNS[:13]) + "\nold-build" + "," * 12 + "\n")
+    assert "row written" in listing.list_build(csv_path, record)
+    assert "most likely a build on another CPU" in listing.list_build(csv_path, {**record, "return_mean": 510.0})
     replay = {**record, "return_mean": 520.0,
               "replay": {"reproduces_medium_policy": False, "medium_policy_max_abs_diff": 4.25}}
-    assert "did not reproduce the committed medium actor" in bd.list_build(csv_path, replay)
+    assert "did not reproduce the committed medium actor" in listing.list_build(csv_path, replay)
     logged = {**replay, "return_mean": 540.0, "replay": {**replay["replay"], "actions_log": "envs/replays/x.npz"}}
-    assert "replaying the committed action log gave other data" in bd.list_build(csv_path, logged)
+    assert "replaying the committed action log gave other data" in listing.list_build(csv_path, logged)
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == 500.0
-    assert "row written" in bd.list_build(csv_path, {**record, "policy_sha256": "bbb", "return_mean": 530.0})
+    assert "row written" in listing.list_build(csv_path, {**record, "policy_sha256": "bbb", "return_mean": 530.0})
     with open(csv_path, newline="") as f:
         assert float(next(csv.DictReader(f))["return_mean"]) == 530.0
     with open(tmp_path / "builds.csv", newline="") as f:
         reader = csv.DictReader(f)
         log = list(reader)
-    assert reader.fieldnames == bd.BUILD_LOG_COLUMNS and log[0]["dataset"] == "old-build"
+    assert reader.fieldnames == listing.BUILD_LOG_COLUMNS and log[0]["dataset"] == "old-build"
     assert [r["identical_to_listed"] for r in log[1:]] == ["", "False", "False", "False", ""]
     assert [r["medium_policy_max_abs_diff"] for r in log] == ["", "", "", "4.25", "4.25", ""]
     assert [r["actions_log"] for r in log] == ["", "", "", "", "envs/replays/x.npz", ""]
@@ -632,22 +635,76 @@ def test_list_build_replaces_the_row_only_for_another_recipe(tmp_path):
 def test_relist_makes_the_build_on_disk_the_listed_one(store, monkeypatch):
     """--relist: after a rebuild here gave other data than the listed build (which stays, see above), the
     build on disk replaces the listed row without collecting again; a partial build or none is refused."""
-    monkeypatch.setitem(bd.RECIPES, "hopper-random", bd.Recipe("Hopper-v5", bd.RANDOM, steps=400))
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
     csv_path = store / "datasets.csv"
-    _build(store, steps=300, results_csv=csv_path, num_envs=bd.RECIPE_ENVS)  # not the recipe's steps
+    _build(store, steps=300, results_csv=csv_path, record_results=True, num_envs=RECIPE_ENVS)  # not the recipe's steps
     with pytest.raises(RlzooError, match="not the full recipe"):
-        bd.relist("hopper-random", results_csv=csv_path, quiet=True)
-    built = _build(store, steps=None, results_csv=csv_path, force=True, num_envs=bd.RECIPE_ENVS)
+        listing.relist("hopper-random", results_csv=csv_path, quiet=True)
+    built = _build(store, steps=None, results_csv=csv_path, record_results=True, force=True, num_envs=RECIPE_ENVS)
     with open(csv_path, newline="") as f:
         row = next(csv.DictReader(f))
-    bd.upsert_row(csv_path, {**row, "return_mean": str(built["return_mean"] + 1.0), "episodes": "7"})
-    monkeypatch.setattr(bd, "collect", lambda *a, **k: pytest.fail("--relist must not collect"))
-    bd.relist("hopper-random", results_csv=csv_path, quiet=True)
+    listing.upsert_row(csv_path, {**row, "return_mean": str(built["return_mean"] + 1.0), "episodes": "7"})
+    for module in (builder, references):  # the two that collect
+        monkeypatch.setattr(module, "collect", lambda *a, **k: pytest.fail("--relist must not collect"))
+    listing.relist("hopper-random", results_csv=csv_path, quiet=True)
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["return_mean"]) == built["return_mean"]
     assert int(rows[0]["episodes"]) == built["episodes"]
-    with pytest.raises(RlzooError, match="not built.*build_dataset.py walker2d-random"):
-        bd.relist("walker2d-random", results_csv=csv_path, quiet=True)
+    with pytest.raises(RlzooError, match="not built.*envs.build_dataset walker2d-random"):
+        listing.relist("walker2d-random", results_csv=csv_path, quiet=True)
     with pytest.raises(RlzooError, match="separate steps"):
         bd.main(bd.Config(datasets=["hopper-random"], refs_only=True, relist=True))
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_build_writes_under_results_only_with_record(store, tmp_path, monkeypatch, capsys):
+    """A user's build writes only to the Minari store: without --record a full-recipe build leaves (a copy of)
+    results/ byte-identical and prints the verdict on the listed build; with it, it is logged and listed."""
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    csv_path, before = results / "datasets.csv", _digests(results)
+    kw = {"steps": None, "results_csv": csv_path, "num_envs": RECIPE_ENVS, "force": True, "quiet": False}
+    first = _build(store, **kw)
+    assert first["full_recipe"] and _digests(results) == before
+    out = capsys.readouterr()
+    assert "lists a build of another recipe" in out.out and "--record" in out.out
+    assert "400/400" in out.err  # the progress bar over the transitions collected
+
+    _build(store, record_results=True, **kw)  # the maintainer's step: logged and listed
+    assert float(listing.listed_row(csv_path, "hopper-random")["return_mean"]) == first["return_mean"]
+    assert len(_rows(results / "builds.csv")) == len(_rows(ROOT / "results" / "builds.csv")) + 1
+    listed = _digests(results)
+    capsys.readouterr()
+    _build(store, **kw)
+    assert "the same data as the build" in capsys.readouterr().out and _digests(results) == listed
+    row = listing.listed_row(csv_path, "hopper-random")
+    listing.upsert_row(csv_path, {**row, "return_mean": str(first["return_mean"] + 1.0)})
+    listed = _digests(results)
+    _build(store, **kw)
+    assert "the data differ from the build" in capsys.readouterr().out and _digests(results) == listed
+
+
+def test_the_command_line_build_leaves_results_untouched(tmp_path, monkeypatch):
+    """`python -m envs.build_dataset hopper-random` (the recipe's env count; its steps made small here) writes no
+    file under results/ (a copy, and the repository's), nor the reference-score cache (it is current)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setitem(RECIPES, "hopper-random", Recipe("Hopper-v5", RANDOM, steps=400))
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    monkeypatch.setattr(listing, "RESULTS_CSV", tmp_path / "results" / "datasets.csv")
+    before = _digests(tmp_path / "results"), _digests(ROOT / "results"), sha256(references.REFS_PATH)
+    records = bd.main(bd.Config(datasets=("hopper-random",)))
+    assert records[0]["full_recipe"] and datasets.load("hopper-random", download=False).source == "local"
+    assert (_digests(tmp_path / "results"), _digests(ROOT / "results"), sha256(references.REFS_PATH)) == before
+    records = bd.main(bd.Config(datasets=("hopper-random",), force=True, record=True))
+    assert listing.listed_row(listing.RESULTS_CSV, "hopper-random")["steps"] == "400"
+    assert _digests(ROOT / "results") == before[1]

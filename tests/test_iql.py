@@ -348,7 +348,7 @@ def test_missing_dataset_from_the_command_line(minari_store, jax_cache_dir):
         env["MINARI_REMOTE"] = "offline://"
     t0 = time.perf_counter()
     proc = run_iql(["--env", "hopper-medium", "--run-dir", str(minari_store.parent / "run")], env, timeout=60)
-    assert_clean_failure(proc, "python envs/build_dataset.py hopper-medium", "dataset 'hopper-medium' is not available")
+    assert_clean_failure(proc, "python -m envs.build_dataset hopper-medium", "dataset 'hopper-medium' is not available")
     elapsed = time.perf_counter() - t0
     print(f"the missing dataset was reported after {elapsed:.1f} s")
     assert elapsed < 45  # fails fast: no long wait on the unreachable remote (the subprocess may take 60)

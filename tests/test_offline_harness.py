@@ -527,7 +527,7 @@ def test_bad_dataset_and_flags_fail_before_anything_starts(pendulum_store, tmp_p
 
     assert offline.main(base + ["--datasets", "hopper-medium"]) == 2  # known, but not built in this store
     err = " ".join(capsys.readouterr().err.split())
-    assert "dataset 'hopper-medium' is not available" in err and "python envs/build_dataset.py hopper-medium" in err
+    assert "dataset 'hopper-medium' is not available" in err and "python -m envs.build_dataset hopper-medium" in err
 
     assert offline.main(base + ["--datasets", "hopper-medium", "--", "--total-steps", "5"]) == 2
     assert "--total-steps is set by the harness" in " ".join(capsys.readouterr().err.split())
