@@ -8,7 +8,6 @@ metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], s
 from __future__ import annotations
 
 import atexit
-import csv
 import dataclasses
 import json
 import os
@@ -247,15 +246,6 @@ def import_script(path: str | Path, module_name: str):
     return sys.modules[module_name]
 
 
-def start_or_resume_command(script: str | Path, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
-    """Command line of an algorithm file's run in `run_dir`: `--resume` when the directory holds a checkpoint,
-    else a fresh start with `fresh_args`. Benchmarks launch runs this way, so running them again continues."""
-    cmd = [sys.executable, str(script)]
-    if has_checkpoint(run_dir):
-        return cmd + ["--resume", str(run_dir)]
-    return cmd + [*fresh_args, "--run-dir", str(run_dir)]
-
-
 # Per-task settings: $RLZOO_CONFIGS, else the repository's configs/ (an editable install or a checkout), else
 # the copy a regular install puts under <prefix>/share/rlzoo/configs (pyproject's data-files).
 CONFIG_DIRS = [Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "rlzoo" / "configs"]
@@ -458,39 +448,6 @@ def final_scores(eval_csv: Path, seeds: list[int], last_n: int = 1) -> dict[int,
     return {s: float(data["score"][data["seed"] == s][-last_n:].mean()) for s in seeds}
 
 
-SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
-                  "commit", "date", "config", "jax"]
-
-
-def append_scores(path: Path, summary: dict, config_ref: str) -> None:
-    """Append one results/scores.csv row per seed of a run's summary (header written for a new file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    if not new:
-        _upgrade_header(path, SCORES_COLUMNS)
-    with path.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(SCORES_COLUMNS)
-        for seed, score in summary["final_scores"].items():
-            writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
-                             round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
-                             summary["commit"], summary["date"], config_ref, summary.get("jax", "")])
-
-
-def _upgrade_header(path: Path, columns: list[str]) -> None:
-    """A results CSV written before columns were appended to its schema gets them (empty in old rows)."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0] if rows else []
-    if header == columns:
-        return
-    if header != columns[: len(header)]:
-        raise RlzooError(f"{path} has columns {header}, expected {columns}: move it aside and re-run")
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([columns] + [r + [""] * (len(columns) - len(r)) for r in rows[1:]])
-
-
 def run_commits(run: Run) -> list[str]:
     """The commits of every process that trained this run, in order ("unknown" for earlier processes whose
     checkpoint predates this record): a run resumed across commits ran the code of each."""
@@ -500,7 +457,7 @@ def run_commits(run: Run) -> list[str]:
 
 
 def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source: str, wall_s: float) -> dict:
-    """Print one line per seed, write summary.json, append to --scores-csv if asked."""
+    """Print one line per seed and write summary.json (benchmarks record results from it)."""
     logger.close()
     run.checkpointer.close()
     wall_s += float(run.checkpointer.restored_meta.get("wall_s", 0.0))  # earlier processes
@@ -513,8 +470,6 @@ def finish(run: Run, logger: RunLogger, score_name: str, task: str, data_source:
                "final_scores": scores, "steps": run.config.total_steps, "wall_s": wall_s,
                "steps_per_s": logger.steps_per_second(), **info}
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if run.config.scores_csv:
-        append_scores(Path(run.config.scores_csv), summary, str(run.run_dir / "config.json"))
     return summary
 
 
