@@ -66,6 +66,28 @@ def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
     assert all(float(r["value"]) > 0 for r in rows)
 
 
+def test_speed_against_another_checkout_interleaves_rounds_and_records_the_ratio(jax_cache_dir, tmp_path):
+    """--against: both checkouts (here the same one twice) timed in subprocesses, rounds interleaved; two rows,
+    the other checkout's and this one's with the other's commit and value as its baseline and their ratio. A
+    folder that is not a checkout is refused in one paragraph before anything is timed."""
+    out = tmp_path / "speed.csv"
+    tiny = ["--algorithm", "iql", "--updates", "2", "--dataset-size", "1000", "--batch-size", "32", "--repeats", "1",
+            "--matmul-size", "64", "--rounds", "2", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", *tiny, "--against", str(REPO)],
+                          env=cli_env(jax_cache_dir), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[speed] round ") == 4  # 2 rounds x 2 checkouts
+    base, mine = list(csv.DictReader(out.open()))
+    assert base["algorithm"] == mine["algorithm"] == "iql" and base["baseline"] == ""
+    assert mine["baseline"] == f"{base['commit']}={base['value']}"
+    assert float(mine["ratio_to_baseline"]) == pytest.approx(float(mine["value"]) / float(base["value"]), abs=2e-3)
+    assert mine["notes"].startswith("same-run A/B, 2 interleaved rounds") and "A/B baseline: checkout" in base["notes"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", *tiny, "--against", str(tmp_path)],
+                          env=cli_env(jax_cache_dir), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not a checkout of this repository" in " ".join(proc.stderr.split()) and "\n\n" not in proc.stderr.strip()
+
+
 # ---------------------------------------------------------------------------------------------- online (SAC)
 
 
