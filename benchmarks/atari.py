@@ -68,28 +68,33 @@ def main(argv: list[str] | None = None) -> None:
         record(d, SCORES, CURVES)  # once: a run collected again is not appended twice
         shutil.copy(d / "train.csv", CURVES / f"{d.name}.csv")
         shutil.copy(d / "eval.csv", CURVES / f"{d.name}-eval.csv")  # per seed: mean and sd over the greedy games
-        summary = json.loads((d / "summary.json").read_text())
-        config = json.loads((d / "config.json").read_text())
-        runs = CURVES / "pqn-atari-runs.csv"
-        new = not runs.exists()
-        if not new:  # a finished run collected again is listed once
-            with runs.open(newline="") as f:
-                if any(r["game"] == game and r["date"] == summary["date"] for r in csv.DictReader(f)):
-                    continue
-        with runs.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["game", "seeds", "env_steps_per_seed", "frames_per_seed", "wall_s", "frames_per_s",
-                                 "final_eval_raw_score", "eval_episodes", "eval_max_steps", "atari_xla", "device",
-                                 "commit", "date"])
-            frames = 4 * summary["steps"]
-            writer.writerow([game, len(summary["final_scores"]), summary["steps"], frames, round(summary["wall_s"], 1),
-                             round(frames * len(summary["final_scores"]) / summary["wall_s"], 1),
-                             ";".join(f"{v:g}" for v in summary["final_scores"].values()),
-                             config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
-                             summary["device"], summary["commit"], summary["date"]])
-        print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
+        list_run(game, d, CURVES / "pqn-atari-runs.csv")
     plot(settings)
+
+
+def list_run(game: str, d: Path, runs: Path) -> None:
+    """One line per finished run in pqn-atari-runs.csv (frames, wall time, frames/s, final raw scores); a run
+    collected again is listed once."""
+    summary = json.loads((d / "summary.json").read_text())
+    config = json.loads((d / "config.json").read_text())
+    new = not runs.exists()
+    if not new:
+        with runs.open(newline="") as f:
+            if any(r["game"] == game and r["date"] == summary["date"] for r in csv.DictReader(f)):
+                return
+    with runs.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["game", "seeds", "env_steps_per_seed", "frames_per_seed", "wall_s", "frames_per_s",
+                             "final_eval_raw_score", "eval_episodes", "eval_max_steps", "atari_xla", "device",
+                             "commit", "date"])
+        frames = 4 * summary["steps"]
+        writer.writerow([game, len(summary["final_scores"]), summary["steps"], frames, round(summary["wall_s"], 1),
+                         round(frames * len(summary["final_scores"]) / summary["wall_s"], 1),
+                         ";".join(f"{v:g}" for v in summary["final_scores"].values()),
+                         config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
+                         summary["device"], summary["commit"], summary["date"]])
+    print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
 
 
 def plot(settings: str) -> None:
