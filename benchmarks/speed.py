@@ -64,7 +64,7 @@ SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algorithm", nargs="+", required=True,
                    help="names of algorithms/<name>.py (e.g. iql sac), timed one after another")
