@@ -1,15 +1,15 @@
 """PQN on Atari (ale-py): short runs on a few games, recording frames, frames/s and the raw game score.
 
-    python benchmarks/atari.py --games Breakout Pong SpaceInvaders --total-steps 65536   # 2-core CPU
-    python benchmarks/atari.py --games Breakout Pong --total-steps 2457600 --num-seeds 2  # GPU machine
+    python -m benchmarks.atari --games Breakout Pong SpaceInvaders --total-steps 65536   # 2-core CPU
+    python -m benchmarks.atari --games Breakout Pong --total-steps 2457600 --num-seeds 2  # GPU machine
 
-Each game is one `algorithms/pqn.py` run with the paper's Atari table (128 envs x 32 steps, lr 2.5e-4,
+Each game is one `algorithms/pqn_atari.py` run with the paper's Atari table (128 envs x 32 steps, lr 2.5e-4,
 epsilon to 0.001, reward clipping and episodic life for training) except the length: --total-steps env
 steps (frames = 4 x env steps) with the epsilon schedule compressed to that length (--decay-steps,
 default: the run's length). Evaluation plays --eval-episodes greedy games per seed with the raw score,
 capped at --eval-max-steps agent steps (default ALE's own limit; the first runs' 4,500 could cut long games, which
-pqn.py now reports). Finished runs append their final evaluation to
-results/scores.csv (rlzoo.run.append_scores via --scores-csv); this script then writes
+pqn_atari.py now reports). Each finished run is recorded once, after its process exits (benchmarks/record_run.py:
+its final evaluation in results/scores.csv, its curve files in results/curves/<run>/); this script then writes
 results/curves/<run>.csv (training episode return, raw score, per chunk; <run> names the game and every
 setting), results/curves/<run>-eval.csv (each evaluation's mean and sd over its greedy games) and one line
 per run to results/curves/pqn-atari-runs.csv with frames, wall time and frames/s, and draws the training curves
@@ -25,10 +25,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rlzoo.run import start_or_resume_command
+from benchmarks.launch import ROOT, start_or_resume_command
+from benchmarks.record_run import record
 
-ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "results" / "curves"
+SCORES = ROOT / "results" / "scores.csv"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,40 +55,46 @@ def main(argv: list[str] | None = None) -> None:
     for game in args.games:
         d = root / f"pqn-atari-{game}-{settings}"
         if not (d / "summary.json").exists():
-            cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
+            cmd = start_or_resume_command("pqn_atari", d, [
                 "--env", game, "--num-seeds", str(args.num_seeds), "--total-steps", str(args.total_steps),
                 "--chunk", str(args.chunk), "--checkpoint-every", str(args.chunk),
                 "--eval-every", str(args.total_steps), "--decay-steps", str(args.decay_steps),
                 "--eval-episodes", str(args.eval_episodes), "--eval-max-steps", str(args.eval_max_steps),
                 "--env-threads", str(args.env_threads),
             ] + (["--no-atari-xla"] if args.no_xla else []))
-            cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
+            cmd += ["--quiet"]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
+        record(d, SCORES, CURVES)  # once: a run collected again is not appended twice
         shutil.copy(d / "train.csv", CURVES / f"{d.name}.csv")
         shutil.copy(d / "eval.csv", CURVES / f"{d.name}-eval.csv")  # per seed: mean and sd over the greedy games
-        summary = json.loads((d / "summary.json").read_text())
-        config = json.loads((d / "config.json").read_text())
-        runs = CURVES / "pqn-atari-runs.csv"
-        new = not runs.exists()
-        if not new:  # a finished run collected again is listed once
-            with runs.open(newline="") as f:
-                if any(r["game"] == game and r["date"] == summary["date"] for r in csv.DictReader(f)):
-                    continue
-        with runs.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["game", "seeds", "env_steps_per_seed", "frames_per_seed", "wall_s", "frames_per_s",
-                                 "final_eval_raw_score", "eval_episodes", "eval_max_steps", "atari_xla", "device",
-                                 "commit", "date"])
-            frames = 4 * summary["steps"]
-            writer.writerow([game, len(summary["final_scores"]), summary["steps"], frames, round(summary["wall_s"], 1),
-                             round(frames * len(summary["final_scores"]) / summary["wall_s"], 1),
-                             ";".join(f"{v:g}" for v in summary["final_scores"].values()),
-                             config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
-                             summary["device"], summary["commit"], summary["date"]])
-        print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
+        list_run(game, d, CURVES / "pqn-atari-runs.csv")
     plot(settings)
+
+
+def list_run(game: str, d: Path, runs: Path) -> None:
+    """One line per finished run in pqn-atari-runs.csv (frames, wall time, frames/s, final raw scores); a run
+    collected again is listed once."""
+    summary = json.loads((d / "summary.json").read_text())
+    config = json.loads((d / "config.json").read_text())
+    new = not runs.exists()
+    if not new:
+        with runs.open(newline="") as f:
+            if any(r["game"] == game and r["date"] == summary["date"] for r in csv.DictReader(f)):
+                return
+    with runs.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["game", "seeds", "env_steps_per_seed", "frames_per_seed", "wall_s", "frames_per_s",
+                             "final_eval_raw_score", "eval_episodes", "eval_max_steps", "atari_xla", "device",
+                             "commit", "date"])
+        frames = 4 * summary["steps"]
+        writer.writerow([game, len(summary["final_scores"]), summary["steps"], frames, round(summary["wall_s"], 1),
+                         round(frames * len(summary["final_scores"]) / summary["wall_s"], 1),
+                         ";".join(f"{v:g}" for v in summary["final_scores"].values()),
+                         config["eval_episodes"], config["eval_max_steps"], config["atari_xla"],
+                         summary["device"], summary["commit"], summary["date"]])
+    print(f"{game}: {frames} frames per seed in {summary['wall_s']:.0f} s, final {summary['final_scores']}")
 
 
 def plot(settings: str) -> None:

@@ -6,10 +6,10 @@ every 1000 updates and CORL-style evaluations (deterministic tanh(mean) on norma
 every 5000 (with a provenance file beside the CSV: CORL file hash, versions, machine, date), then draws both
 runs side by side. Three steps, two environments (CORL needs torch, rlzoo JAX):
 
-    python benchmarks/corl_curve.py export --dataset halfcheetah-medium-replay --out /tmp/corl/hcmr.npz
-    /tmp/corl/venv/bin/python benchmarks/corl_curve.py train --corl-file /tmp/corl/corl_cql.py \\
+    python -m benchmarks.corl_curve export --dataset halfcheetah-medium-replay --out /tmp/corl/hcmr.npz
+    /tmp/corl/venv/bin/python -m benchmarks.corl_curve train --corl-file /tmp/corl/corl_cql.py \\
         --data /tmp/corl/hcmr.npz --steps 20000 --out /tmp/corl/corl-cql-hcmr-s0.csv
-    python benchmarks/corl_curve.py compare --rlzoo-run RUN_DIR --corl-csv /tmp/corl/corl-cql-hcmr-s0.csv \\
+    python -m benchmarks.corl_curve compare --rlzoo-run RUN_DIR --corl-csv /tmp/corl/corl-cql-hcmr-s0.csv \\
         --out results/sanity/cql-vs-corl-halfcheetah-medium-replay
 
 `train` needs only torch, numpy and gymnasium[mujoco] (no rlzoo, no JAX); CORL's file is got as the

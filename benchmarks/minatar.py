@@ -1,20 +1,21 @@
 """PQN score benchmark on the four MinAtar games (gymnax), seeds vmapped in one program per game.
 
-    python benchmarks/minatar.py run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
-    python benchmarks/minatar.py run --num-seeds 10                           # the paper's 1e7 steps (GPU)
-    python benchmarks/minatar.py collect --num-seeds 10                       # curves of finished/partial runs
-    python benchmarks/minatar.py collect --num-seeds 10 --tag gpu-h200 --from-results  # redraw from results/
-    python benchmarks/minatar.py estimators --num-seeds 10                    # rlzoo's vs purejaxql's test return
+    python -m benchmarks.minatar run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
+    python -m benchmarks.minatar run --num-seeds 10                           # the paper's 1e7 steps (GPU)
+    python -m benchmarks.minatar collect --num-seeds 10                       # curves of finished/partial runs
+    python -m benchmarks.minatar collect --num-seeds 10 --tag gpu-h200 --from-results  # redraw from results/
+    python -m benchmarks.minatar estimators --num-seeds 10                    # rlzoo's vs purejaxql's test return
 
 `run` trains `algorithms/pqn.py` on each game in turn (one process per game, the paper's MinAtar
 defaults, greedy evaluation on 128 envs per seed), resuming a game whose run directory already has a
 checkpoint. The learning-rate and epsilon schedules span --decay-steps (default: the paper's full
 length), so a shorter run is exactly the first part of a paper-length run and its curve can be read
-against the paper's at the same step count. Each finished run appends one row per seed to
-results/scores.csv (rlzoo.run.append_scores, through pqn.py's --scores-csv). `collect` (also run at
+against the paper's at the same step count. Each finished run is recorded once, after its process exits
+(benchmarks/record_run.py: one row per seed in results/scores.csv, its curve files in
+results/curves/pqn-<game>-<settings>/). `collect` (also run at
 the end of `run`; give it the same settings) copies each game's eval.csv to
 results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pqn-minatar-<settings>.png
-with the reference's curves of the same length and schedule where benchmarks/purejaxql_scores.py wrote
+with the reference's curves of the same length and schedule where `python -m benchmarks.purejaxql_scores` wrote
 them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
 s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255][-<tag>]: runs of other settings are other runs, in other
 folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
@@ -33,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rlzoo.run import start_or_resume_command
+from benchmarks.launch import ROOT, algorithm_module, start_or_resume_command
+from benchmarks.record_run import record
 
-ROOT = Path(__file__).resolve().parent.parent
 CURVES = ROOT / "results" / "curves"
+SCORES = ROOT / "results" / "scores.csv"
 GAMES = ["Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar"]
 PAPER_STEPS = 9_994_240  # pqn.py's default total_steps: 1e7 rounded down to whole chunks
 
@@ -59,15 +61,17 @@ def run(args) -> None:
         d = run_dir(root, game, args)
         if (d / "summary.json").exists():
             print(f"{game}: finished already ({d})")
+            record(d, SCORES, CURVES)  # a no-op when it was recorded when it finished
             continue
-        cmd = start_or_resume_command(ROOT / "algorithms" / "pqn.py", d, [
+        cmd = start_or_resume_command("pqn", d, [
             "--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
             "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
             "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every),
             *(["--minatar-obs-div-255"] if args.obs_div_255 else [])])
-        cmd += ["--scores-csv", str(ROOT / "results" / "scores.csv"), "--quiet"]
+        cmd += ["--quiet"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
+        record(d, SCORES, CURVES)
     collect(args)
 
 
@@ -186,9 +190,8 @@ def estimators(args) -> None:
 
     from rlzoo import provenance
     from rlzoo.checkpoint import load_params
-    from rlzoo.run import import_script
 
-    pqn = import_script(ROOT / "algorithms" / "pqn.py", "_rlzoo_bench_pqn")
+    pqn = algorithm_module("pqn")
     root = Path(args.runs_root).expanduser()
     num_envs = 128  # both implementations' test envs per seed
     rows = []
@@ -198,7 +201,7 @@ def estimators(args) -> None:
             print(f"{game}: no finished run in {d}")
             continue
         params, _ = load_params(d / "policy.npz")  # leaves [seeds, ...]
-        network = pqn.make_network("minatar", gymnax.make(game)[0].num_actions, args.obs_div_255)
+        network = pqn.make_network(gymnax.make(game)[0].num_actions, args.obs_div_255)
         num_seeds = len(jax.tree_util.tree_leaves(params)[0])
         keys = jax.random.split(jax.random.PRNGKey(args.seed + 12345), num_seeds)
         first, window, episodes, unfinished = score_both_ways(network, game, params, keys, num_envs)

@@ -1,7 +1,7 @@
 """SAC learning check on Gymnasium MuJoCo v5: launch long runs, then collect their curves into results/.
 
-    python benchmarks/online.py launch --envs HalfCheetah-v5 Hopper-v5 --runs-root ~/rlzoo-runs
-    python benchmarks/online.py collect --runs-root ~/rlzoo-runs
+    python -m benchmarks.online launch --envs HalfCheetah-v5 Hopper-v5 --runs-root ~/rlzoo-runs
+    python -m benchmarks.online collect --runs-root ~/rlzoo-runs
 
 `launch` starts one background process per env (one CPU core each, XLA intra-op threading off),
 each a plain `algorithms/sac.py` run with checkpoints, logging to <runs-root>/<name>.log; an
@@ -20,16 +20,12 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_run import record, short_steps  # noqa: E402
-
-from rlzoo.run import start_or_resume_command  # noqa: E402
+from benchmarks.launch import ROOT, start_or_resume_command
+from benchmarks.record_run import record, short_steps
 
 CURVES = ROOT / "results" / "curves"
 
@@ -61,7 +57,7 @@ def launch(args) -> None:
             raise SystemExit(f"error: {run_dir} is a run of {steps:,} steps, not "
                              f"--total-steps {args.total_steps:,}; resuming keeps its own length. Use that length, "
                              "or another --runs-root for a run of this one.")
-        cmd = start_or_resume_command(ROOT / "algorithms" / "sac.py", run_dir, [
+        cmd = start_or_resume_command("sac", run_dir, [
             "--env", env, "--seed", str(args.seed), "--total-steps", str(args.total_steps), "--eval-every", "10000",
             "--checkpoint-every", "20000", "--save-policy-every", "10000"])
         # How a run reports is not part of its saved configuration: say it again when resuming. Its scores are

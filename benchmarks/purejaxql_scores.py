@@ -1,19 +1,20 @@
 """Greedy-return curves of the reference PQN (purejaxql, the paper's own code) on MinAtar, for comparing
 rlzoo's PQN with it at the same step count and schedule on the same machine.
 
-    /tmp/pjq/venv/bin/python benchmarks/purejaxql_scores.py --purejaxql /tmp/pjq \
+    PYTHONPATH=/tmp/pjq /tmp/pjq/venv/bin/python -m benchmarks.purejaxql_scores --purejaxql /tmp/pjq \
         --game Breakout-MinAtar --num-seeds 3 --total-steps 1064960 --decay-steps 9994240
 
 The paper reports MinAtar only as curves, so its numbers at a shorter length cannot be quoted; this runs
 its code instead. purejaxql is not part of rlzoo: get it and its throwaway venv as in
-benchmarks/purejaxql_baseline.md, then run this file with that venv's python (it imports rlzoo from this
-checkout only for rlzoo.provenance, the commit and machine recorded; that import also turns XLA's CPU intra-op
-threading off, as for rlzoo's own runs, before JAX starts its backend, and the summary records the flags). It loads
+benchmarks/purejaxql_baseline.md, then run this module from the repository's root with that venv's python
+and the folder holding the purejaxql package on PYTHONPATH (it imports rlzoo from this checkout only for
+rlzoo.provenance, the commit and machine recorded; that import also turns XLA's CPU intra-op threading off,
+as for rlzoo's own runs, before JAX starts its backend, and the summary records the flags). It loads
 purejaxql's own MinAtar config, changes only the game, the length, the span of the lr and epsilon
 schedules (TOTAL_TIMESTEPS_DECAY, the config's own switch for shorter runs), the seeds, and turns wandb
 off; its greedy tests during training stay on at their default interval. The curve goes to
 results/curves/purejaxql-pqn-<game>-s<seed>-n<seeds>-<steps>-decay<decay>.csv (columns of rlzoo's
-eval.csv: step, seed, return_mean), which benchmarks/minatar.py's plot overlays. purejaxql splits one key,
+eval.csv: step, seed, return_mean), which `python -m benchmarks.minatar collect` overlays. purejaxql splits one key,
 PRNGKey(--seed), into its --num-seeds runs, so the seed column is the index of a run in that split, not a
 seed that reproduces it alone. purejaxql's test
 return is the mean over the episodes that 128 greedy envs finish within one episode's step limit,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -46,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "curves"))
     args = p.parse_args(argv)
 
-    sys.path[:0] = [str(Path(args.purejaxql).resolve()), str(ROOT)]  # the venv has neither installed
+    if importlib.util.find_spec("purejaxql") is None:  # the venv has it not installed: PYTHONPATH names it
+        sys.exit(f"error: the purejaxql package is not importable. Run this from the repository's root as "
+                 f"PYTHONPATH={args.purejaxql} <its venv>/bin/python -m benchmarks.purejaxql_scores ..., with "
+                 "the folder that holds purejaxql/ on PYTHONPATH (benchmarks/purejaxql_baseline.md).")
     import jax
     import numpy as np
     from omegaconf import OmegaConf

@@ -1,14 +1,14 @@
 """Record a finished run in results/: its final per-seed scores into results/scores.csv and its
 evaluation curve (eval.csv, curve.png, config.json, summary.json, dataset.json) into results/curves/.
 
-    python benchmarks/record_run.py RUN_DIR [RUN_DIR ...] [--name NAME]
+    python -m benchmarks.record_run RUN_DIR [RUN_DIR ...] [--name NAME]
 
-For runs started without `--scores-csv results/scores.csv`. The rows are built from the run's
-summary.json (written by rlzoo.run.finish), so commit, date, device and wall time are the run's own.
+For runs started by hand (the harnesses record their own runs through `record`). The rows are built
+from the run's summary.json (benchmarks/results.py), so commit, date, device and wall time are the run's own.
 Recording is idempotent: a run whose rows are already in the scores CSV (same algorithm, task,
 steps, finish date and seeds) is not appended again, and a curves folder holding another run's
-files is never overwritten (the new one gets a -2, -3, ... suffix). benchmarks/offline.py records
-its runs through `record` too.
+files is never overwritten (the new one gets a -2, -3, ... suffix). benchmarks/offline.py, online.py,
+minatar.py and atari.py record their runs through `record` once the run's process has exited.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from rlzoo.run import append_scores
+from benchmarks.results import append_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 CURVE_FILES = ("eval.csv", "curve.png", "config.json", "summary.json", "dataset.json")

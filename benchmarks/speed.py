@@ -1,12 +1,14 @@
 """Steady-state update throughput of an algorithm file's real update, seeds vmapped, on synthetic data.
 
-    python benchmarks/speed.py --algorithm iql --num-seeds 1 --updates 1000 --repeats 5
-    python benchmarks/speed.py --algorithm sac --num-seeds 4 --updates 1000 --out /tmp/speed.csv
-    python benchmarks/speed.py --algorithm iql --updates 1000 \
+    python -m benchmarks.speed --algorithm iql --num-seeds 1 --updates 1000 --repeats 5
+    python -m benchmarks.speed --algorithm sac --num-seeds 4 --updates 1000 --out /tmp/speed.csv
+    python -m benchmarks.speed --algorithm iql --updates 1000 \
         --baseline-name corl-iql-torch2.13-cpu-1thread --baseline-value 40  # see corl_baseline.md
-    python benchmarks/speed.py --algorithm pqn --num-seeds 10 --updates 10   # env steps/s, MinAtar
+    python -m benchmarks.speed --algorithm pqn --num-seeds 10 --updates 10   # env steps/s, MinAtar
+    # before/after A/B in one run: the same settings timed in this checkout and in another, rounds interleaved
+    python -m benchmarks.speed --algorithm iql td3_bc cql sac pqn --against /path/to/old/checkout --rounds 5
 
-What is timed is exactly what training runs: `algorithms/<name>.py` is imported by path, its `Config`,
+What is timed is exactly what training runs: `algorithms.<name>` is imported, its `Config`,
 `init_state` and `make_train` are used as its `main` uses them, seeds are `jax.vmap`ped, and one call is
 one jitted `lax.scan` of K updates with the batch sampled on the device. Data is synthetic with the
 shapes of HalfCheetah (obs 17, act 6): a 1M-row dataset for offline algorithms (`make_train(config)` ->
@@ -16,15 +18,23 @@ adds a block of K transitions and runs K scanned updates (no env steps, no actin
 PQN (`make_minatar`) is timed on a real gymnax MinAtar env (--env, default Breakout-MinAtar) with its
 paper defaults: one call is its jitted, seed-vmapped `train_chunk` of --updates rollouts (128 envs x 32
 steps each: acting, env steps, lambda-returns, 2 epochs x 32 minibatch updates), reported in env steps/s
-summed over seeds (see purejaxql_baseline.md for the reference implementation's number). With an
-Atari --env (e.g. Breakout) it times PQN's Atari chunk on the real ale-py env, with the env inside the
-jit (--atari-xla, ale-py's XLA interface) or stepped from the host (--no-atari-xla).
+summed over seeds (see purejaxql_baseline.md for the reference implementation's number). `pqn_atari`
+with an Atari --env (e.g. --env Breakout) times PQN's Atari chunk on the real ale-py env, with the env inside
+the jit (--atari-xla, ale-py's XLA interface) or stepped from the host (--no-atari-xla).
 
 The first call (trace + compile + one run) is reported separately from the steady state (median of
 --repeats calls, each blocked until its outputs are ready). In the same run it measures a plain float32
 matmul's GFLOP/s and takes the FLOPs of one update from XLA's cost analysis, so the achieved GFLOP/s can
 be read as a fraction of what a matmul reaches on this machine. One row is appended to --out (the
 results/speed.csv schema of shared DESIGN.md plus extra columns at the end) and one line is printed.
+
+With --against CHECKOUT, nothing is timed in this process: each of --rounds rounds times every algorithm
+once in this checkout and once in CHECKOUT (the order alternating from round to round, so that a machine's
+drift falls on both), each time in a fresh subprocess with PYTHONPATH and the working directory set to
+that checkout and the same flags. A checkout whose benchmarks/ is a package runs `python -m
+benchmarks.speed`, an older one (before issue 31, e.g. c2a6f9c) `python benchmarks/speed.py`; both take
+the flags used. Per algorithm two rows go to --out: the other checkout's (its own commit, the median over
+rounds) and this checkout's, with `baseline` = <other commit>=<its value> and `ratio_to_baseline`.
 """
 
 from __future__ import annotations
@@ -34,12 +44,18 @@ import csv
 import inspect
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 import warnings
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.launch import ROOT, algorithm_module
+from rlzoo.errors import RlzooError
+
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
 COLUMNS = ["benchmark", "algorithm", "device", "num_seeds", "batch_size", "unit", "value", "baseline",
            "ratio_to_baseline", "commit", "date", "jax",
@@ -48,19 +64,18 @@ SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--algorithm", required=True, help="name of algorithms/<name>.py (e.g. iql, sac)")
+    p.add_argument("--algorithm", nargs="+", required=True,
+                   help="names of algorithms/<name>.py (e.g. iql sac), timed one after another")
     p.add_argument("--num-seeds", type=int, default=1, help="seeds vmapped in one program")
     p.add_argument("--updates", type=int, default=1000,
                    help="updates per seed per timed call (scan length); PQN: rollouts per call")
-    p.add_argument("--env", default="Breakout-MinAtar", help="PQN only: a MinAtar game or an Atari game (ALE)")
+    p.add_argument("--env", default="Breakout-MinAtar",
+                   help="PQN only: a MinAtar game (pqn) or an Atari game (pqn_atari)")
     p.add_argument("--atari-xla", action=argparse.BooleanOptionalAction, default=True,
                    help="PQN on Atari: ale-py inside the jit (its XLA interface) or stepped from the host")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dump-hlo", default="",
-                   help="offline algorithms: write the compiled chunk's optimized HLO to this file (what XLA runs: "
-                        "its fusions are the kernels one update launches)")
     p.add_argument("--scan-unroll", type=int, default=1,
                    help="offline algorithms: updates per iteration of the chunk's scan (Config.scan_unroll)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
@@ -71,29 +86,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset-size", type=int, default=1_000_000, help="rows of the synthetic offline data")
     p.add_argument("--replay-fill", type=int, default=None,
                    help="rows written into each seed's replay before timing (default: the whole buffer)")
-    p.add_argument("--replay-capacity", type=int, default=None,
-                   help="override the algorithm's Config.buffer_size (default: keep the paper's)")
     p.add_argument("--matmul-size", type=int, default=1024, help="n of the n x n @ n x n reference matmul")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu-devices", type=int, default=1,
-                   help="split the CPU into N XLA devices and shard the seed axis over them (one core each)")
     p.add_argument("--xla-multithread", action="store_true",
                    help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
     p.add_argument("--pin-cores", default="",
                    help="comma-separated CPU cores to run on (os.sched_setaffinity before JAX starts; XLA's threads "
                         "inherit it), e.g. 0 to time one core alone")
-    p.add_argument("--start-at", type=float, default=0.0,
-                   help="epoch seconds: start the steady calls no earlier (to overlap processes launched together)")
-    p.add_argument("--note", default="", help="text added to the row's notes")
-    p.add_argument("--benchmark", default="",
-                   help="the row's benchmark column (default update_throughput or env_throughput)")
+    p.add_argument("--against", default="",
+                   help="another checkout of this repository (e.g. the commit before a refactor): time both, "
+                        "rounds interleaved, each call in a subprocess, and record this one's ratio to it")
+    p.add_argument("--rounds", type=int, default=3, help="with --against: rounds, each timing both checkouts")
     args = p.parse_args(argv)
-    if args.num_seeds < 1 or args.updates < 1 or args.repeats < 1 or args.batch_size < 1:
-        p.error("--num-seeds, --updates, --repeats and --batch-size must be positive")
+    if min(args.num_seeds, args.updates, args.repeats, args.batch_size, args.rounds) < 1:
+        p.error("--num-seeds, --updates, --repeats, --batch-size and --rounds must be positive")
     if (args.baseline_value is None) != (not args.baseline_name):
         p.error("--baseline-name and --baseline-value go together")
     if args.baseline_value is not None and args.baseline_value <= 0:
         p.error("--baseline-value must be positive")
+    if args.against and args.baseline_name:
+        p.error("--against measures its own baseline; leave out --baseline-name and --baseline-value")
     return args
 
 
@@ -101,17 +113,6 @@ def pin_cores(spec: str) -> None:
     """Keep this process (and the threads XLA starts later) on the comma-separated cores of `spec`, e.g. "0"."""
     if spec:
         os.sched_setaffinity(0, {int(c) for c in spec.split(",")})
-
-
-def load_algorithm(name: str):
-    """Import algorithms/<name>.py by path (algorithms/ is not a package)."""
-    path = ROOT / "algorithms" / f"{name}.py"
-    if not path.is_file():
-        have = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py"))
-        raise SystemExit(f"no {path}; available: {', '.join(have)}")
-    from rlzoo.run import import_script
-
-    return import_script(path, f"rlzoo_bench_algorithm_{name}")
 
 
 def synthetic_transitions(key, n: int, lead: tuple[int, ...] = ()) -> dict:
@@ -142,17 +143,14 @@ def xla_flops(jitted, *args) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def time_calls(call, state, repeats: int, start_at: float = 0.0):
-    """(first call seconds, [steady call seconds]); `call(state) -> (state, out)`, donated state threaded.
-    The steady calls wait for the wall clock to reach `start_at` (epoch seconds), so that processes started
-    together time their steady calls at the same time, after each has compiled."""
+def time_calls(call, state, repeats: int):
+    """(first call seconds, [steady call seconds]); `call(state) -> (state, out)`, donated state threaded."""
     import jax
 
     t0 = time.perf_counter()
     state, out = call(state)
     jax.block_until_ready((state, out))
     first = time.perf_counter() - t0
-    time.sleep(max(start_at - time.time(), 0.0))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -173,10 +171,10 @@ def offline_setup(mod, args, keys):
     them: --num-seeds seeds, --updates updates per call."""
     import jax
 
-    from rlzoo.run import shard_seeds
+    from rlzoo.devices import shard_seeds
 
     if not is_offline(mod):
-        raise SystemExit(f"{Path(mod.__file__).stem} is not an offline algorithm (make_train(config) -> "
+        raise RlzooError(f"{Path(mod.__file__).stem} is not an offline algorithm (make_train(config) -> "
                          "train_chunk); use one of iql, td3_bc, cql")
     config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size,
                         scan_unroll=args.scan_unroll)
@@ -191,9 +189,7 @@ def bench_offline(mod, args, keys, notes: list[str]):
     import jax
 
     config, train_chunk, state, data = offline_setup(mod, args, keys)
-    first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats, args.start_at)
-    if args.dump_hlo:  # after the timing, so that its compilation is not taken for the first call's
-        Path(args.dump_hlo).write_text(train_chunk.lower(state, data).compile().as_text())
+    first, times, state = time_calls(lambda s: train_chunk(s, data), state, args.repeats)
     # XLA's cost analysis counts a while-loop body once whatever its trip count, so the FLOPs of one
     # update come from the same program built with a 1-update scan.
     # One update may take several gradient steps (TD3+BC: policy_freq critic steps per actor step).
@@ -214,8 +210,7 @@ def bench_replay(mod, args, keys, notes: list[str]):
 
     from rlzoo import buffers
 
-    extra = {} if args.replay_capacity is None else {"buffer_size": args.replay_capacity}
-    config = mod.Config(num_seeds=args.num_seeds, batch_size=args.batch_size, **extra)
+    config = mod.Config(num_seeds=args.num_seeds, batch_size=args.batch_size)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     capacity = jax.tree_util.tree_leaves(state["replay"].data)[0].shape[1]  # leaves are [seeds, capacity, ...]
     fill = capacity if args.replay_fill is None else min(args.replay_fill, capacity)
@@ -226,7 +221,7 @@ def bench_replay(mod, args, keys, notes: list[str]):
         del rows
     _, learn = mod.make_train(config, ACT_DIM)
     block = synthetic_transitions(jax.random.PRNGKey(args.seed + 777), args.updates, (args.num_seeds,))
-    first, times, state = time_calls(lambda s: learn(s, block, True), state, args.repeats, args.start_at)
+    first, times, state = time_calls(lambda s: learn(s, block, True), state, args.repeats)
     one = synthetic_transitions(jax.random.PRNGKey(args.seed + 778), 1, (args.num_seeds,))
     flops = xla_flops(learn, state, one, True) / args.num_seeds
     notes.append(f"replay capacity {capacity} filled with {fill} synthetic rows via buffers.replay_add; "
@@ -239,16 +234,16 @@ def bench_pqn(mod, args, keys, notes: list[str]):
     """PQN on MinAtar: one call = `jit(vmap(train_chunk))` over seeds, --updates rollouts each."""
     import jax
 
-    from rlzoo.run import shard_seeds
+    from rlzoo.devices import shard_seeds
 
     probe = mod.Config(env=args.env)
     rollout = probe.num_envs * probe.num_steps
     config = mod.Config(env=args.env, num_seeds=args.num_seeds, chunk=args.updates * rollout,
                         total_steps=10 * args.updates * rollout)
-    _, init, train_chunk, _ = mod.make_minatar(config, args.env)
+    _, init, train_chunk, _ = mod.make_minatar(config)
     state, _ = shard_seeds(jax.jit(jax.vmap(init))(keys))
     chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
-    first, times, state = time_calls(chunk, state, args.repeats, args.start_at)
+    first, times, state = time_calls(chunk, state, args.repeats)
     notes.append(f"{args.env} (gymnax), paper defaults: {config.num_envs} envs x {config.num_steps} steps per "
                  f"rollout, {config.num_epochs} epochs x {config.num_minibatches} minibatches; call = "
                  f"jit(vmap(train_chunk)) of {args.updates} rollouts ({config.chunk} env steps per seed): acting, "
@@ -262,11 +257,11 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
     import jax
     import numpy as np
 
-    config = mod.default_config(args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla)
+    config = mod.Config(env=args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla)
     rollout = config.num_envs * config.num_steps
-    config = mod.default_config(args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla,
-                                chunk=args.updates * rollout, total_steps=10 * args.updates * rollout)
-    _, game = mod.resolve_env(args.env)
+    config = mod.Config(env=args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla,
+                        chunk=args.updates * rollout, total_steps=10 * args.updates * rollout)
+    game = mod.check_config(config)
     envs, network, learn, act_all, eps_schedule, dims = mod.make_atari(config, game, args.num_seeds)
     state = jax.jit(jax.vmap(lambda k: mod.init_state(config, network, k, envs.obs_shape)))(keys)
     n = envs.num_envs
@@ -274,7 +269,7 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
             "last_return": np.zeros(n, np.float32)}
     make_chunk = mod.atari_xla_chunk if args.atari_xla else mod.atari_host_chunk
     chunk = make_chunk(config, envs, learn, act_all, eps_schedule, dims, host)
-    first, times, state = time_calls(chunk, state, args.repeats, args.start_at)
+    first, times, state = time_calls(chunk, state, args.repeats)
     envs.close()
     notes.append(f"{args.env} (ale-py AtariVectorEnv, {n} games, threads {config.env_threads or 'auto'}), paper "
                  f"Atari defaults: {config.num_envs} envs x {config.num_steps} steps, {config.num_epochs} epochs x "
@@ -285,8 +280,8 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
-    """Median GFLOP/s of a jitted float32 n x n @ n x n matmul; with several local devices (the CPU split by
-    --cpu-devices), one such matmul per device in one sharded call, summed: what those cores reach together."""
+    """Median GFLOP/s of a jitted float32 n x n @ n x n matmul; with several local devices, one such matmul
+    per device in one sharded call, summed: what those devices reach together."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -332,40 +327,46 @@ def append_row(path: Path, row: dict) -> None:
             writer.writerow(row)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def setup_process(args) -> tuple:
+    """Before JAX starts: cores, XLA threading; returns (load average, XLA_FLAGS as rlzoo set them)."""
     if args.xla_multithread:
         os.environ["RLZOO_CPU_THREADS"] = "1"
-    if args.cpu_devices > 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={args.cpu_devices}").strip()
     pin_cores(args.pin_cores)
     load = os.getloadavg()
-    # rlzoo first: importing it sets the single-threaded CPU XLA_FLAGS, read when jax's backend starts.
-    import rlzoo  # noqa: F401
+    # The CPU XLA_FLAGS every algorithm's command line sets, before jax's backend starts.
+    from rlzoo.devices import configure_cpu
 
-    xla_flags = os.environ.get("XLA_FLAGS", "")
+    configure_cpu()
+
+    warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+    return load, os.environ.get("XLA_FLAGS", "")
+
+
+def time_algorithm(name: str, args, notes: list[str]) -> tuple:
+    """(first call s, steady call s list, flops per update, work per call, unit, batch size, what) of one
+    algorithm, timed in this process as its training runs it."""
+    from rlzoo.devices import seed_keys
+
+    mod = algorithm_module(name)
+    keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))
+    if name in ("pqn", "pqn_atari"):
+        return (*(bench_pqn_atari if name == "pqn_atari" else bench_pqn)(mod, args, keys, notes), "env steps")
+    bench = bench_offline if is_offline(mod) else bench_replay
+    first, times, flops = bench(mod, args, keys, notes)
+    return first, times, flops, args.updates, "updates/s", args.batch_size, "updates"
+
+
+def measure(name: str, args, load: tuple, xla_flags: str) -> dict:
+    """Time one algorithm and return its results/speed.csv row (also appended to --out and printed)."""
     import jax
 
     from rlzoo import provenance
-    from rlzoo.run import seed_keys
 
-    warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
-    mod = load_algorithm(args.algorithm)
     platform = jax.devices()[0].platform
     single = SINGLE_THREAD_FLAG in xla_flags
     notes = [f"XLA CPU single-thread flags {'on' if single else 'off'}"
              + ("" if platform == "cpu" else f" (unused on {platform})") + f" (XLA_FLAGS='{xla_flags}')"]
-    keys = seed_keys(list(range(args.seed, args.seed + args.num_seeds)))
-    if args.algorithm == "pqn":
-        atari = mod.resolve_env(args.env)[0] == "atari"
-        first, times, flops, work, unit, batch_size = (bench_pqn_atari if atari else bench_pqn)(mod, args, keys, notes)
-        what = "env steps"
-    else:
-        bench = bench_offline if is_offline(mod) else bench_replay
-        first, times, flops = bench(mod, args, keys, notes)
-        work, unit, batch_size, what = args.updates, "updates/s", args.batch_size, "updates"
-
+    first, times, flops, work, unit, batch_size, what = time_algorithm(name, args, notes)
     median = statistics.median(times)
     value = args.num_seeds * work / median
     compile_s = max(first - median, 0.0)
@@ -376,50 +377,131 @@ def main(argv: list[str] | None = None) -> dict:
         f"steady = median of {args.repeats} calls x {work} {what} x {args.num_seeds} seeds "
         f"(per-seed {unit} min {min(per_seed):.1f} max {max(per_seed):.1f})",
         f"compile_s = first call {first:.2f}s minus one steady call",
-        f"matmul {args.matmul_size}^2 float32 jitted, median"
-        + (f", one per device on {args.cpu_devices} devices at once, summed" if args.cpu_devices > 1 else ""),
-        *([] if args.algorithm == "pqn" else [
+        f"matmul {args.matmul_size}^2 float32 jitted, median",
+        *([] if name in ("pqn", "pqn_atari") else [
             "flops_per_update from XLA cost_analysis of the same function built with a 1-update scan, / seeds "
             "(XLA counts a while-loop body once)"]),
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores",
         f"CPU {provenance.cpu_signature()}",
         *([f"pinned to cores {args.pin_cores} (sched_setaffinity)"] if args.pin_cores else []),
-        *([args.note] if args.note else []),
     ]
     info = provenance.info()
     ratio = value / args.baseline_value if args.baseline_value else None
     row = {
-        "benchmark": args.benchmark or ("env_throughput" if unit == "env_steps/s" else "update_throughput"),
-        "algorithm": args.algorithm,
-        "device": info["device"],
-        "num_seeds": args.num_seeds,
-        "batch_size": batch_size,
-        "unit": unit,
-        "value": f"{value:.2f}",
+        "benchmark": "env_throughput" if unit == "env_steps/s" else "update_throughput",
+        "algorithm": name, "device": info["device"], "num_seeds": args.num_seeds, "batch_size": batch_size,
+        "unit": unit, "value": f"{value:.2f}",
         "baseline": f"{args.baseline_name}={args.baseline_value:g}" if args.baseline_name else "",
         "ratio_to_baseline": f"{ratio:.3f}" if ratio is not None else "",
-        "commit": info["commit"],
-        "date": info["date"],
-        "jax": info["jax"],
-        "compile_s": f"{compile_s:.2f}",
-        "flops_per_update": f"{flops:.4g}",
-        "gflops_achieved": f"{achieved:.2f}",
-        "matmul_gflops": f"{mm:.2f}",
-        "fraction_of_matmul": f"{achieved / mm:.3f}",
-        "notes": "; ".join(notes),
+        "commit": info["commit"], "date": info["date"], "jax": info["jax"], "compile_s": f"{compile_s:.2f}",
+        "flops_per_update": f"{flops:.4g}", "gflops_achieved": f"{achieved:.2f}", "matmul_gflops": f"{mm:.2f}",
+        "fraction_of_matmul": f"{achieved / mm:.3f}", "notes": "; ".join(notes),
     }
     if args.out and args.out != "-":
         append_row(Path(args.out), row)
     vs = f", {ratio:.2f}x {args.baseline_name}" if ratio is not None else ""
-    print(f"[speed] {args.algorithm} x{args.num_seeds} seeds, batch {batch_size}, "
-          f"{work} {what}/call on {info['device']}: {value:.1f} {unit} total "
-          f"({value / args.num_seeds:.1f}/seed{vs}); "
-          f"compile {compile_s:.1f}s; {flops / 1e9:.3f} GFLOP/update -> {achieved:.1f} GFLOP/s = "
-          f"{achieved / mm:.2f} of a {args.matmul_size}^2 matmul ({mm:.1f} GFLOP/s); "
-          f"XLA single-thread {'on' if single else 'off'}; load {load[0]:.2f}"
-          + (f"; row appended to {args.out}" if args.out and args.out != "-" else ""))
+    print(f"[speed] {name} x{args.num_seeds} seeds, batch {batch_size}, {work} {what}/call on {info['device']}: "
+          f"{value:.1f} {unit} total ({value / args.num_seeds:.1f}/seed{vs}); compile {compile_s:.1f}s; "
+          f"{flops / 1e9:.3f} GFLOP/update -> {achieved:.1f} GFLOP/s = {achieved / mm:.2f} of a "
+          f"{args.matmul_size}^2 matmul ({mm:.1f} GFLOP/s); XLA single-thread {'on' if single else 'off'}; "
+          f"load {load[0]:.2f}" + (f"; row appended to {args.out}" if args.out and args.out != "-" else ""),
+          flush=True)
     return row
 
 
+# ------------------------------------------------------------------------------- A/B against another checkout
+
+
+def shared_flags(args) -> list[str]:
+    """This run's settings as flags that this speed.py and the pre-issue-31 one (c2a6f9c) both accept."""
+    flags = ["--num-seeds", str(args.num_seeds), "--updates", str(args.updates), "--env", args.env,
+             "--atari-xla" if args.atari_xla else "--no-atari-xla", "--batch-size", str(args.batch_size),
+             "--scan-unroll", str(args.scan_unroll), "--repeats", str(args.repeats),
+             "--dataset-size", str(args.dataset_size), "--matmul-size", str(args.matmul_size), "--seed", str(args.seed)]
+    flags += ["--replay-fill", str(args.replay_fill)] if args.replay_fill is not None else []
+    flags += ["--pin-cores", args.pin_cores] if args.pin_cores else []
+    return flags + (["--xla-multithread"] if args.xla_multithread else [])
+
+
+def check_checkout(checkout: Path, algorithms: list[str]) -> None:
+    """The other checkout must hold a speed.py and every algorithm file timed."""
+    missing = [p for p in ["benchmarks/speed.py", *(f"algorithms/{a}.py" for a in algorithms)]
+               if not (checkout / p).is_file()]
+    if missing:
+        raise RlzooError(
+            f"--against {checkout}: that is not a checkout of this repository with what this run times (missing "
+            f"{', '.join(missing)}). Point --against at a checkout (e.g. git worktree add /tmp/old <commit>) whose "
+            "benchmarks/speed.py and algorithms/ hold those algorithms."
+        )
+
+
+def time_in_checkout(checkout: Path, algorithm: str, args) -> dict:
+    """One subprocess timing `algorithm` with this run's settings in `checkout` (its own rlzoo, algorithms and
+    speed.py: PYTHONPATH and working directory set to it); returns the row it wrote."""
+    entry = ["-m", "benchmarks.speed"] if (checkout / "benchmarks" / "__init__.py").is_file() else [
+        "benchmarks/speed.py"]
+    env = {k: v for k, v in os.environ.items() if k != "RLZOO_COMMIT"}  # each child names its own commit
+    env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.csv"
+        cmd = [sys.executable, *entry, "--algorithm", algorithm, *shared_flags(args), "--out", str(out)]
+        proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+            raise RlzooError(f"timing {algorithm} in {checkout} failed (exit {proc.returncode}): {tail} "
+                             f"Command: {' '.join(cmd)}")
+        with out.open(newline="") as f:
+            return list(csv.DictReader(f))[-1]
+
+
+def ab_rows(algorithm: str, here: list[dict], other: list[dict], checkout: Path) -> list[dict]:
+    """The other checkout's row and this one's (baseline = the other's commit and value), medians over rounds."""
+    def median_row(rows: list[dict]) -> dict:
+        values = [float(r["value"]) for r in rows]
+        row = min(rows, key=lambda r: abs(float(r["value"]) - statistics.median(values)))
+        return {**row, "value": f"{statistics.median(values):.2f}", "notes": (
+            f"same-run A/B, {len(rows)} interleaved rounds in subprocesses, value = median of "
+            f"{', '.join(f'{v:.1f}' for v in values)}; " + row["notes"])}
+
+    base, mine = median_row(other), median_row(here)
+    base["notes"] = f"A/B baseline: checkout {checkout}; " + base["notes"]
+    mine["baseline"] = f"{base['commit']}={base['value']}"
+    mine["ratio_to_baseline"] = f"{float(mine['value']) / float(base['value']):.3f}"
+    return [base, mine]
+
+
+def against(args) -> list[dict]:
+    """--rounds rounds of every algorithm in this checkout and in --against, order alternating by round."""
+    checkout = Path(args.against).expanduser().resolve()
+    check_checkout(checkout, args.algorithm)
+    timed = {(a, side): [] for a in args.algorithm for side in ("here", "other")}
+    for r in range(args.rounds):
+        for algorithm in args.algorithm:
+            for side in (("here", "other") if r % 2 == 0 else ("other", "here")):
+                row = time_in_checkout(ROOT if side == "here" else checkout, algorithm, args)
+                timed[(algorithm, side)].append(row)
+                print(f"[speed] round {r + 1}/{args.rounds} {algorithm} in {row['commit']} ({side}): "
+                      f"{float(row['value']):.1f} {row['unit']}", flush=True)
+    rows = [row for a in args.algorithm for row in ab_rows(a, timed[(a, "here")], timed[(a, "other")], checkout)]
+    for row in rows[1::2]:
+        print(f"[speed] {row['algorithm']}: {row['value']} {row['unit']} = {row['ratio_to_baseline']}x "
+              f"{row['baseline']}")
+    if args.out and args.out != "-":
+        for row in rows:
+            append_row(Path(args.out), row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.against:
+        return against(args)
+    load, xla_flags = setup_process(args)
+    return [measure(name, args, load, xla_flags) for name in args.algorithm]
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RlzooError as err:
+        sys.exit("error: " + textwrap.fill(str(err), width=100, break_long_words=False, break_on_hyphens=False))

@@ -525,21 +525,6 @@ def test_seed_keys_are_distinct_and_match_prngkey():
     assert len({tuple(np.asarray(k).tolist()) for k in keys}) == 3
 
 
-def test_append_scores_upgrades_an_old_header_and_keeps_rows(tmp_path):
-    from rlzoo.run import SCORES_COLUMNS, append_scores
-
-    path = tmp_path / "scores.csv"
-    old = SCORES_COLUMNS[:-1]
-    path.write_text(",".join(old) + "\n" + ",".join(["iql"] + ["x"] * (len(old) - 1)) + "\n")
-    summary = {"algorithm": "sac", "task": "Pendulum-v1", "data_source": "online", "final_scores": {0: -150.0},
-               "steps": 10, "wall_s": 1.0, "device": "cpu", "commit": "abc", "date": "d", "jax": "0.10.2"}
-    append_scores(path, summary, "cfg.json")
-    rows = [line.split(",") for line in path.read_text().splitlines()]
-    assert rows[0] == SCORES_COLUMNS
-    assert rows[1][0] == "iql" and rows[1][-1] == "" and len(rows[1]) == len(SCORES_COLUMNS)
-    assert rows[2][0] == "sac" and rows[2][-1] == "0.10.2" and rows[2][5] == "-150.0"
-
-
 def test_wall_time_and_commits_are_carried_across_resume(tmp_path, monkeypatch):
     from rlzoo import provenance
 

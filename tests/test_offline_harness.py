@@ -1,5 +1,6 @@
-"""benchmarks/offline.py: a sweep records one row per seed once, resumes a killed run, and the report
-keeps official and locally built data apart and gets the numbers right; bad input gets one paragraph."""
+"""benchmarks/offline.py and offline_report.py: a sweep records one row per seed once, resumes a killed run,
+and the report keeps official and locally built data apart and gets the numbers right; bad input gets one
+paragraph."""
 
 from __future__ import annotations
 
@@ -16,14 +17,11 @@ import numpy as np
 import pytest
 from conftest import PENDULUM_ID, assert_figure, checkpoint_steps, cli_env
 
-from rlzoo.run import SCORES_COLUMNS
+from benchmarks import offline, offline_report, record_run
+from benchmarks.results import SCORES_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
-OFFLINE_PY = REPO / "benchmarks" / "offline.py"
-if str(OFFLINE_PY.parent) not in sys.path:
-    sys.path.insert(0, str(OFFLINE_PY.parent))
-import offline  # noqa: E402
-import record_run  # noqa: E402
+OFFLINE = [sys.executable, "-m", "benchmarks.offline"]  # the command users run, from the repository root
 
 # A tiny IQL on the Pendulum controller dataset, 2 seeds x 400 steps in chunks of 200 with a checkpoint after
 # each: the same compiled programs as test_iql's two-seed run, so a warm session compilation cache is reused.
@@ -94,7 +92,7 @@ def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
 
     # 1. The sweep is killed mid-run, harness and algorithm process together (as on a reboot).
     proc = subprocess.Popen(
-        [sys.executable, str(OFFLINE_PY), *argv],
+        [*OFFLINE, *argv],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -152,10 +150,13 @@ def test_sweep_resumes_a_killed_run_and_records_each_seed_once(
     scores = np.array([summary["final_scores"][s] for s in ("0", "1")])
     label = "iql (batch_size=64, eval_episodes=1, eval_every=400, hidden_dims=[32, 32], max_action=2.0)"
     expected = (
-        f"| {PENDULUM_ID} | {label} | {STEPS} | {offline.fmt(scores.mean())} ± {offline.fmt(scores.std())} | 2 (0, 1) |"
+        f"| {PENDULUM_ID} | {label} | {STEPS} | {offline_report.fmt(scores.mean())} ± "
+        f"{offline_report.fmt(scores.std())} | 2 (0, 1) |"
     )
     assert expected in table, table
-    assert_figure(results / "offline" / "aggregate.png")
+    # Named as a variant of IQL, it is drawn apart from the algorithms at their defaults (there are none here).
+    assert_figure(results / "offline" / "aggregate-other.png")
+    assert not (results / "offline" / "aggregate.png").exists()
     curves = list((results / "offline").glob("curve-minari-*.png"))
     assert curves
     for figure in curves:
@@ -406,7 +407,7 @@ def test_report_compares_algorithms_on_the_tasks_they_share(tmp_path):
     assert "| dataset | iql | td3_bc | behaviour data |" in table
     assert "| hopper-medium | 62.0 ± 1.6 (3) | 72.0 ± 1.6 (3) | — |" in table
     assert "| walker2d-medium | 12.0 ± 1.6 (3) | — | — |" in table
-    assert set(agg) == {(a, t, m) for a in ("iql", "td3_bc") for t in ("all", "common") for m in offline.METRICS}
+    assert set(agg) == {(a, t, m) for a in ("iql", "td3_bc") for t in ("all", "common") for m in offline_report.METRICS}
     assert float(agg[("iql", "all", "mean")]["value"]) == pytest.approx((42 + 62 + 12) / 3)
     assert float(agg[("iql", "common", "mean")]["value"]) == pytest.approx((42 + 62) / 2)
     assert agg[("iql", "common", "mean")]["task_list"] == "halfcheetah-medium;hopper-medium"
@@ -425,6 +426,49 @@ def test_report_compares_algorithms_on_the_tasks_they_share(tmp_path):
     # The same tasks for both: the "all" aggregates compare as they are.
     table, agg = report({k: v for k, v in scores.items() if k[1] != "walker2d-medium"})
     assert {t for _, t, _ in agg} == {"all"} and "in common" not in table
+
+
+def test_aggregate_figure_compares_one_task_set_and_draws_the_rest_apart(tmp_path, monkeypatch):
+    """aggregate.png holds the plain algorithms on the widest shared task set only; a hyperparameter ablation on
+    one task, a plain algorithm on fewer tasks and another length on fewer tasks go to aggregate-other.png, one
+    panel row per task set, each row titled with its tasks."""
+    results = tmp_path / "results"
+    tasks = ("halfcheetah-medium", "hopper-medium", "walker2d-medium")
+    rows = [(algo, task, "local", seed, 1000, 40 + seed + 10 * i, f"{algo}-{task}")
+            for algo in ("iql", "td3_bc") for i, task in enumerate(tasks) for seed in range(2)]
+    rows += [("td3_bc", "hopper-medium", "local", s, 1000, 60 + s, "alpha10") for s in range(2)]
+    rows += [("cql", "hopper-medium", "local", s, 1000, 30 + s, "cql") for s in range(2)]
+    rows += [("iql", "halfcheetah-medium", "local", 0, 500, 35, "iql-short")]
+    write_scores(results / "scores.csv", rows)
+    (results / "curves" / "alpha10" / "config.json").write_text(json.dumps({"alpha": 10.0}))
+    drawn, plot = {}, offline_report.plot_aggregate
+
+    def recording_plot(groups, agg, path):
+        drawn[path.name] = [(title, [offline_report.entry_label(e) for e in entries]) for title, entries in groups]
+        plot(groups, agg, path)
+
+    monkeypatch.setattr(offline_report, "plot_aggregate", recording_plot)
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    title = "locally built stand-ins, not official D4RL"
+    assert drawn["aggregate.png"] == [(f"{title}: 3 tasks", ["iql (1k)", "td3_bc (1k)"])]
+    assert drawn["aggregate-other.png"] == [
+        (f"{title}: halfcheetah-medium", ["iql (500)"]),
+        (f"{title}: hopper-medium", ["cql (1k)", "td3_bc (alpha=10.0) (1k)"]),
+    ]
+    for name in drawn:
+        assert_figure(results / "offline" / name)
+    # Every entry stays in aggregate.csv; the table says which figure holds what.
+    agg = {(r["algorithm"], r["steps"]) for r in read_rows(results / "offline" / "aggregate.csv")}
+    assert agg == {("iql", "1000"), ("td3_bc", "1000"), ("cql", "1000"), ("td3_bc (alpha=10.0)", "1000"),
+                   ("iql", "500")}
+    assert "`aggregate-other.png` draws the other entries" in (results / "offline" / "table.md").read_text()
+
+    # Without anything apart, an earlier report's aggregate-other.png is removed.
+    write_scores(results / "scores.csv", [r for r in rows if r[-1] in {f"{a}-{t}" for a in ("iql", "td3_bc")
+                                                                       for t in tasks}])
+    drawn.clear()
+    assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
+    assert list(drawn) == ["aggregate.png"] and not (results / "offline" / "aggregate-other.png").exists()
 
 
 def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_path):
@@ -494,8 +538,7 @@ def test_report_counts_a_rebuild_of_the_listed_recipe_on_another_machine(tmp_pat
 def test_unknown_algorithm_lists_the_algorithm_files(pendulum_store, jax_cache_dir, tmp_path):
     proc = subprocess.run(
         [
-            sys.executable,
-            str(OFFLINE_PY),
+            *OFFLINE,
             "run",
             "--algos",
             "iqll",
@@ -541,7 +584,7 @@ def test_bad_dataset_and_flags_fail_before_anything_starts(pendulum_store, tmp_p
 def test_corl_curve_compare_draws_both_runs_and_copies_their_files(tmp_path, plotted_labels):
     """benchmarks/corl_curve.py compare: an rlzoo CQL run dir and a CORL CSV (the columns its train() logs)
     go into one folder with a figure; load_corl imports a CORL-like file without d4rl, gym, pyrallis, wandb."""
-    import corl_curve
+    from benchmarks import corl_curve
 
     run = tmp_path / "run"
     run.mkdir()

@@ -21,7 +21,6 @@ from conftest import (
 )
 
 from rlzoo.checkpoint import load_params
-from rlzoo.run import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 SAC_PY = REPO / "algorithms" / "sac.py"
@@ -136,67 +135,9 @@ def test_host_env_state_roundtrip(env_id):
     b.close()
 
 
-def test_online_launch_skips_finished_runs_and_refuses_another_length(tmp_path, capsys):
-    """`benchmarks/online.py launch` again after a run finished must not run (and record) it a second time."""
-    import argparse
-
-    path = Path(__file__).parents[1] / "benchmarks" / "online.py"
-    online = import_script(path, "online_bench")
-    done = tmp_path / online.run_name("Hopper-v5", 0)
-    done.mkdir()
-    (done / "summary.json").write_text("{}")
-    args = argparse.Namespace(runs_root=str(tmp_path), envs=["Hopper-v5"], seed=0, total_steps=1_000_000)
-    online.launch(args)
-    assert "finished already" in capsys.readouterr().out and not (tmp_path / "sac-Hopper-v5-s0.log").exists()
-    (done / "summary.json").unlink()
-    (done / "config.json").write_text(json.dumps({"total_steps": 300_000}))
-    with pytest.raises(SystemExit, match="a run of 300,000 steps, not --total-steps 1,000,000"):
-        online.launch(args)
-    # An unknown env is refused before anything starts in the background.
-    typo = argparse.Namespace(runs_root=str(tmp_path / "other"), envs=["Hopper-v5", "Antt-v5"], seed=0,
-                              total_steps=1_000_000)
-    with pytest.raises(SystemExit, match="unknown environment 'Antt-v5'. Close matches: Ant-v5"):
-        online.launch(typo)
-    assert not (tmp_path / "other").exists()
-
-
 def test_init_alpha_zero_is_sac_without_entropy_only_when_not_tuned():
     from rlzoo.errors import RlzooError
 
     sac.check_config(sac.Config(env="Pendulum-v1", init_alpha=0.0, autotune=False))
     with pytest.raises(RlzooError, match="--init-alpha 0 needs --no-autotune"):
         sac.check_config(sac.Config(env="Pendulum-v1", init_alpha=0.0))
-
-
-def test_online_collect_records_a_finished_run_once_and_lists_an_unfinished_one(tmp_path, monkeypatch):
-    """`collect` records finished runs (score row pointing at the curve folder copied into results/curves) exactly
-    once, and lists unfinished ones as in progress without a score row."""
-    import argparse
-    import csv
-
-    path = Path(__file__).parents[1] / "benchmarks" / "online.py"
-    online = import_script(path, "online_bench")
-    curves = tmp_path / "curves"
-    monkeypatch.setattr(online, "CURVES", curves)
-    runs = tmp_path / "runs"
-    for name, done in (("sac-Hopper-v5-s0", True), ("sac-Ant-v5-s0", False)):
-        d = runs / name
-        d.mkdir(parents=True)
-        (d / "eval.csv").write_text("step,seed,return_mean,return_std,score\n10000,0,100.0,5.0,100.0\n"
-                                    "20000,0,250.0,9.0,250.0\n")
-        (d / "config.json").write_text(json.dumps({"env": name[4:-3], "total_steps": 20000}))
-        if done:
-            (d / "summary.json").write_text(json.dumps({
-                "algorithm": "sac", "task": "Hopper-v5", "data_source": "online", "final_scores": {"0": 250.0},
-                "steps": 20000, "wall_s": 12.0, "device": "cpu", "commit": "abc1234", "date": "2026-11-26T00:00:00Z",
-                "jax": "0.10.2"}))
-    scores = tmp_path / "scores.csv"
-    args = argparse.Namespace(runs_root=str(runs), scores_csv=str(scores))
-    online.collect(args)
-    online.collect(args)  # again: nothing is recorded twice
-    rows = list(csv.DictReader(scores.open()))
-    recorded = [(r["task"], r["score"], r["config"]) for r in rows]
-    assert recorded == [("Hopper-v5", "250.0", "sac-Hopper-v5-s0-20k/config.json")]
-    assert (curves / "sac-Hopper-v5-s0-20k" / "eval.csv").exists() and (curves / "sac-Ant-v5-s0.png").exists()
-    progress = list(csv.DictReader((curves / "in_progress.csv").open()))
-    assert progress == [{"run": "sac-Ant-v5-s0", "steps_reached": "20000", "latest_return": "250.0"}]
