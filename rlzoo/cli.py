@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from rlzoo.devices import configure_cpu
 from rlzoo.errors import RlzooError
+from rlzoo.options import RANGE_KEY
 
 T = TypeVar("T")
 
@@ -82,14 +83,38 @@ def error_paragraph(err: Exception) -> str:
                                        break_on_hyphens=False)
 
 
+def with_ranges_in_help(config_cls: type[T]) -> type[T]:
+    """A subclass of `config_cls` whose --help shows each option's declared range beside its default (tyro reads
+    help text from annotations, and the range lives in the field's metadata)."""
+    import typing
+    from typing import Annotated
+
+    import tyro
+
+    hints = typing.get_type_hints(config_cls)
+    namespace: dict = {"__annotations__": {}, "__module__": config_cls.__module__}
+    for field in dataclasses.fields(config_cls):
+        spec = field.metadata.get(RANGE_KEY)
+        if not spec or spec == "any":
+            continue
+        hint = tyro.conf.arg(help_behavior_hint=lambda default, spec=spec: f"(range: {spec}) (default: {default})")
+        namespace["__annotations__"][field.name] = Annotated[hints[field.name], hint]
+        if field.default_factory is not dataclasses.MISSING:
+            namespace[field.name] = dataclasses.field(default_factory=field.default_factory, metadata=field.metadata)
+        else:
+            namespace[field.name] = dataclasses.field(default=field.default, metadata=field.metadata)
+    return dataclasses.dataclass(type(config_cls.__name__, (config_cls,), namespace))
+
+
 def run_cli(main: Callable[[T], object], config_cls: type[T]) -> None:
-    """Parse `config_cls` with tyro (per-task defaults applied), run `main`, and turn an RlzooError into one
-    paragraph and exit code 2."""
+    """Parse `config_cls` with tyro (per-task defaults applied, ranges shown in --help), run `main`, and turn an
+    RlzooError into one paragraph and exit code 2."""
     import tyro
 
     configure_cpu()  # before the first computation
     try:
-        config = tyro.cli(config_cls, default=task_defaults(config_cls, sys.argv[1:]))
+        shown = with_ranges_in_help(config_cls)
+        config = tyro.cli(shown, default=task_defaults(shown, sys.argv[1:]))
         main(config)
     except RlzooError as err:
         print(error_paragraph(err), file=sys.stderr)

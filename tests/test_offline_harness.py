@@ -345,7 +345,7 @@ def test_report_names_variants_by_the_files_defaults_per_task(tmp_path):
                                                                         "cql-wm")]
     write_scores(results / "scores.csv", rows)
     configs = {"paper": {"alpha": 2.5, "policy_noise": 0.2}, "alpha10": {"alpha": 10.0, "policy_noise": 0.2},
-               "cql-hm": {"scale_rewards": True}, "cql-wm": {"scale_rewards": True}}  # configs/cql.toml: hopper-medium
+               "cql-hm": {"scale_rewards": True}, "cql-wm": {"scale_rewards": True}}  # cql.Config.TASKS: hopper-medium
     for ref, config in configs.items():
         (results / "curves" / ref / "config.json").write_text(json.dumps(config))
     assert offline.main(["report", "--results", str(results), "--reps", "100"]) == 0
