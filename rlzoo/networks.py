@@ -23,25 +23,17 @@ def default_init(scale: float = np.sqrt(2.0)) -> Initializer:
 
 
 class MLP(nn.Module):
-    """Dense layers with an activation between them, optional LayerNorm after each hidden layer."""
+    """Dense layers with ReLU between them, then an optional linear output layer."""
 
     hidden_dims: Sequence[int]
     out_dim: int | None = None
-    layer_norm: bool = False
-    activation: Callable[[jax.Array], jax.Array] = nn.relu
     kernel_init: Initializer = default_init()
     out_init_scale: float = 1.0
-    dropout_rate: float | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         for width in self.hidden_dims:
-            x = nn.Dense(width, kernel_init=self.kernel_init)(x)
-            if self.layer_norm:
-                x = nn.LayerNorm()(x)
-            x = self.activation(x)
-            if self.dropout_rate:
-                x = nn.Dropout(self.dropout_rate, deterministic=not training)(x)
+            x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init)(x))
         if self.out_dim is not None:
             x = nn.Dense(self.out_dim, kernel_init=default_init(self.out_init_scale))(x)
         return x
@@ -82,12 +74,11 @@ class Critic(nn.Module):
 
     hidden_dims: Sequence[int] = (256, 256)
     out_dim: int = 1
-    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         x = jnp.concatenate([obs, action], axis=-1)
-        q = MLP(self.hidden_dims, self.out_dim, self.layer_norm)(x)
+        q = MLP(self.hidden_dims, self.out_dim)(x)
         return q[..., 0] if self.out_dim == 1 else q
 
 
@@ -96,11 +87,10 @@ class ValueCritic(nn.Module):
 
     hidden_dims: Sequence[int] = (256, 256)
     out_dim: int = 1
-    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        v = MLP(self.hidden_dims, self.out_dim, self.layer_norm)(obs)
+        v = MLP(self.hidden_dims, self.out_dim)(obs)
         return v[..., 0] if self.out_dim == 1 else v
 
 
@@ -147,11 +137,10 @@ class TanhGaussianActor(nn.Module):
     hidden_dims: Sequence[int] = (256, 256)
     log_std_min: float = -5.0
     log_std_max: float = 2.0
-    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = MLP(self.hidden_dims, None, self.layer_norm)(obs)
+        h = MLP(self.hidden_dims, None)(obs)
         mean = nn.Dense(self.act_dim, kernel_init=default_init(0.01))(h)
         log_std = nn.Dense(self.act_dim, kernel_init=default_init(0.01))(h)
         # Smoothly squash log-std into [min, max] (as in the SAC/CleanRL JAX ports).
@@ -166,11 +155,10 @@ class GaussianActor(nn.Module):
     hidden_dims: Sequence[int] = (256, 256)
     log_std_min: float = -5.0
     log_std_max: float = 2.0
-    dropout_rate: float | None = None
 
     @nn.compact
-    def __call__(self, obs: jax.Array, training: bool = False) -> tuple[jax.Array, jax.Array]:
-        h = MLP(self.hidden_dims, None, dropout_rate=self.dropout_rate)(obs, training)
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = MLP(self.hidden_dims, None)(obs)
         mean = jnp.tanh(nn.Dense(self.act_dim, kernel_init=default_init(1e-2))(h))
         log_std = self.param("log_std", nn.initializers.zeros, (self.act_dim,))
         log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)

@@ -31,7 +31,7 @@ def reopen(config, algorithm: str):
             "only record the same scores a second time. Start a new run without --resume to train again."
         )
     saved = json.loads((run_dir / "config.json").read_text())
-    if saved.get("algorithm", algorithm) != algorithm:
+    if saved.get("algorithm") != algorithm:
         raise RlzooError(
             f"--resume {config.resume}: that directory holds a {saved['algorithm']} run, not {algorithm}. Resume it "
             f"with the {saved['algorithm']} algorithm's own file (its --resume {config.resume}), or point --resume "

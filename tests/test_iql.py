@@ -298,7 +298,8 @@ def test_a_copied_file_grows_an_option_with_its_range_without_touching_rlzoo(jax
     shown = run_iql(["--help"], env, cwd=work, script=script)
     assert shown.returncode == 0, shown.stderr[-2000:]
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", shown.stdout).split())
-    assert re.search(r"--adv-temperature-floor FLOAT A hyperparameter this project added\. \(default: 0\.25\)", flat)
+    assert re.search(r"--adv-temperature-floor FLOAT A hyperparameter this project added\. "
+                     r"\(range: \[0, 1\]\) \(default: 0\.25\)", flat)
     refused = run_iql(["--adv-temperature-floor", "2", "--run-dir", str(work / "run")], env, cwd=work, script=script)
     assert_clean_failure(refused, "--adv-temperature-floor 2.0: must be in [0, 1]")
     assert not (work / "run").exists()
