@@ -18,7 +18,7 @@ results/curves/pqn-<game>-<settings>.csv, plots all games into results/curves/pq
 with the reference's curves of the same length and schedule where `python -m benchmarks.purejaxql_scores` wrote
 them, and lists unfinished runs in results/curves/pqn-minatar-<settings>-in-progress.csv, where <settings> is
 s<seed>-n<seeds>-<total steps>-decay<decay steps>[-obsdiv255][-<tag>]: runs of other settings are other runs, in other
-folders and files (the 3-seed runs of session 2 predate this and are pqn-<game>.csv, pqn-minatar.png).
+folders and files (the first 3-seed runs, made before this naming, are pqn-<game>.csv and pqn-minatar.png).
 `collect --from-results` redraws that figure from the pqn-<game>-<settings>.csv curves already in results/curves
 (runs made on another machine, say, beside a reference curve added later): it copies nothing and leaves any
 in-progress list as it is.
