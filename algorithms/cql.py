@@ -79,8 +79,6 @@ class Config(offline.OfflineConfig):
     """Critic (and Lagrange weight) learning rate."""
     hidden_dims: tuple[int, ...] = option((256, 256, 256), ">= 1")
     """Hidden layers of actor and critics."""
-    max_action: float = option(1.0, "> 0")
-    """Action bound: actions are max_action * tanh(u) (1.0 for every MuJoCo task)."""
 
 
 def make_networks(config: Config, act_dim: int):

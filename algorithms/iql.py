@@ -49,8 +49,6 @@ class Config(offline.OfflineConfig):
     """Hidden layers of actor, critics and value."""
     scale_rewards: bool = True
     """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (the paper's MuJoCo setting)."""
-    max_action: float = option(1.0, "> 0")
-    """Action bound: the actor models a / max_action and acts with max_action * mean (1.0 for every MuJoCo task)."""
 
 
 def make_networks(config: Config, act_dim: int):

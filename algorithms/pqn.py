@@ -249,19 +249,13 @@ def main(config: Config) -> dict:
     chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
     eval_jit = jax.jit(jax.vmap(evaluate_one, in_axes=(0, 0)))
     eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(run.keys)
-    step = run.start_step
 
     def evaluate(state):
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, step)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, run.step)
         returns = np.asarray(eval_jit(state["train"].params, keys))
         return returns, returns.mean(1)
 
-    def advance(state):
-        nonlocal step
-        step += config.chunk
-        return chunk(state)
-
-    state = run.train(state, advance, evaluate, "return")
+    state = run.train(state, chunk, evaluate, "return")
     run.save_policy(state["train"].params, backend="minatar")
     return run.finish(task=config.env, data_source="online")
 

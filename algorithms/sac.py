@@ -73,7 +73,7 @@ class Config(RunConfig):
     building offline datasets from intermediate policies)."""
     save_replay: bool = False
     """At the end, write every transition of the replay buffer, in the order collected, to
-    run_dir/replay.npz (envs/build_dataset.py builds medium-replay datasets from it)."""
+    run_dir/replay.npz (python -m envs.build_dataset builds medium-replay datasets from it)."""
 
 
 def make_networks(config: Config, act_dim: int):
@@ -222,22 +222,17 @@ def main(config: Config) -> dict:
     if not np.allclose(np.abs(envs.low), np.abs(envs.high)):
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
     state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(run.keys)
-    state = run.restore(state, host_keys=("envs",))
-    if run.resuming:
-        envs.set_state(run.host["envs"])
-    state, _ = shard_seeds(state)
+    state, _ = shard_seeds(run.restore(state, host={"envs": envs}))  # the envs resume exactly, physics and RNGs
     act, learn = make_train(config, envs.act_dim)
     actor, _ = make_networks(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)
     policy = lambda params, obs: low + (jnp.tanh(actor.apply(params, obs)[0]) + 1.0) * 0.5 * (high - low)
     evaluator = Evaluator(config.env, policy, run.seeds, config.eval_episodes, evals_done=run.evals_done)
     act_keys = jax.vmap(lambda k: jax.random.fold_in(k, 7))(run.keys)
-    step = run.start_step
 
     def chunk(state):
-        """config.chunk env steps: blocks of update_every steps, each followed by as many updates."""
-        nonlocal step
-        blocks = []
+        """config.chunk env steps from run.step: blocks of update_every steps, each followed by as many updates."""
+        step, blocks = run.step, []
         for _ in range(config.chunk // config.update_every):
             rows = []
             for _ in range(config.update_every):
@@ -256,7 +251,7 @@ def main(config: Config) -> dict:
         returns = evaluator(state["actor"].params)
         return returns, returns.mean(1)
 
-    state = run.train(state, chunk, evaluate, "return", host_state=lambda: {"envs": envs.get_state()})
+    state = run.train(state, chunk, evaluate, "return")
     run.save_policy(state["actor"].params, hidden_dims=list(config.hidden_dims))
     if config.save_replay:
         save_replay(run.run_dir / "replay.npz", state["replay"], run.seeds)

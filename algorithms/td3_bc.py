@@ -47,8 +47,6 @@ class Config(offline.OfflineConfig):
     """Critic learning rate."""
     hidden_dims: tuple[int, ...] = option((256, 256), ">= 1")
     """Hidden layers of actor and critics."""
-    max_action: float = option(1.0, "> 0")
-    """Action bound: the actor outputs max_action * tanh(.) (1.0 for every MuJoCo task)."""
 
 
 def make_networks(config: Config, act_dim: int):

@@ -185,7 +185,9 @@ def dataset_order(task: str) -> tuple:
 # Options of a run that do not change what it learns, beside rlzoo.options.HOST_OPTIONS (logging and bookkeeping):
 # the data's name, seeds and length (keys of their own) and how it runs (chunk, checkpoints, downloads). Runs
 # that differ only in these are one configuration.
-NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download"}
+# (scores_csv: an option runs had while they recorded their own scores; their config.json files keep it.)
+NOT_HYPERPARAMETERS = {"env", "seed", "num_seeds", "total_steps", "chunk", "checkpoint_every", "download",
+                       "scores_csv"}
 
 
 def default_hyperparameters(algo: str, task: str) -> dict:

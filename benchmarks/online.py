@@ -35,8 +35,8 @@ def run_name(env: str, seed: int) -> str:
 
 
 def launch(args) -> None:
+    from rlzoo.envs import check_env_id
     from rlzoo.errors import RlzooError
-    from rlzoo.evaluation import check_env_id
 
     for env in args.envs:  # refused here, not in a background log the user may never read
         try:

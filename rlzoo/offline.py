@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +44,9 @@ class OfflineConfig(RunConfig):
     """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (IQL's MuJoCo setting)."""
     download: bool = True
     """Try to download the official Minari dataset when it is not on disk (fails fast offline)."""
+    max_action: float = option(1.0, "> 0")
+    """Action bound: the policy acts in [-max_action, max_action] (1.0 for every MuJoCo task; checked against the
+    dataset's env)."""
     scan_unroll: int = option(1, ">= 1")
     """Updates per iteration of the chunk's compiled loop (lax.scan's unroll): on a GPU each iteration pays for
     loop control, so a small update can run faster unrolled; same math, longer compile."""
@@ -85,21 +89,17 @@ def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
     leaves nothing behind."""
     dataset = datasets.load(config.env, download=config.download)
     dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
-    max_action = getattr(config, "max_action", None)
-    if max_action is not None:
-        import gymnasium as gym
-
-        env = gym.make(dataset.env_id)
-        space = env.action_space
-        env.close()
-        bound = float(np.max(space.high))
-        if not (np.allclose(space.high, bound) and np.allclose(space.low, -bound)):
-            raise RlzooError(f"{dataset.env_id}'s action space [{space.low}, {space.high}] is not symmetric with one "
-                             "bound; this algorithm's actor outputs max_action * tanh(.). Rescale the actions "
-                             "(e.g. a gymnasium RescaleAction wrapper) before building the dataset.")
-        if not np.isclose(bound, max_action):
-            raise RlzooError(f"--max-action {max_action} does not match {dataset.env_id}, whose actions are "
-                             f"bounded by {bound:g}: run again with --max-action {bound:g}.")
+    env = gym.make(dataset.env_id)
+    space = env.action_space
+    env.close()
+    bound = float(np.max(space.high))
+    if not (np.allclose(space.high, bound) and np.allclose(space.low, -bound)):
+        raise RlzooError(f"{dataset.env_id}'s action space [{space.low}, {space.high}] is not symmetric with one "
+                         "bound; the offline actors act in [-max_action, max_action]. Rescale the actions (e.g. a "
+                         "gymnasium RescaleAction wrapper) before building the dataset.")
+    if not np.isclose(bound, config.max_action):
+        raise RlzooError(f"--max-action {config.max_action} does not match {dataset.env_id}, whose actions are "
+                         f"bounded by {bound:g}: run again with --max-action {bound:g}.")
     return dataset
 
 

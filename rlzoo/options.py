@@ -117,6 +117,4 @@ class RunConfig:
 
 # Options that say where and how a run reports, not what it computes (config.json records them too): a
 # resumed run takes them from its command line, and comparisons of hyperparameters ignore them.
-# (scores_csv: recorded in the config.json of runs made before benchmarks recorded runs themselves.)
-HOST_OPTIONS = frozenset({"run_dir", "resume", "quiet", "wandb", "wandb_mode", "wandb_project", "algorithm",
-                          "scores_csv"})
+HOST_OPTIONS = frozenset({"run_dir", "resume", "quiet", "wandb", "wandb_mode", "wandb_project", "algorithm"})

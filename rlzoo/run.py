@@ -1,13 +1,15 @@
 """The run lifecycle every algorithm shares, offline and online.
 
     run = Run.start(config, "sac", prepare=check_config)      # options checked, run dir created or reopened
-    state = run.restore(jax.vmap(init)(run.keys))              # the newest checkpoint's state when resuming
+    state = run.restore(jax.vmap(init)(run.keys), host={"envs": envs})  # the checkpoint's state when resuming
     state = run.train(state, chunk, evaluate, "return")        # chunks, evaluation, NaN checks, checkpoints
     run.save_policy(state["actor"].params)                     # policy.npz, what dataset builders load
     return run.finish(task=config.env, data_source="online")   # one line per seed, summary.json
 
-An algorithm supplies `chunk(state) -> (state, metrics)` (config.chunk steps, usually one jitted `lax.scan`,
-metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], scores [seeds])`.
+An algorithm supplies `chunk(state) -> (state, metrics)` (config.chunk steps from `run.step`, usually one
+jitted `lax.scan`, metrics shaped [seeds, K]) and `evaluate(state) -> (returns [seeds, episodes], scores
+[seeds])`, called at `run.step`. Host-side state that a checkpoint must hold (e.g. MuJoCo envs) is given to
+`restore` as objects with `get_state()` / `set_state(state)`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Run:
         self.checkpointer = Checkpointer(self.run_dir)
         self.resuming = bool(config.resume)
         self.prepared = prepared  # what `prepare(config)` returned (e.g. the loaded dataset)
-        self.start_step, self.host = 0, {}
+        self.start_step = self.step = 0  # where this process started; the step training has reached
+        self.host: dict = {}  # name -> object with get_state() / set_state(), saved with every checkpoint
         self.logger: RunLogger | None = None
         self.score_name = "score"
         self._train_s = 0.0
@@ -74,22 +77,25 @@ class Run:
         """Evaluations made before this process (so that a resumed run plays the same evaluation episodes)."""
         return self.start_step // self.config.eval_every
 
-    def restore(self, state, host_keys: tuple[str, ...] = (), note: str = ""):
-        """The newest checkpoint's state when resuming (`state` gives the structure), else `state`. Its host
-        state (e.g. the envs' emulator state) is `run.host`; `host_keys` are entries the run cannot go on
-        without. `note` is appended to the "resumed" line."""
+    def restore(self, state, host: dict | None = None, note: str = ""):
+        """The newest checkpoint's state when resuming (`state` gives the structure), else `state`. `host` names
+        host-side objects (`get_state()` / `set_state(s)`, e.g. the MuJoCo envs) that every checkpoint saves and
+        a resume puts back. `note` is appended to the "resumed" line."""
+        self.host = dict(host or {})
         if not self.resuming:
             return state
         state, meta = self.checkpointer.restore(state)
-        self.host = meta.get("host", {})
-        missing = [key for key in host_keys if key not in self.host]
+        saved = meta.get("host", {})
+        missing = [key for key in self.host if key not in saved]
         if missing:
             raise RlzooError(
                 f"--resume {self.run_dir}: its checkpoint at step {meta['step']} holds no {', '.join(missing)} "
                 "state, so the run cannot continue where it stopped. Start a new run without --resume; the old "
                 "run's logs and checkpoints stay in place."
             )
-        self.start_step = meta["step"]
+        for key, thing in self.host.items():
+            thing.set_state(saved[key])
+        self.start_step = self.step = meta["step"]
         print(f"[rlzoo] resumed at step {self.start_step}{note}")
         return state
 
@@ -104,26 +110,25 @@ class Run:
                                 wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode, quiet=cfg.quiet)
         return self.logger
 
-    def train(self, state, chunk: Callable, evaluate: Callable, score_name: str, extra_config: dict | None = None,
-              host_state: Callable[[], dict] | None = None):
+    def train(self, state, chunk: Callable, evaluate: Callable, score_name: str, extra_config: dict | None = None):
         """Advance `state` chunk by chunk to total_steps, evaluating, logging, checking for NaN and
-        checkpointing (with `host_state()` beside the device state)."""
+        checkpointing (with the host objects' states beside the device state)."""
         logger = self.logger or self.make_logger(score_name, extra_config)
-        cfg, step = self.config, self.start_step
+        cfg = self.config
         t_start = time.perf_counter()
-        while step < cfg.total_steps:
+        while self.step < cfg.total_steps:
             state, metrics = chunk(state)
             metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-            self._check_finite(metrics, step)
-            step += cfg.chunk
+            self._check_finite(metrics, self.step)
+            self.step = step = self.step + cfg.chunk
             logger.log_train(step, {k: v.mean(axis=-1) for k, v in metrics.items()})
             if step % cfg.eval_every == 0 or step == cfg.total_steps:
                 logger.log_eval(step, *evaluate(state))
             if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 self._check_state_finite(state, step)
                 self._train_s = time.perf_counter() - t_start
-                meta = {"step": step, "host": host_state() if host_state else {}, "wall_s": self.wall_s(),
-                        "commits": self.commits()}
+                meta = {"step": step, "host": {k: thing.get_state() for k, thing in self.host.items()},
+                        "wall_s": self.wall_s(), "commits": self.commits()}
                 self.checkpointer.save(step, state, meta)
             logger.advance(step)
         self.checkpointer.wait()
@@ -149,6 +154,8 @@ class Run:
 
     def finish(self, task: str, data_source: str, close: Iterable = ()) -> dict:
         """Close `close` (envs, evaluators), print one line per seed and write summary.json."""
+        if self.logger is None:
+            raise RuntimeError("Run.finish() before Run.train(): there is nothing to summarize")
         for thing in close:
             thing.close()
         self.logger.close()

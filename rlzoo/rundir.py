@@ -30,12 +30,17 @@ def reopen(config, algorithm: str):
             f"--resume {config.resume}: that run has finished (its final scores are in {done}); resuming it would "
             "only record the same scores a second time. Start a new run without --resume to train again."
         )
-    saved = json.loads((run_dir / "config.json").read_text())
-    if saved.get("algorithm") != algorithm:
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise RlzooError(f"--resume {config.resume}: its config.json cannot be read ({err}), so the run's "
+                         "hyperparameters are unknown. Start a new run without --resume.") from None
+    other = saved.get("algorithm", "unknown")
+    if other != algorithm:
         raise RlzooError(
-            f"--resume {config.resume}: that directory holds a {saved['algorithm']} run, not {algorithm}. Resume it "
-            f"with the {saved['algorithm']} algorithm's own file (its --resume {config.resume}), or point --resume "
-            f"at a {algorithm} run directory."
+            f"--resume {config.resume}: that directory holds a {other} run, not {algorithm}. Resume it with the "
+            f"{other} algorithm's own file (its --resume {config.resume}), or point --resume at a {algorithm} run "
+            "directory."
         )
     fields = {f.name for f in dataclasses.fields(config)}
     # Hyperparameters come from the saved config; how this invocation reports comes from the command line.

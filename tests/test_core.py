@@ -8,6 +8,7 @@ import json
 import socket
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -335,20 +336,44 @@ def test_run_helpers_fresh_start_policy_file_and_logged_config(tmp_path, monkeyp
     logger.close()
 
 
-def test_resume_state_returns_host_state_and_refuses_a_checkpoint_without_a_needed_entry(tmp_path):
-    run, logger = _two_seed_run(tmp_path, total_steps=20)
-    logger.close()
-    state = {"w": jnp.arange(6.0).reshape(2, 3)}
-    run.checkpointer.save(10, state, {"step": 10, "host": {"other": 1}})
+class _HostThing:
+    """A host-side object a checkpoint saves (as HostVectorEnv does): get_state() / set_state(state)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def get_state(self):
+        return {"value": self.value}
+
+    def set_state(self, state):
+        self.value = state["value"]
+
+
+def test_restore_puts_host_objects_back_and_refuses_a_checkpoint_without_one(tmp_path):
+    """Host objects given to `restore` are saved with every checkpoint and set back on resume; a checkpoint that
+    lacks one of them cannot continue the run."""
+    config = RunConfig(env="fake", num_seeds=2, total_steps=20, chunk=10, eval_every=10, checkpoint_every=10,
+                       run_dir=str(tmp_path / "run"), quiet=True)
+    run = Run.start(config, "fake")
+    thing = _HostThing(7)
+    assert run.restore({"w": jnp.zeros((2, 3))}, host={"other": thing}) is not None and thing.value == 7
+    chunk = lambda state: ({"w": state["w"] + 1.0}, {"loss": np.ones((2, 10), np.float32)})
+    evaluate = lambda state: (np.zeros((2, 1)), np.zeros(2))
+    state = run.train({"w": jnp.arange(6.0).reshape(2, 3)}, chunk, evaluate, "score")
+    run.logger.close()
+    run.checkpointer.close()
+    assert Checkpointer(run.run_dir).restore(state)[1]["host"] == {"other": {"value": 7}}
+
     resumed = Run.start(RunConfig(resume=str(run.run_dir), quiet=True), "fake")
-    got = resumed.restore({"w": jnp.zeros((2, 3))})
-    np.testing.assert_array_equal(got["w"], state["w"])
-    assert resumed.start_step == 10 and resumed.host == {"other": 1}
-    with pytest.raises(RlzooError, match="checkpoint at step 10 holds no envs state"):
-        resumed.restore({"w": jnp.zeros((2, 3))}, host_keys=("envs",))
+    fresh = _HostThing(0)
+    got = resumed.restore({"w": jnp.zeros((2, 3))}, host={"other": fresh})
+    np.testing.assert_array_equal(got["w"], np.arange(6.0).reshape(2, 3) + 2.0)
+    assert resumed.start_step == resumed.step == 20 and fresh.value == 7
+    with pytest.raises(RlzooError, match="checkpoint at step 20 holds no envs state"):
+        resumed.restore({"w": jnp.zeros((2, 3))}, host={"envs": _HostThing(0)})
 
 
-def test_train_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
+def test_train_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
     chunk_len = 10
     run, logger = _two_seed_run(tmp_path, total_steps=50)
     calls = []
@@ -480,7 +505,7 @@ def test_resume_with_another_algorithms_file_names_the_right_one(tmp_path):
         Run.start(RunConfig(resume=str(tmp_path / "r")), "iql")
 
 
-def test_start_run_rejects_chunk_mismatch(tmp_path):
+def test_start_rejects_chunk_mismatch(tmp_path):
     with pytest.raises(RlzooError, match="multiple of --chunk"):
         Run.start(RunConfig(run_dir=str(tmp_path / "r"), chunk=300, eval_every=1000, total_steps=3000,
                             checkpoint_every=3000), "iql")
@@ -494,7 +519,7 @@ def test_start_run_rejects_chunk_mismatch(tmp_path):
     ("gamma", float("nan"), "--gamma is NaN"),
     ("num_seeds", 0, "--num-seeds 0: must be at least 1"),
 ])
-def test_start_run_refuses_an_out_of_range_option_before_making_the_run_dir(tmp_path, flag, value, says):
+def test_start_refuses_an_out_of_range_option_before_making_the_run_dir(tmp_path, flag, value, says):
     config = dataclasses.replace(iql.Config(run_dir=str(tmp_path / "r")), **{flag: value})
     with pytest.raises(RlzooError) as err:
         Run.start(config, "iql")
@@ -508,7 +533,9 @@ def test_every_numeric_option_of_every_algorithm_has_a_range():
 
     from rlzoo.options import RANGE_KEY, check_option_ranges, numeric_fields
 
-    for name in ("iql", "td3_bc", "cql", "sac", "pqn", "pqn_atari"):
+    names = sorted(p.stem for p in (Path(__file__).parents[1] / "algorithms").glob("*.py") if p.stem != "__init__")
+    assert {"iql", "td3_bc", "cql", "sac", "pqn", "pqn_atari"} <= set(names)
+    for name in names:
         config_cls = importlib.import_module(f"algorithms.{name}").Config
         config = config_cls()
         check_option_ranges(config)  # the defaults are in range

@@ -337,7 +337,7 @@ def test_report_keeps_other_hyperparameters_apart_and_counts_a_seed_once(tmp_pat
 
 def test_report_names_variants_by_the_files_defaults_per_task(tmp_path):
     """A variant is named by how its config differs from what the algorithm file trains that task with by
-    default (its Config and configs/<algo>.toml's per-task settings), not by which configuration ran more."""
+    default (its Config with its TASKS table's per-task settings), not by which configuration ran more."""
     results = tmp_path / "results"
     rows = [("td3_bc", "hopper-medium", "local", s, 1000, v, "paper") for s, v in enumerate([40, 42])]
     rows += [("td3_bc", "hopper-medium", "local", s, 1000, v, "alpha10") for s, v in enumerate([50, 60, 70])]
