@@ -79,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scan-unroll", type=int, default=1,
                    help="offline algorithms: updates per iteration of the chunk's scan (Config.scan_unroll)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the first (compiling) one")
-    p.add_argument("--out", default=str(ROOT / "results" / "speed.csv"),
-                   help="CSV to append one row to ('' or - for none)")
+    p.add_argument("--record", action="store_true",
+                   help="append the rows to results/speed.csv (without it, or --out, they are only printed)")
+    p.add_argument("--out", default="", help="CSV to append the rows to instead ('' or - for none)")
     p.add_argument("--baseline-name", default="", help="e.g. corl-iql-torch-cpu-1thread (measured apart)")
     p.add_argument("--baseline-value", type=float, default=None, help="the baseline's updates/s")
     p.add_argument("--dataset-size", type=int, default=1_000_000, help="rows of the synthetic offline data")
@@ -106,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--baseline-value must be positive")
     if args.against and args.baseline_name:
         p.error("--against measures its own baseline; leave out --baseline-name and --baseline-value")
+    if args.record:
+        if args.out:
+            p.error("--record writes results/speed.csv; leave out --out")
+        args.out = str(ROOT / "results" / "speed.csv")
     return args
 
 

@@ -300,3 +300,14 @@ def test_minatar_collect_from_results_redraws_without_the_run_folders(tmp_path, 
         bench.main(["run", *settings, "--from-results"])
 
 
+
+
+def test_speed_writes_results_only_when_asked_to_record():
+    """A speed run prints its rows; only --record (or an explicit --out) appends them to a file."""
+    from benchmarks import speed
+
+    assert speed.parse_args(["--algorithm", "iql"]).out == ""
+    assert speed.parse_args(["--algorithm", "iql", "--record"]).out == str(REPO / "results" / "speed.csv")
+    assert speed.parse_args(["--algorithm", "iql", "--out", "/tmp/x.csv"]).out == "/tmp/x.csv"
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--algorithm", "iql", "--record", "--out", "/tmp/x.csv"])
