@@ -36,7 +36,7 @@ from rlzoo.devices import shard_seeds
 from rlzoo.errors import RlzooError, close_matches
 from rlzoo.networks import QNetwork
 from rlzoo.options import RunConfig, option
-from rlzoo.qlearning import eps_greedy, q_lambda_returns
+from rlzoo.qlearning import act_eps_greedy, q_lambda_returns
 from rlzoo.run import Run
 
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
@@ -151,12 +151,6 @@ def make_learn(config: Config, network: QNetwork):
     return learn
 
 
-def act(network: QNetwork, params, key: jax.Array, obs: jax.Array, eps: jax.Array):
-    """(epsilon-greedy actions, max_a Q(obs, a)) for a batch of observations of one seed."""
-    q = network.apply(params, obs)
-    return eps_greedy(key, q, eps), q.max(-1)
-
-
 def make_minatar(config: Config):
     """(network, init(key), train_chunk(state), evaluate(params, key)) for one seed; the envs live in the state."""
     import gymnax
@@ -181,7 +175,7 @@ def make_minatar(config: Config):
     def env_step(carry, key):
         params, eps, envs = carry
         k_act, k_env = jax.random.split(key)
-        action, q_max = act(network, params, k_act, envs["obs"], eps)
+        action, q_max = act_eps_greedy(network, params, k_act, envs["obs"], eps)
         obs, env_state, reward, done, _ = step(jax.random.split(k_env, config.num_envs), envs["state"], action,
                                                env_params)
         reward = reward.astype(jnp.float32)

@@ -32,7 +32,7 @@ from rlzoo.cli import run_cli
 from rlzoo.errors import RlzooError, close_matches
 from rlzoo.networks import QNetwork
 from rlzoo.options import RunConfig, option
-from rlzoo.qlearning import eps_greedy, q_lambda_returns
+from rlzoo.qlearning import act_eps_greedy, q_lambda_returns
 from rlzoo.run import Run
 
 
@@ -156,12 +156,6 @@ def make_learn(config: Config, network: QNetwork):
     return learn
 
 
-def act(network: QNetwork, params, key: jax.Array, obs: jax.Array, eps: jax.Array):
-    """(epsilon-greedy actions, max_a Q(obs, a)) for a batch of observations of one seed."""
-    q = network.apply(params, obs)
-    return eps_greedy(key, q, eps), q.max(-1)
-
-
 def make_atari(config: Config, game: str, num_seeds: int):
     """One AtariEnvs with num_seeds x num_envs games; its rows are seed-major."""
     envs = AtariEnvs(
@@ -177,7 +171,7 @@ def make_atari(config: Config, game: str, num_seeds: int):
     learn = jax.vmap(make_learn(config, network), in_axes=(0, 0, 0))
     eps_schedule, _ = schedules(config)
     s, n, t_len = num_seeds, config.num_envs, config.num_steps
-    act_all = jax.vmap(partial(act, network), in_axes=(0, 0, 0, None))
+    act_all = jax.vmap(partial(act_eps_greedy, network), in_axes=(0, 0, 0, None))
     rollouts_per_chunk = config.chunk // (n * t_len)
     return envs, network, learn, act_all, eps_schedule, (s, n, t_len, rollouts_per_chunk)
 

@@ -24,3 +24,10 @@ def eps_greedy(key: jax.Array, q: jax.Array, eps: jax.Array) -> jax.Array:
     random_action = jax.random.randint(k_action, q.shape[:-1], 0, q.shape[-1])
     explore = jax.random.uniform(k_explore, q.shape[:-1]) < eps
     return jnp.where(explore, random_action, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+
+
+def act_eps_greedy(network, params, key: jax.Array, obs: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(epsilon-greedy actions, max_a Q(obs, a)) for a batch of observations; `network.apply(params, obs)` gives
+    Q(obs, .). The max is what Q(lambda) targets bootstrap from, recorded while acting."""
+    q = network.apply(params, obs)
+    return eps_greedy(key, q, eps), q.max(-1)

@@ -45,7 +45,6 @@ class Run:
         self.start_step = self.step = 0  # where this process started; the step training has reached
         self.host: dict = {}  # name -> object with get_state() / set_state(), saved with every checkpoint
         self.logger: RunLogger | None = None
-        self.score_name = "score"
         self._train_s = 0.0
 
     @classmethod
@@ -103,7 +102,6 @@ class Run:
         """The run's progress bar, CSVs and optional wandb run, named `<algorithm>-<env>`; `extra_config` (e.g.
         the dataset's summary) is recorded beside the hyperparameters."""
         cfg = self.config
-        self.score_name = score_name
         self.logger = RunLogger(self.run_dir, f"{self.algorithm}-{cfg.env}", cfg.num_seeds, self.seeds,
                                 cfg.total_steps, self.start_step, score_name,
                                 config={**dataclasses.asdict(cfg), **(extra_config or {})}, use_wandb=cfg.wandb,
@@ -163,9 +161,9 @@ class Run:
         scores = final_scores(self.run_dir / "eval.csv", self.seeds)
         commits = self.commits()
         for seed, score in scores.items():
-            print(f"[rlzoo] {self.algorithm} {task} seed {seed}: final {self.score_name} {score:.2f}")
+            print(f"[rlzoo] {self.algorithm} {task} seed {seed}: final {self.logger.score_name} {score:.2f}")
         summary = {"algorithm": self.algorithm, "task": task, "data_source": data_source,
-                   "score_name": self.score_name, "final_scores": scores, "steps": self.config.total_steps,
+                   "score_name": self.logger.score_name, "final_scores": scores, "steps": self.config.total_steps,
                    "wall_s": self.wall_s(), "steps_per_s": self.logger.steps_per_second(), **provenance.info(),
                    "commit": ";".join(commits), "commits": commits}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
