@@ -18,6 +18,9 @@ Differences: the actor's log-std is squashed smoothly into [-5, 2] as in rlzoo's
 with gain 1 (CORL: 1e-2); the --bc-steps warm start maximizes the likelihood of the dataset's actions
 (CORL's version evaluates a fresh policy sample instead, so it is not behaviour cloning). All losses are
 computed from the parameters before the step, as in CORL.
+With a classification value head (--value-head, rlzoo.heads) the TD term is the head's loss on the dataset
+action's logits, and the logsumexp and every other Q work on the head's values (the expectation over bins), so
+the conservative term pushes the values down, with its gradient through the softmax.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline
+from rlzoo import heads, networks, offline
 from rlzoo.cli import run_cli
 from rlzoo.options import option
 
 
 @dataclass
-class Config(offline.OfflineConfig):
+class Config(heads.HeadOptions, offline.OfflineConfig):
     TASKS: ClassVar[dict] = {
         # CORL's tuned configs set normalize_reward on hopper-medium only: rewards times 1000 / (max - min
         # episode return); the same config sets reward_scale 1 and reward_bias 0, so nothing else applies.
@@ -84,7 +87,7 @@ class Config(offline.OfflineConfig):
 def make_networks(config: Config, act_dim: int):
     hidden = tuple(config.hidden_dims)
     actor = networks.TanhGaussianActor(act_dim, hidden)
-    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden})
+    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.make_head(config).out_dim})
     return actor, critic
 
 
@@ -125,6 +128,7 @@ def conservative_gap(q_all: jax.Array, log_density: jax.Array, config: Config) -
 def make_update(config: Config):
     """One CQL step (actor, temperature, critics, Lagrange weight, targets) on a minibatch, for one seed."""
     n, max_action = config.cql_n_actions, config.max_action
+    head = heads.make_head(config)
 
     def sample(key, mean, log_std):
         """a = max_action * tanh(u), u ~ N(mean, std), and its log density."""
@@ -143,7 +147,7 @@ def make_update(config: Config):
         def actor_loss(params):
             mean, log_std = actor.apply_fn(params, obs)
             a, logp = sample(k_pi, mean, log_std)
-            q = critic.apply_fn(critic.params, obs, a).min(0)
+            q = head.value(critic.apply_fn(critic.params, obs, a)).min(0)
             bc = networks.tanh_gaussian_log_prob(mean, log_std, act / max_action)
             gain = jnp.where(state["step"] < config.bc_steps, bc, q)
             return (alpha * logp - gain).mean(), logp
@@ -157,7 +161,7 @@ def make_update(config: Config):
         mean, log_std = actor.apply_fn(actor.params, jnp.concatenate([obs, next_obs]))
         (mean_s, mean_n), (std_s, std_n) = jnp.split(mean, 2), jnp.split(log_std, 2)
         next_a, next_logp = sample(k_next, mean_n, std_n)
-        next_q = critic.apply_fn(state["target_params"], next_obs, next_a).min(0)
+        next_q = head.value(critic.apply_fn(state["target_params"], next_obs, next_a)).min(0)
         if config.backup_entropy:
             next_q = next_q - alpha * next_logp
         target = batch["rewards"] + config.gamma * (1.0 - batch["dones"]) * next_q
@@ -174,9 +178,10 @@ def make_update(config: Config):
         alpha_prime = jnp.clip(jnp.exp(state["log_alpha_prime"].params["log"]), 0.0, 1e6)
 
         def critic_loss(params):
-            q_all = critic.apply_fn(params, obs_rep, actions)  # [2, batch, 3n + 1], one batched call
+            out = critic.apply_fn(params, obs_rep, actions)  # [2, batch, 3n + 1 (, bins)], one batched call
+            q_all = head.value(out)  # [2, batch, 3n + 1]
             q_data = q_all[..., 0]
-            td_loss = ((q_data - target) ** 2).mean(1).sum()
+            td_loss = head.loss(out[:, :, 0], target).mean(1).sum()
             gap = conservative_gap(q_all, log_density, config)  # [2]
             if config.cql_lagrange:
                 cql_loss = alpha_prime * config.cql_alpha * (gap - config.cql_target_action_gap)

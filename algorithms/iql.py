@@ -11,6 +11,13 @@ Defaults are the paper's MuJoCo settings: tau 0.7, beta 3.0, lr 3e-4 with cosine
 actor's, 2x256 MLPs, batch 256, 1M steps, rewards scaled by 1000 / (max - min episode return;
 complete episodes only, as CORL).
 Observations are normalized with dataset statistics as in CORL (the paper does not; --no-normalize-obs).
+
+Value heads (--value-head, rlzoo.heads): Q and V both use the head. The critics' TD regression becomes the
+head's loss against r + gamma V(s'). V's expectile regression becomes the head's loss weighted per sample by
+|tau - 1(Q - V < 0)| (V's current value, no gradient): for the squared error that is the expectile loss itself;
+for a classification head the weighted cross-entropy's fixed point is a distribution whose mean v satisfies
+tau E[(Q - v)+] = (1 - tau) E[(v - Q)+], which is the definition of the tau-expectile, so V still learns the
+upper expectile of Q. The support, if not given, comes from the (scaled) rewards and gamma.
 """
 
 from __future__ import annotations
@@ -22,13 +29,13 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline
+from rlzoo import heads, networks, offline
 from rlzoo.cli import run_cli
 from rlzoo.options import option
 
 
 @dataclass
-class Config(offline.OfflineConfig):
+class Config(heads.HeadOptions, offline.OfflineConfig):
     expectile: float = option(0.7, "(0, 1)")
     """Expectile of V's regression onto Q (0.7 MuJoCo, 0.9 AntMaze)."""
     beta: float = option(3.0, ">= 0")
@@ -52,10 +59,10 @@ class Config(offline.OfflineConfig):
 
 
 def make_networks(config: Config, act_dim: int):
-    hidden = tuple(config.hidden_dims)
+    hidden, out_dim = tuple(config.hidden_dims), heads.make_head(config).out_dim
     actor = networks.GaussianActor(act_dim, hidden)
-    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden})
-    value = networks.ValueCritic(hidden)
+    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": out_dim})
+    value = networks.ValueCritic(hidden, out_dim)
     return actor, critic, value
 
 
@@ -75,24 +82,31 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
     }
 
 
+def expectile_weight(diff: jax.Array, expectile: float) -> jax.Array:
+    """|tau - 1(diff < 0)|, with diff = target - prediction."""
+    return jnp.where(diff > 0, expectile, 1.0 - expectile)
+
+
 def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
-    """Asymmetric squared loss |tau - 1(diff < 0)| diff^2, with diff = target - prediction."""
-    weight = jnp.where(diff > 0, expectile, 1.0 - expectile)
-    return weight * diff**2
+    """Asymmetric squared loss |tau - 1(diff < 0)| diff^2 (V's loss with the mse head)."""
+    return expectile_weight(diff, expectile) * diff**2
 
 
 def make_update(config: Config):
     """One IQL step (value, then actor, then critics, then targets) on a minibatch, for one seed."""
 
+    head = heads.make_head(config)
+
     def update(state: dict, batch: dict) -> tuple[dict, dict]:
         actor, critic, value = state["actor"], state["critic"], state["value"]
         obs, act = batch["observations"], batch["actions"]
-        target_q = critic.apply_fn(state["target_params"], obs, act).min(0)
+        target_q = head.value(critic.apply_fn(state["target_params"], obs, act)).min(0)
 
-        # Value: upper expectile of the target critics' Q over dataset actions.
+        # Value: upper expectile of the target critics' Q over dataset actions (the head's loss, weighted).
         def value_loss(params):
-            v = value.apply_fn(params, obs)
-            return expectile_loss(target_q - v, config.expectile).mean(), v
+            out = value.apply_fn(params, obs)
+            v = head.value(out)
+            return (expectile_weight(target_q - v, config.expectile) * head.loss(out, target_q)).mean(), v
 
         (v_loss, v), grads = jax.value_and_grad(value_loss, has_aux=True)(value.params)
         value = value.apply_gradients(grads=grads)
@@ -108,12 +122,12 @@ def make_update(config: Config):
         actor = actor.apply_gradients(grads=grads)
 
         # Critics: one-step TD toward r + gamma V(s') with the freshly updated V.
-        next_v = value.apply_fn(value.params, batch["next_observations"])
+        next_v = head.value(value.apply_fn(value.params, batch["next_observations"]))
         target = batch["rewards"] + config.gamma * (1.0 - batch["dones"]) * next_v
 
         def critic_loss(params):
-            q = critic.apply_fn(params, obs, act)
-            return ((q - target) ** 2).mean(1).sum(), q.mean()
+            out = critic.apply_fn(params, obs, act)
+            return head.loss(out, target).mean(1).sum(), head.value(out).mean()
 
         (q_loss, q_mean), grads = jax.value_and_grad(critic_loss, has_aux=True)(critic.params)
         critic = critic.apply_gradients(grads=grads)

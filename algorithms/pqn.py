@@ -18,6 +18,10 @@ one `jax.jit(jax.vmap(train_chunk))` over seeds; the host sees the device once p
 128 envs x 32 steps, lr 5e-4 decayed to 0, lambda 0.65, 2 epochs x 32 minibatches, epsilon 1 -> 0.05
 over the first 10%. Differences from the reference code (purejaxql): observations (0/1 planes) are not
 divided by 255 (--minatar-obs-div-255 does); env steps are rounded to whole chunks (9,994,240, not 1e7).
+With a classification value head (--value-head, rlzoo.heads) the network gives logits over bins per action,
+the regression onto the lambda-returns is the head's loss, and every Q (acting, the max in the targets,
+evaluation) is the head's value; the default support [0, 1 / (1 - gamma)] holds every return of MinAtar's
+0/1 rewards.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from rlzoo import heads
 from rlzoo.cli import run_cli
 from rlzoo.devices import shard_seeds
 from rlzoo.errors import RlzooError, close_matches
@@ -43,7 +48,7 @@ MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvad
 
 
 @dataclass
-class Config(RunConfig):
+class Config(heads.HeadOptions, RunConfig):
     env: str = "Breakout-MinAtar"
     """Asterix-MinAtar, Breakout-MinAtar, Freeway-MinAtar or SpaceInvaders-MinAtar (gymnax)."""
     total_steps: int = option(9_994_240, ">= 1")
@@ -86,9 +91,16 @@ class Config(RunConfig):
     """Divide the 0/1 observation planes by 255 as the reference code does (for comparing with it)."""
 
 
-def make_network(num_actions: int, obs_div_255: bool = False) -> QNetwork:
-    """Conv 16 3x3 + LN + ReLU, Dense 128 + LN + ReLU, Dense |A| (the reference's MinAtar network)."""
-    return QNetwork(num_actions, convs=((16, 3, 1),), hidden=(128,), scale=1 / 255 if obs_div_255 else 1.0)
+def make_head(config: Config) -> heads.ValueHead:
+    """The value head; an unset support spans every return of MinAtar's rewards (0 or 1 per step)."""
+    return heads.make_head(config, heads.support_from_rewards(0.0, 1.0, config.gamma))
+
+
+def make_network(num_actions: int, obs_div_255: bool = False, num_bins: int = 1) -> QNetwork:
+    """Conv 16 3x3 + LN + ReLU, Dense 128 + LN + ReLU, Dense |A| (the reference's MinAtar network; |A| x bins
+    outputs with a classification head)."""
+    return QNetwork(num_actions, convs=((16, 3, 1),), hidden=(128,), scale=1 / 255 if obs_div_255 else 1.0,
+                    num_bins=num_bins)
 
 
 def schedules(config: Config):
@@ -116,13 +128,15 @@ def make_learn(config: Config, network: QNetwork):
     `rollout` is time-major [T, N, ...] with obs, action, reward, done, valid (False for a transition that
     does not count, e.g. one an emulator spends resetting) and q_max = max_a Q(obs, a) recorded while acting."""
     eps_schedule, lr_schedule = schedules(config)
+    head = make_head(config)
 
     def loss_fn(params, batch):
-        q = network.apply(params, batch["obs"])
-        q_taken = jnp.take_along_axis(q, batch["action"][:, None], axis=-1)[:, 0]
+        out = network.apply(params, batch["obs"])  # [B, A] (mse) or [B, A, bins]
+        action = batch["action"].reshape(-1, *([1] * (out.ndim - 1)))
+        out_taken = jnp.take_along_axis(out, action, axis=1)[:, 0]
         weight = batch["valid"].astype(jnp.float32)
-        loss = 0.5 * jnp.sum(weight * (q_taken - batch["target"]) ** 2) / jnp.maximum(weight.sum(), 1.0)
-        return loss, q_taken.mean()
+        loss = 0.5 * jnp.sum(weight * head.loss(out_taken, batch["target"])) / jnp.maximum(weight.sum(), 1.0)
+        return loss, head.value(out_taken).mean()
 
     def minibatch_step(train, batch):
         (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(train.params, batch)
@@ -131,7 +145,7 @@ def make_learn(config: Config, network: QNetwork):
     def learn(state: dict, rollout: dict, last_obs: jax.Array) -> tuple[dict, dict]:
         train = state["train"]
         key, k_epochs = jax.random.split(state["key"])
-        last_q = network.apply(train.params, last_obs).max(-1)
+        last_q = head.value(network.apply(train.params, last_obs)).max(-1)
         next_q = jnp.concatenate([rollout["q_max"][1:], last_q[None]])
         targets = q_lambda_returns(rollout["reward"], rollout["done"].astype(jnp.float32), next_q, config.gamma,
                                    config.lam)
@@ -158,7 +172,9 @@ def make_minatar(config: Config):
     # gymnax's MinAtar writes ints into bool planes; jax 0.10 warns about it on every trace.
     warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
     env, env_params = gymnax.make(config.env)
-    network = make_network(env.num_actions, config.minatar_obs_div_255)
+    head = make_head(config)
+    network = make_network(env.num_actions, config.minatar_obs_div_255, head.out_dim)
+    q_values = lambda params, obs: head.value(network.apply(params, obs))
     obs_shape = tuple(env.observation_space(env_params).shape)
     learn = make_learn(config, network)
     eps_schedule, _ = schedules(config)
@@ -175,7 +191,7 @@ def make_minatar(config: Config):
     def env_step(carry, key):
         params, eps, envs = carry
         k_act, k_env = jax.random.split(key)
-        action, q_max = act_eps_greedy(network, params, k_act, envs["obs"], eps)
+        action, q_max = act_eps_greedy(q_values, params, k_act, envs["obs"], eps)
         obs, env_state, reward, done, _ = step(jax.random.split(k_env, config.num_envs), envs["state"], action,
                                                env_params)
         reward = reward.astype(jnp.float32)
@@ -208,7 +224,7 @@ def make_minatar(config: Config):
         def body(carry):
             obs, env_state, returns, running, key, t = carry
             key, k_step = jax.random.split(key)
-            action = jnp.argmax(network.apply(params, obs), axis=-1)
+            action = jnp.argmax(q_values(params, obs), axis=-1)
             obs, env_state, reward, done, _ = step(jax.random.split(k_step, config.eval_episodes), env_state,
                                                    action, env_params)
             return obs, env_state, returns + reward * running, running & ~done, key, t + 1
@@ -220,6 +236,7 @@ def make_minatar(config: Config):
 
 
 def check_config(config: Config) -> None:
+    make_head(config)
     if config.env not in MINATAR:
         matches = close_matches(config.env, MINATAR)
         atari = " For an Atari game use algorithms/pqn_atari.py." if "MinAtar" not in config.env else ""

@@ -14,6 +14,7 @@ reference code (purejaxql, on envpool): v5 sticky actions (0.25) where the paper
 life the game simply goes on, where envpool plays no-ops and FIRE, so in games such as Breakout the agent
 must learn to press FIRE itself; an episode cut by the time limit is treated as terminal, as the reference
 does. ale-py cannot save its emulators, so a resumed run restarts the games from fresh episodes.
+Value heads (--value-head) work as in `pqn.py`; the default support spans the returns of clipped rewards.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from rlzoo import heads
 from rlzoo.atari import AtariEnvs, atari_env_ids, atari_game, atari_signals
 from rlzoo.cli import run_cli
 from rlzoo.errors import RlzooError, close_matches
@@ -37,7 +39,7 @@ from rlzoo.run import Run
 
 
 @dataclass
-class Config(RunConfig):
+class Config(heads.HeadOptions, RunConfig):
     env: str = "ALE/Breakout-v5"
     """An Atari game: ALE/Breakout-v5, or just Breakout (ale-py's ROMs)."""
     total_steps: int = option(49_971_200, ">= 1")
@@ -90,10 +92,17 @@ class Config(RunConfig):
     """Cap of a greedy evaluation episode in agent steps (27k = the 108k-frame limit)."""
 
 
-def make_network(num_actions: int) -> QNetwork:
+def make_head(config: Config) -> heads.ValueHead:
+    """The value head; with clipped rewards an unset support spans every return of rewards in [-1, 1], without
+    it --v-min and --v-max must be given."""
+    return heads.make_head(config, heads.support_from_rewards(-1.0, 1.0, config.gamma) if config.clip_rewards
+                           else None)
+
+
+def make_network(num_actions: int, num_bins: int = 1) -> QNetwork:
     """The Nature DQN torso with LayerNorm after every layer; frames come channels-first from ale-py."""
     return QNetwork(num_actions, convs=((32, 8, 4), (64, 4, 2), (64, 3, 1)), hidden=(512,), channels_first=True,
-                    scale=1.0 / 255.0)
+                    scale=1.0 / 255.0, num_bins=num_bins)
 
 
 def schedules(config: Config):
@@ -121,13 +130,15 @@ def make_learn(config: Config, network: QNetwork):
     `rollout` is time-major [T, N, ...] with obs, action, reward, done, valid (False for a transition that
     does not count, e.g. one an emulator spends resetting) and q_max = max_a Q(obs, a) recorded while acting."""
     eps_schedule, lr_schedule = schedules(config)
+    head = make_head(config)
 
     def loss_fn(params, batch):
-        q = network.apply(params, batch["obs"])
-        q_taken = jnp.take_along_axis(q, batch["action"][:, None], axis=-1)[:, 0]
+        out = network.apply(params, batch["obs"])  # [B, A] (mse) or [B, A, bins]
+        action = batch["action"].reshape(-1, *([1] * (out.ndim - 1)))
+        out_taken = jnp.take_along_axis(out, action, axis=1)[:, 0]
         weight = batch["valid"].astype(jnp.float32)
-        loss = 0.5 * jnp.sum(weight * (q_taken - batch["target"]) ** 2) / jnp.maximum(weight.sum(), 1.0)
-        return loss, q_taken.mean()
+        loss = 0.5 * jnp.sum(weight * head.loss(out_taken, batch["target"])) / jnp.maximum(weight.sum(), 1.0)
+        return loss, head.value(out_taken).mean()
 
     def minibatch_step(train, batch):
         (loss, q_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(train.params, batch)
@@ -136,7 +147,7 @@ def make_learn(config: Config, network: QNetwork):
     def learn(state: dict, rollout: dict, last_obs: jax.Array) -> tuple[dict, dict]:
         train = state["train"]
         key, k_epochs = jax.random.split(state["key"])
-        last_q = network.apply(train.params, last_obs).max(-1)
+        last_q = head.value(network.apply(train.params, last_obs)).max(-1)
         next_q = jnp.concatenate([rollout["q_max"][1:], last_q[None]])
         targets = q_lambda_returns(rollout["reward"], rollout["done"].astype(jnp.float32), next_q, config.gamma,
                                    config.lam)
@@ -167,11 +178,13 @@ def make_atari(config: Config, game: str, num_seeds: int):
         sticky_actions=config.sticky_actions,
         num_threads=config.env_threads,
     )
-    network = make_network(envs.num_actions)
+    head = make_head(config)
+    network = make_network(envs.num_actions, head.out_dim)
+    q_values = lambda params, obs: head.value(network.apply(params, obs))
     learn = jax.vmap(make_learn(config, network), in_axes=(0, 0, 0))
     eps_schedule, _ = schedules(config)
     s, n, t_len = num_seeds, config.num_envs, config.num_steps
-    act_all = jax.vmap(partial(act_eps_greedy, network), in_axes=(0, 0, 0, None))
+    act_all = jax.vmap(partial(act_eps_greedy, q_values), in_axes=(0, 0, 0, None))
     rollouts_per_chunk = config.chunk // (n * t_len)
     return envs, network, learn, act_all, eps_schedule, (s, n, t_len, rollouts_per_chunk)
 
@@ -311,7 +324,8 @@ def atari_evaluator(config: Config, game: str, network: QNetwork, seeds: list[in
         sticky_actions=config.sticky_actions,
         num_threads=config.env_threads,
     )
-    greedy = jax.jit(jax.vmap(lambda params, obs: jnp.argmax(network.apply(params, obs), axis=-1)))
+    head = make_head(config)
+    greedy = jax.jit(jax.vmap(lambda params, obs: jnp.argmax(head.value(network.apply(params, obs)), axis=-1)))
     calls = evals_done
 
     def evaluate(params) -> np.ndarray:
@@ -337,6 +351,7 @@ def atari_evaluator(config: Config, game: str, network: QNetwork, seeds: list[in
 
 def check_config(config: Config) -> str:
     """The game's ale-py ROM name; bad options get a paragraph."""
+    make_head(config)
     game = atari_game(config.env)
     if game is None:
         matches = close_matches(config.env, atari_env_ids())

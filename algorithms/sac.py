@@ -9,12 +9,17 @@ How it runs here: one env per seed on the host. Every `update_every` env steps t
 are written to a device-resident replay buffer and the same number of updates run in one jitted
 `lax.scan` (one update per env step on average, as in the paper; the host sees the device once per
 block). Seeds are a vmapped axis of the whole training state.
+
+With a classification value head (--value-head, rlzoo.heads) the critics are trained with the head's loss and
+every Q is the head's value; the support comes from Config.TASKS (the env's reward range over 1 - gamma) or
+--v-min / --v-max.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import gymnasium as gym
 import jax
@@ -23,7 +28,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import buffers, networks
+from rlzoo import buffers, heads, networks
 from rlzoo.checkpoint import save_params
 from rlzoo.cli import run_cli
 from rlzoo.devices import shard_seeds
@@ -35,7 +40,18 @@ from rlzoo.run import Run
 
 
 @dataclass
-class Config(RunConfig):
+class Config(heads.HeadOptions, RunConfig):
+    TASKS: ClassVar[dict] = {
+        # Supports of a classification value head, for gamma 0.99: per-step rewards seen between a random policy
+        # and envs/policies' expert (HalfCheetah -2.7..10.9, Hopper -0.6..4.3, Walker2d -1.3..9.6, Ant
+        # -2.7..7.9), widened by about half for better policies and the entropy bonus, divided by 1 - gamma.
+        "HalfCheetah-*": {"v_min": -400.0, "v_max": 1600.0},
+        "Hopper-*": {"v_min": -100.0, "v_max": 700.0},
+        "Walker2d-*": {"v_min": -200.0, "v_max": 1400.0},
+        "Ant-*": {"v_min": -400.0, "v_max": 1200.0},
+    }
+    """Per-task defaults (a glob over --env ids -> options); flags on the command line override them."""
+
     env: str = "HalfCheetah-v5"
     """Gymnasium env id (MuJoCo v5)."""
     total_steps: int = option(1_000_000, ">= 1")
@@ -78,7 +94,8 @@ class Config(RunConfig):
 
 def make_networks(config: Config, act_dim: int):
     actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims))
-    critic = networks.Ensemble(networks.Critic, config.num_critics, {"hidden_dims": tuple(config.hidden_dims)})
+    critic = networks.Ensemble(networks.Critic, config.num_critics, {"hidden_dims": tuple(config.hidden_dims),
+                                                                     "out_dim": heads.make_head(config).out_dim})
     return actor, critic
 
 
@@ -105,6 +122,7 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
 def make_update(config: Config, act_dim: int):
     """One SAC gradient step on a minibatch, for one seed."""
     target_entropy = -float(act_dim)
+    head = heads.make_head(config)
 
     def update(state: dict, batch: dict) -> tuple[dict, dict]:
         actor, critic, log_alpha = state["actor"], state["critic"], state["log_alpha"]
@@ -114,12 +132,12 @@ def make_update(config: Config, act_dim: int):
         # Critic: soft Bellman target from the target critics, min over the ensemble.
         next_a, next_logp = networks.sample_tanh_gaussian(k_next, *actor.apply_fn(actor.params,
                                                                                    batch["next_observations"]))
-        next_q = critic.apply_fn(state["target_params"], batch["next_observations"], next_a).min(0)
+        next_q = head.value(critic.apply_fn(state["target_params"], batch["next_observations"], next_a)).min(0)
         target = batch["rewards"] + config.gamma * (1.0 - batch["dones"]) * (next_q - alpha * next_logp)
 
         def critic_loss(params):
-            q = critic.apply_fn(params, batch["observations"], batch["actions"])
-            return ((q - jax.lax.stop_gradient(target)) ** 2).mean(1).sum(), q.mean()
+            out = critic.apply_fn(params, batch["observations"], batch["actions"])
+            return head.loss(out, jax.lax.stop_gradient(target)).mean(1).sum(), head.value(out).mean()
 
         (q_loss, q_mean), grads = jax.value_and_grad(critic_loss, has_aux=True)(critic.params)
         critic = critic.apply_gradients(grads=grads)
@@ -127,7 +145,7 @@ def make_update(config: Config, act_dim: int):
         # Actor: maximize min-Q minus the entropy cost, through the reparameterized sample.
         def actor_loss(params):
             a, logp = networks.sample_tanh_gaussian(k_pi, *actor.apply_fn(params, batch["observations"]))
-            q = critic.apply_fn(critic.params, batch["observations"], a).min(0)
+            q = head.value(critic.apply_fn(critic.params, batch["observations"], a)).min(0)
             return (alpha * logp - q).mean(), logp.mean()
 
         (pi_loss, logp_mean), grads = jax.value_and_grad(actor_loss, has_aux=True)(actor.params)
@@ -190,6 +208,7 @@ def make_train(config: Config, act_dim: int):
 def check_config(config: Config) -> None:
     """Reject bad options before the run directory is created."""
     check_env_id(config.env)
+    heads.make_head(config)  # a classification head on a task without a support in TASKS needs --v-min/--v-max
     if config.update_every <= 0 or config.chunk % config.update_every or config.learning_starts % config.update_every:
         raise RlzooError(f"--chunk ({config.chunk}) and --learning-starts ({config.learning_starts}) must be "
                          f"multiples of --update-every ({config.update_every})")

@@ -10,7 +10,9 @@ The normalization by mean|Q| makes alpha a scale-free trade-off between RL and i
 Defaults are the paper's: alpha 2.5, policy noise 0.2, noise clip 0.5, policy delay 2, lr 3e-4,
 2x256 MLPs, batch 256, 1M steps, states normalized with the dataset mean/std (eps 1e-3), rewards unscaled.
 One `update` here is `policy_freq` critic steps and one actor step, so each counts as `policy_freq`
-gradient steps (the paper's "iterations").
+gradient steps (the paper's "iterations"). With a classification value head (--value-head, rlzoo.heads) the
+critics are trained with the head's loss and every Q above (the target's min, the actor's Q_1 and lambda's
+mean |Q|) is the head's value.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from rlzoo import networks, offline
+from rlzoo import heads, networks, offline
 from rlzoo.cli import run_cli
 from rlzoo.options import option
 
 
 @dataclass
-class Config(offline.OfflineConfig):
+class Config(heads.HeadOptions, offline.OfflineConfig):
     alpha: float = option(2.5, ">= 0")
     """Weight of the Q term against behaviour cloning (lambda = alpha / mean|Q|)."""
     policy_noise: float = option(0.2, ">= 0")
@@ -52,7 +54,7 @@ class Config(offline.OfflineConfig):
 def make_networks(config: Config, act_dim: int):
     hidden = tuple(config.hidden_dims)
     actor = networks.DeterministicActor(act_dim, hidden, config.max_action)
-    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden})
+    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.make_head(config).out_dim})
     return actor, critic
 
 
@@ -74,6 +76,7 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
 def make_update(config: Config):
     """`policy_freq` critic steps and one actor step, for one seed; `batches` has a leading axis policy_freq."""
     noise_std, noise_clip = config.policy_noise * config.max_action, config.noise_clip * config.max_action
+    head = heads.make_head(config)
 
     def critic_step(state: dict, batch: dict) -> tuple[dict, dict]:
         actor, critic = state["actor"], state["critic"]
@@ -82,12 +85,12 @@ def make_update(config: Config):
         next_a = actor.apply_fn(state["actor_target"], batch["next_observations"])
         noise = jnp.clip(noise_std * jax.random.normal(k_noise, next_a.shape), -noise_clip, noise_clip)
         next_a = jnp.clip(next_a + noise, -config.max_action, config.max_action)
-        next_q = critic.apply_fn(state["critic_target"], batch["next_observations"], next_a).min(0)
+        next_q = head.value(critic.apply_fn(state["critic_target"], batch["next_observations"], next_a)).min(0)
         target = batch["rewards"] + config.gamma * (1.0 - batch["dones"]) * next_q
 
         def critic_loss(params):
-            q = critic.apply_fn(params, batch["observations"], batch["actions"])
-            return ((q - target) ** 2).mean(1).sum(), q.mean()
+            out = critic.apply_fn(params, batch["observations"], batch["actions"])
+            return head.loss(out, target).mean(1).sum(), head.value(out).mean()
 
         (q_loss, q_mean), grads = jax.value_and_grad(critic_loss, has_aux=True)(critic.params)
         return {**state, "critic": critic.apply_gradients(grads=grads), "key": key}, {"critic_loss": q_loss,
@@ -101,7 +104,7 @@ def make_update(config: Config):
 
         def actor_loss(params):
             pi = actor.apply_fn(params, obs)
-            q = critic.apply_fn(critic.params, obs, pi)[0]  # Q_1 only, as in TD3
+            q = head.value(critic.apply_fn(critic.params, obs, pi)[0])  # Q_1 only, as in TD3
             lmbda = jax.lax.stop_gradient(config.alpha / jnp.abs(q).mean())
             bc = ((pi - act) ** 2).mean()
             return -lmbda * q.mean() + bc, (bc, lmbda)

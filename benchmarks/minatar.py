@@ -2,6 +2,7 @@
 
     python -m benchmarks.minatar run --num-seeds 2 --total-steps 1064960     # what the 2-core CPU allows
     python -m benchmarks.minatar run --num-seeds 10                           # the paper's 1e7 steps (GPU)
+    python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --value-head hl_gauss  # rlzoo.heads
     python -m benchmarks.minatar collect --num-seeds 10                       # curves of finished/partial runs
     python -m benchmarks.minatar collect --num-seeds 10 --tag gpu-h200 --from-results  # redraw from results/
     python -m benchmarks.minatar estimators --num-seeds 10                    # rlzoo's vs purejaxql's test return
@@ -50,8 +51,10 @@ def run_dir(root: Path, game: str, args) -> Path:
 
 
 def settings(args) -> str:
+    head = getattr(args, "value_head", "mse")
     return f"s{args.seed}-n{args.num_seeds}-{args.total_steps}-decay{args.decay_steps}" + (
-        "-obsdiv255" if args.obs_div_255 else "") + (f"-{args.tag}" if args.tag else "")
+        "-obsdiv255" if args.obs_div_255 else "") + (f"-{head}" if head != "mse" else "") + (
+        f"-{args.tag}" if args.tag else "")
 
 
 def run(args) -> None:
@@ -67,7 +70,8 @@ def run(args) -> None:
             "--env", game, "--num-seeds", str(args.num_seeds), "--seed", str(args.seed),
             "--total-steps", str(args.total_steps), "--decay-steps", str(args.decay_steps),
             "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.eval_every),
-            *(["--minatar-obs-div-255"] if args.obs_div_255 else [])])
+            *(["--minatar-obs-div-255"] if args.obs_div_255 else []),
+            *(["--value-head", args.value_head] if args.value_head != "mse" else [])])
         cmd += ["--quiet"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -129,6 +133,7 @@ def collect(args) -> None:
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
     axes[0, 0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255" if args.obs_div_255 else "")
+                 + (f", {args.value_head} value head" if args.value_head != "mse" else "")
                  + (f", {args.tag}" if args.tag else "") + ")")
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)
@@ -230,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--total-steps", type=int, default=PAPER_STEPS, help="env steps per seed (multiple of 81920)")
     p.add_argument("--decay-steps", type=int, default=PAPER_STEPS, help="span of the lr and epsilon schedules")
     p.add_argument("--eval-every", type=int, default=163_840, help="env steps between evaluations/checkpoints")
+    p.add_argument("--value-head", default="mse", choices=["mse", "two_hot", "hl_gauss"],
+                   help="PQN's value head (rlzoo.heads, default support); not mse: -<head> in run and file names")
     p.add_argument("--runs-root", default="~/rlzoo-runs")
     p.add_argument("--tag", default="", help="appended to the settings in run and file names, e.g. the device "
                    "(gpu-h200) so that a GPU run of the same settings does not share a CPU run's folder or curve")

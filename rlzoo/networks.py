@@ -190,13 +190,15 @@ def tanh_gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Arra
 
 class QNetwork(nn.Module):
     """Q(s, .): convolutions, then dense layers, each followed by LayerNorm and ReLU; a linear output (PQN: the
-    LayerNorms are what keep Q-learning stable without a target network)."""
+    LayerNorms are what keep Q-learning stable without a target network). With `num_bins` > 1 the output is
+    [..., num_actions, num_bins] (a classification value head's logits per action)."""
 
     num_actions: int
     convs: Sequence[tuple[int, int, int]]  # (features, kernel size, stride), VALID padding
     hidden: Sequence[int]
     channels_first: bool = False  # ale-py stacks frames first: [4, 84, 84]
     scale: float = 1.0
+    num_bins: int = 1
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
@@ -209,4 +211,6 @@ class QNetwork(nn.Module):
         x = x.reshape(*x.shape[:-3], -1)
         for width in self.hidden:
             x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=nn.initializers.he_normal())(x)))
-        return nn.Dense(self.num_actions)(x)
+        if self.num_bins == 1:
+            return nn.Dense(self.num_actions)(x)
+        return nn.Dense(self.num_actions * self.num_bins)(x).reshape(*x.shape[:-1], self.num_actions, self.num_bins)

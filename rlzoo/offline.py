@@ -11,6 +11,7 @@ resume, and write the summary.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo import buffers, datasets
+from rlzoo import buffers, datasets, heads
 from rlzoo.devices import shard_seeds
 from rlzoo.errors import RlzooError
 from rlzoo.evaluation import Evaluator
@@ -103,6 +104,18 @@ def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
     return dataset
 
 
+def with_value_support(config: OfflineConfig, dataset: datasets.OfflineDataset) -> OfflineConfig:
+    """`config` with a classification value head's unset --v-min / --v-max derived from the rewards it trains on
+    (after --scale-rewards) and its discount (`heads.support_from_rewards`); other configs are returned as
+    they are."""
+    if getattr(config, "value_head", "mse") == "mse" or (config.v_min is not None and config.v_max is not None):
+        return config
+    rewards = dataset.rewards * (dataset.reward_scale() if config.scale_rewards else 1.0)
+    v_min, v_max = heads.support_from_rewards(float(rewards.min()), float(rewards.max()), config.gamma)
+    return dataclasses.replace(config, v_min=v_min if config.v_min is None else config.v_min,
+                               v_max=v_max if config.v_max is None else config.v_max)
+
+
 def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_train: Callable,
           make_policy: Callable) -> dict:
     """Run `algorithm` on `config.env` to `config.total_steps` (or resume it) and return the summary.
@@ -111,8 +124,13 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     `init_state(config, key, obs_dim=, act_dim=)` builds one seed's state; `make_policy(config, act_dim)`
     gives the evaluation policy on normalized observations. All three get the run's config (the saved one
     when resuming)."""
-    # Build the training program (which checks e.g. --chunk against the update) before the run directory exists.
-    run = Run.start(config, algorithm, prepare=lambda c: (load_dataset(c), make_train(c)))
+    def prepare(c):
+        """Load the dataset and build the training program (which checks e.g. --chunk against the update)
+        before the run directory exists."""
+        dataset = load_dataset(c)
+        return dataset, make_train(with_value_support(c, dataset))
+
+    run = Run.start(config, algorithm, prepare=prepare, complete=lambda c, p: with_value_support(c, p[0]))
     config, (dataset, train_chunk) = run.config, run.prepared
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "

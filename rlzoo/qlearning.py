@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -26,8 +28,9 @@ def eps_greedy(key: jax.Array, q: jax.Array, eps: jax.Array) -> jax.Array:
     return jnp.where(explore, random_action, jnp.argmax(q, axis=-1)).astype(jnp.int32)
 
 
-def act_eps_greedy(network, params, key: jax.Array, obs: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(epsilon-greedy actions, max_a Q(obs, a)) for a batch of observations; `network.apply(params, obs)` gives
+def act_eps_greedy(q_values: Callable, params, key: jax.Array, obs: jax.Array,
+                   eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(epsilon-greedy actions, max_a Q(obs, a)) for a batch of observations; `q_values(params, obs)` gives
     Q(obs, .). The max is what Q(lambda) targets bootstrap from, recorded while acting."""
-    q = network.apply(params, obs)
+    q = q_values(params, obs)
     return eps_greedy(key, q, eps), q.max(-1)

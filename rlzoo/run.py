@@ -48,9 +48,12 @@ class Run:
         self._train_s = 0.0
 
     @classmethod
-    def start(cls, config: RunConfig, algorithm: str, prepare: Callable | None = None) -> Run:
+    def start(cls, config: RunConfig, algorithm: str, prepare: Callable | None = None,
+              complete: Callable | None = None) -> Run:
         """Check the options, run `prepare(config)` (load the dataset, check the env id, build the program),
-        then create or reopen the run directory: bad input never leaves an empty run directory behind."""
+        then create or reopen the run directory: bad input never leaves an empty run directory behind.
+        `complete(config, prepared) -> config` fills options whose defaults depend on what `prepare` loaded (a
+        value head's support from the dataset's rewards); the completed config is the one saved and used."""
         if config.resume:
             config, run_dir = rundir.reopen(config, algorithm)
         else:
@@ -62,6 +65,9 @@ class Run:
                 raise RlzooError(f"--{name.replace('_', '-')} {value} must be a positive multiple of --chunk "
                                  f"{config.chunk}; change one of them.")
         prepared = prepare(config) if prepare is not None else None
+        if complete is not None:
+            config = complete(config, prepared)
+            check_option_ranges(config)
         if config.resume:
             rundir.hold(run_dir)
         else:
