@@ -7,6 +7,8 @@
     python -m benchmarks.speed --algorithm pqn --num-seeds 10 --updates 10   # env steps/s, MinAtar
     # before/after A/B in one run: the same settings timed in this checkout and in another, rounds interleaved
     python -m benchmarks.speed --algorithm iql td3_bc cql sac pqn --against /path/to/old/checkout --rounds 5
+    # the extra cost of classification value heads (rlzoo.heads): each head against mse, rounds interleaved
+    python -m benchmarks.speed --algorithm iql td3_bc cql sac pqn --compare-heads two_hot hl_gauss --rounds 3
 
 What is timed is exactly what training runs: `algorithms.<name>` is imported, its `Config`,
 `init_state` and `make_train` are used as its `main` uses them, seeds are `jax.vmap`ped, and one call is
@@ -35,6 +37,9 @@ that checkout and the same flags. A checkout whose benchmarks/ is a package runs
 benchmarks.speed`, an older one (before issue 31, e.g. c2a6f9c) `python benchmarks/speed.py`; both take
 the flags used. Per algorithm two rows go to --out: the other checkout's (its own commit, the median over
 rounds) and this checkout's, with `baseline` = <other commit>=<its value> and `ratio_to_baseline`.
+--value-head times an algorithm with that head (--num-bins bins; offline and SAC on a fixed support, PQN on
+its default one); --compare-heads H... times, in the same way as --against, each algorithm with the mse head
+and with each H, and writes the mse row and one row per H with `baseline` = mse=<its value>.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from benchmarks.launch import ROOT, algorithm_module
 from rlzoo.errors import RlzooError
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
+HEADS = ("mse", "two_hot", "hl_gauss")
 COLUMNS = ["benchmark", "algorithm", "device", "num_seeds", "batch_size", "unit", "value", "baseline",
            "ratio_to_baseline", "commit", "date", "jax",
            "compile_s", "flops_per_update", "gflops_achieved", "matmul_gflops", "fraction_of_matmul", "notes"]
@@ -89,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rows written into each seed's replay before timing (default: the whole buffer)")
     p.add_argument("--matmul-size", type=int, default=1024, help="n of the n x n @ n x n reference matmul")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--value-head", default="mse", choices=HEADS, help="the algorithm's value head (rlzoo.heads)")
+    p.add_argument("--num-bins", type=int, default=101, help="bins of a classification value head")
+    p.add_argument("--compare-heads", nargs="+", default=[], choices=HEADS[1:],
+                   help="time each algorithm with mse and with these heads, rounds interleaved (see --rounds)")
     p.add_argument("--xla-multithread", action="store_true",
                    help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
     p.add_argument("--pin-cores", default="",
@@ -165,6 +175,15 @@ def time_calls(call, state, repeats: int):
     return first, times, state
 
 
+def head_options(args, support: bool = True) -> dict:
+    """Config options of --value-head: none for mse; else the head, its bins and (offline, SAC) a fixed support
+    (its bounds change no cost)."""
+    if args.value_head == "mse":
+        return {}
+    return {"value_head": args.value_head, "num_bins": args.num_bins,
+            **({"v_min": -100.0, "v_max": 1000.0} if support else {})}
+
+
 def is_offline(mod) -> bool:
     """An offline algorithm's `make_train(config)` returns `train_chunk(states, data)`; a replay-based online
     one's `make_train(config, act_dim)` returns (act, learn)."""
@@ -182,7 +201,7 @@ def offline_setup(mod, args, keys):
         raise RlzooError(f"{Path(mod.__file__).stem} is not an offline algorithm (make_train(config) -> "
                          "train_chunk); use one of iql, td3_bc, cql")
     config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size,
-                        scan_unroll=args.scan_unroll)
+                        scan_unroll=args.scan_unroll, **head_options(args))
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     state, data = shard_seeds(state, data)
@@ -199,7 +218,8 @@ def bench_offline(mod, args, keys, notes: list[str]):
     # update come from the same program built with a 1-update scan.
     # One update may take several gradient steps (TD3+BC: policy_freq critic steps per actor step).
     steps_per_update = getattr(config, "policy_freq", 1)
-    one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=steps_per_update, batch_size=args.batch_size))
+    one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=steps_per_update, batch_size=args.batch_size,
+                                    **head_options(args)))
     # Sharded over several devices, the cost analysis describes one device's share of the seeds.
     seeds_per_program = args.num_seeds / len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
     flops = xla_flops(one, state, data) / seeds_per_program / steps_per_update
@@ -215,7 +235,7 @@ def bench_replay(mod, args, keys, notes: list[str]):
 
     from rlzoo import buffers
 
-    config = mod.Config(num_seeds=args.num_seeds, batch_size=args.batch_size)
+    config = mod.Config(num_seeds=args.num_seeds, batch_size=args.batch_size, **head_options(args))
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     capacity = jax.tree_util.tree_leaves(state["replay"].data)[0].shape[1]  # leaves are [seeds, capacity, ...]
     fill = capacity if args.replay_fill is None else min(args.replay_fill, capacity)
@@ -244,7 +264,7 @@ def bench_pqn(mod, args, keys, notes: list[str]):
     probe = mod.Config(env=args.env)
     rollout = probe.num_envs * probe.num_steps
     config = mod.Config(env=args.env, num_seeds=args.num_seeds, chunk=args.updates * rollout,
-                        total_steps=10 * args.updates * rollout)
+                        total_steps=10 * args.updates * rollout, **head_options(args, support=False))
     _, init, train_chunk, _ = mod.make_minatar(config)
     state, _ = shard_seeds(jax.jit(jax.vmap(init))(keys))
     chunk = jax.jit(jax.vmap(train_chunk), donate_argnums=0)
@@ -265,7 +285,8 @@ def bench_pqn_atari(mod, args, keys, notes: list[str]):
     config = mod.Config(env=args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla)
     rollout = config.num_envs * config.num_steps
     config = mod.Config(env=args.env, num_seeds=args.num_seeds, atari_xla=args.atari_xla,
-                        chunk=args.updates * rollout, total_steps=10 * args.updates * rollout)
+                        chunk=args.updates * rollout, total_steps=10 * args.updates * rollout,
+                        **head_options(args, support=False))
     game = mod.check_config(config)
     envs, network, learn, act_all, eps_schedule, dims = mod.make_atari(config, game, args.num_seeds)
     state = jax.jit(jax.vmap(lambda k: mod.init_state(config, network, k, envs.obs_shape)))(keys)
@@ -371,6 +392,8 @@ def measure(name: str, args, load: tuple, xla_flags: str) -> dict:
     single = SINGLE_THREAD_FLAG in xla_flags
     notes = [f"XLA CPU single-thread flags {'on' if single else 'off'}"
              + ("" if platform == "cpu" else f" (unused on {platform})") + f" (XLA_FLAGS='{xla_flags}')"]
+    if args.value_head != "mse":
+        notes.append(f"value head {args.value_head} ({args.num_bins} bins)")
     first, times, flops, work, unit, batch_size, what = time_algorithm(name, args, notes)
     median = statistics.median(times)
     value = args.num_seeds * work / median
@@ -440,7 +463,7 @@ def check_checkout(checkout: Path, algorithms: list[str]) -> None:
         )
 
 
-def time_in_checkout(checkout: Path, algorithm: str, args) -> dict:
+def time_in_checkout(checkout: Path, algorithm: str, args, extra: tuple[str, ...] = ()) -> dict:
     """One subprocess timing `algorithm` with this run's settings in `checkout` (its own rlzoo, algorithms and
     speed.py: PYTHONPATH and working directory set to it); returns the row it wrote."""
     entry = ["-m", "benchmarks.speed"] if (checkout / "benchmarks" / "__init__.py").is_file() else [
@@ -449,7 +472,7 @@ def time_in_checkout(checkout: Path, algorithm: str, args) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.csv"
-        cmd = [sys.executable, *entry, "--algorithm", algorithm, *shared_flags(args), "--out", str(out)]
+        cmd = [sys.executable, *entry, "--algorithm", algorithm, *shared_flags(args), *extra, "--out", str(out)]
         proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             tail = " ".join(proc.stderr.strip().splitlines()[-3:])
@@ -497,10 +520,49 @@ def against(args) -> list[dict]:
     return rows
 
 
+def compare_heads(args) -> list[dict]:
+    """--rounds rounds of every algorithm with the mse head and each --compare-heads head, in subprocesses of
+    this checkout, the order rotating by round; rows: mse's median, then each head's with its ratio to mse."""
+    heads = ["mse", *args.compare_heads]
+    timed = {(a, h): [] for a in args.algorithm for h in heads}
+    for r in range(args.rounds):
+        for algorithm in args.algorithm:
+            for h in heads[r % len(heads):] + heads[:r % len(heads)]:
+                row = time_in_checkout(ROOT, algorithm, args, ("--value-head", h, "--num-bins", str(args.num_bins)))
+                timed[(algorithm, h)].append(row)
+                print(f"[speed] round {r + 1}/{args.rounds} {algorithm} {h}: {float(row['value']):.1f} {row['unit']}",
+                      flush=True)
+    rows = []
+    for algorithm in args.algorithm:
+        base = None
+        for h in heads:
+            values = [float(x["value"]) for x in timed[(algorithm, h)]]
+            median = statistics.median(values)
+            row = min(timed[(algorithm, h)], key=lambda x: abs(float(x["value"]) - median))
+            row = {**row, "benchmark": "value_head_cost", "value": f"{median:.2f}", "notes": (
+                f"value head {h}; same-run comparison of heads, {len(values)} rounds in subprocesses, value = median "
+                f"of {', '.join(f'{v:.1f}' for v in values)}; " + row["notes"])}
+            if base is None:
+                base = row
+            else:
+                row["baseline"] = f"mse={base['value']}"
+                row["ratio_to_baseline"] = f"{median / float(base['value']):.3f}"
+                print(f"[speed] {algorithm} {h}: {median:.1f} {row['unit']} = {row['ratio_to_baseline']}x mse")
+            rows.append(row)
+    if args.out and args.out != "-":
+        for row in rows:
+            append_row(Path(args.out), row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.against and args.compare_heads:
+        raise RlzooError("--against and --compare-heads are two kinds of A/B; run them one at a time.")
     if args.against:
         return against(args)
+    if args.compare_heads:
+        return compare_heads(args)
     load, xla_flags = setup_process(args)
     return [measure(name, args, load, xla_flags) for name in args.algorithm]
 

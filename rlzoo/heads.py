@@ -150,11 +150,12 @@ def make_head(config, support: tuple[float, float] | None = None) -> ValueHead:
     """The head `config`'s HeadOptions ask for. `support` is the default (v_min, v_max) where --v-min / --v-max
     are unset (e.g. from the dataset's rewards); a classification head with neither is refused."""
     v_min, v_max = config.v_min, config.v_max
-    if config.value_head != "mse" and (v_min is None or v_max is None):
-        if support is None:
-            raise RlzooError(f"--value-head {config.value_head} needs a support: give --v-min and --v-max (the "
-                             "range the values can take, e.g. min and max reward divided by 1 - gamma).")
+    if support is not None:
         v_min = support[0] if v_min is None else v_min
         v_max = support[1] if v_max is None else v_max
+    if config.value_head != "mse" and (v_min is None or v_max is None):
+        raise RlzooError(f"--value-head {config.value_head} needs a support: give --v-min and --v-max (the "
+                         "range the values can take, e.g. min and max reward divided by 1 - gamma).")
+    # the mse head has no support; its fields keep placeholders
     return ValueHead(config.value_head, config.num_bins, -10.0 if v_min is None else float(v_min),
                      10.0 if v_max is None else float(v_max), config.sigma_ratio, config.huber_delta)

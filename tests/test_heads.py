@@ -3,6 +3,7 @@ and every value-based algorithm running with each head."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -200,11 +201,18 @@ def random_batch(key, n, obs_dim, act_dim):
 OFFLINE = {"iql": iql, "td3_bc": td3_bc, "cql": cql}
 
 
+# Metrics of the updates below with default options, from the code before value heads (commit 0eae9a3). On one
+# machine the default (mse) head reproduces them bit for bit (checked when the heads came in: also whole runs of
+# every algorithm); the tolerance only allows another CPU's rounding.
+BEFORE_HEADS = json.loads((REPO / "tests" / "data" / "mse_updates_0eae9a3.json").read_text())
+
+
 @pytest.mark.parametrize("kind", ["mse", "two_hot", "hl_gauss"])
 @pytest.mark.parametrize("name", list(OFFLINE) + ["sac"])
 def test_every_continuous_algorithm_updates_with_each_head(name, kind):
     """A few updates of each algorithm with each head: the critics output one value or num_bins logits, every
-    metric is finite, and the critic's loss falls on a fixed batch."""
+    metric is finite, and the critic's loss falls on a fixed batch; with the default head the first updates
+    give what they gave before value heads existed."""
     mod = OFFLINE.get(name, sac)
     extra = {} if kind == "mse" else {"v_min": -20.0, "v_max": 20.0, "num_bins": 21}
     config = mod.Config(hidden_dims=(32, 32), value_head=kind, **extra)
@@ -219,27 +227,36 @@ def test_every_continuous_algorithm_updates_with_each_head(name, kind):
     if name == "td3_bc":
         batch = jax.tree_util.tree_map(lambda x: jnp.stack([x] * config.policy_freq), batch)
     losses = []
-    for _ in range(30):
+    for i in range(30):
         state, metrics = update(state, batch)
         assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), metrics
+        if kind == "mse" and i < len(BEFORE_HEADS[name]):
+            for key, value in BEFORE_HEADS[name][i].items():
+                assert float(metrics[key]) == pytest.approx(value, rel=1e-5, abs=1e-6), (key, i)
         losses.append(float(metrics["td_loss" if name == "cql" else "critic_loss"]))
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize("kind", ["two_hot", "hl_gauss"])
+@pytest.mark.parametrize("kind", ["mse", "two_hot", "hl_gauss"])
 def test_pqn_trains_a_chunk_with_each_head(kind):
     """PQN on Breakout-MinAtar: the network gives logits per action and bin, the default support is [0, 100]
-    (MinAtar's 0/1 rewards over 1 - gamma), and a chunk of rollouts and updates gives finite metrics."""
+    (MinAtar's 0/1 rewards over 1 - gamma), and a chunk of rollouts and updates gives finite metrics (with the
+    default head, those it gave before value heads)."""
     config = pqn.Config(value_head=kind, num_envs=16, num_steps=8, num_minibatches=4, chunk=256, total_steps=256)
     h = pqn.make_head(config)
     assert (h.v_min, h.v_max) == pytest.approx((0.0, 100.0))
-    network, init, train_chunk, evaluate = pqn.make_minatar(config)
+    network, init, train_chunk, _ = pqn.make_minatar(config)
     state = jax.jit(init)(jax.random.PRNGKey(0))
     out = network.apply(state["train"].params, state["env"]["obs"])
-    assert out.shape == (16, network.num_actions, config.num_bins)
+    assert out.shape == ((16, network.num_actions) if kind == "mse" else (16, network.num_actions, config.num_bins))
     state, metrics = jax.jit(train_chunk)(state)
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
-    assert np.asarray(evaluate(state["train"].params, jax.random.PRNGKey(1))).shape == (config.eval_episodes,)
+    greedy = jax.jit(lambda p, o: jnp.argmax(h.value(network.apply(p, o)), axis=-1))(state["train"].params,
+                                                                                     state["env"]["obs"])
+    assert greedy.shape == (16,)
+    if kind == "mse":
+        for key, value in BEFORE_HEADS["pqn"][0].items():
+            assert float(np.asarray(metrics[key])[-1]) == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def test_offline_support_comes_from_the_scaled_rewards_and_is_saved(pendulum_store, jax_cache_dir, tmp_path,
@@ -274,3 +291,46 @@ def test_sac_classification_head_needs_a_support_off_its_table(jax_cache_dir, tm
     assert_clean_failure(proc, "--value-head two_hot needs a support", "--v-min")
     assert not (tmp_path / "run").exists()
     assert sac.Config.TASKS["HalfCheetah-*"]["v_max"] > 0
+
+
+def test_heads_report_aggregates_each_family_per_head(tmp_path, capsys):
+    """benchmarks.heads reads the runs by their names in scores.csv: MinAtar returns divided by the paper-length
+    mse means, offline scores as recorded; one IQM row per (algorithm, head) that has every task."""
+    from benchmarks import heads as report
+    from benchmarks.results import SCORES_COLUMNS
+
+    rows = []
+
+    def add(algo, task, seed, score, run, steps):
+        rows.append({"algorithm": algo, "task": task, "data_source": "online", "seed": seed, "steps": steps,
+                     "score": score, "score_kind": "last", "wall_s": 1, "device": "cpu", "commit": "x", "date": "d",
+                     "config": f"/root/rlzoo-runs/{run}/config.json", "jax": "0.10.2"})
+
+    for g, game in enumerate(report.GAMES):
+        for seed in range(10):
+            add("pqn", game, seed, 10.0 * (g + 1), f"pqn-{game}-{report.MINATAR_REFERENCE}", 9994240)
+            for h, head in enumerate(report.HEADS):
+                run = f"pqn-{game}-s0-n10-1064960-decay9994240-{head}"
+                add("pqn", game, seed, 10.0 * (g + 1) * (0.5 + 0.1 * h), run, 1064960)
+    for ds in ("hopper-medium-replay", "walker2d-medium-replay"):
+        for seed in range(3):
+            for algo in ("iql", "td3_bc"):
+                add(algo, ds, seed, 40.0 + seed, f"{algo}-{ds}-s0-n3-200k-heads-mse", 200000)
+            add("iql", ds, seed, 50.0 + seed, f"iql-{ds}-s0-n3-200k-heads-hl_gauss", 200000)
+            add("iql", ds, seed, 99.0, f"iql-{ds}-s0-n3-100k-heads-hl_gauss", 100000)  # other length: left out
+    scores = tmp_path / "scores.csv"
+    with scores.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SCORES_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    report.main(["--scores", str(scores), "--out", str(tmp_path / "heads"), "--reps", "200"])
+    minatar = list(csv.DictReader((tmp_path / "heads" / "minatar.csv").open()))
+    assert [r["head"] for r in minatar] == list(report.HEADS)
+    for h, r in enumerate(minatar):
+        assert float(r["iqm"]) == pytest.approx(0.5 + 0.1 * h, rel=1e-3)
+    offline = {(r["algorithm"], r["head"]): r for r in csv.DictReader((tmp_path / "heads" / "offline.csv").open())}
+    assert set(offline) == {("iql", "mse"), ("iql", "hl_gauss"), ("td3_bc", "mse")}
+    assert float(offline[("iql", "hl_gauss")]["mean"]) == pytest.approx(51.0, rel=1e-3)
+    assert (tmp_path / "heads" / "minatar.png").stat().st_size > 0
+    assert "| iql | hl_gauss |" in capsys.readouterr().out
+
