@@ -1,7 +1,7 @@
 """Value heads compared (issue "classification value heads"): rliable IQM with 95% CIs per head, per family.
 
     # the runs (each resumable; rows land in results/scores.csv as each finishes)
-    python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --tag mse
+    python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960            # mse: the runs that exist
     python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --value-head hl_gauss
     python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --value-head two_hot
     python -m benchmarks.offline run --algos iql td3_bc --datasets hopper-medium-replay walker2d-medium-replay \\
@@ -12,9 +12,10 @@
 
 Reads results/scores.csv and writes results/heads/<family>.csv (IQM, median and mean with 95% stratified
 bootstrap CIs, one row per algorithm and head, plus each task's mean) and results/heads/<family>.png.
-Families: `minatar` (PQN, the four games; runs named pqn-<game>-<settings>-<head>, where mse is tagged
-`mse`), each game's return divided by rlzoo's 10-seed mse mean at the paper's length (the H200 runs of
-results/README.md) so that games of different scales aggregate; `offline` (IQL and TD3+BC on the
+Families: `minatar` (PQN, the four games; runs named pqn-<game>-<settings>-<head>, mse's without the
+suffix, i.e. the earlier runs of the same settings, whose numbers the default head leaves unchanged), each
+game's return divided by rlzoo's 10-seed mse mean at the paper's length (the H200 runs of results/README.md)
+so that games of different scales aggregate; `offline` (IQL and TD3+BC on the
 medium-replay datasets; runs tagged heads-<head>), D4RL-normalized scores as recorded.
 """
 
@@ -46,14 +47,13 @@ def run_name(row: dict) -> str:
 
 
 def minatar_runs(rows: list[dict], settings: str) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """{("pqn", head): {game: [score per seed]}} of the runs pqn-<game>-<settings>-<head>, and the normalizer
-    {game: mean return of the reference runs}."""
-    pattern = re.compile(rf"^pqn-(?P<game>[A-Za-z]+-MinAtar)-{re.escape(settings)}-(?P<head>{'|'.join(HEADS)})$")
+    """{("pqn", head): {game: [score per seed]}} of the runs pqn-<game>-<settings>[-<head>] (no suffix: mse)."""
+    pattern = re.compile(rf"^pqn-(?P<game>[A-Za-z]+-MinAtar)-{re.escape(settings)}(-(?P<head>{'|'.join(HEADS)}))?$")
     out: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
         m = pattern.match(run_name(row))
         if row["algorithm"] == "pqn" and m:
-            out[("pqn", m["head"])][m["game"]].append(float(row["score"]))
+            out[("pqn", m["head"] or "mse")][m["game"]].append(float(row["score"]))
     return out
 
 

@@ -310,7 +310,7 @@ def test_heads_report_aggregates_each_family_per_head(tmp_path, capsys):
         for seed in range(10):
             add("pqn", game, seed, 10.0 * (g + 1), f"pqn-{game}-{report.MINATAR_REFERENCE}", 9994240)
             for h, head in enumerate(report.HEADS):
-                run = f"pqn-{game}-s0-n10-1064960-decay9994240-{head}"
+                run = f"pqn-{game}-s0-n10-1064960-decay9994240" + ("" if head == "mse" else f"-{head}")
                 add("pqn", game, seed, 10.0 * (g + 1) * (0.5 + 0.1 * h), run, 1064960)
     for ds in ("hopper-medium-replay", "walker2d-medium-replay"):
         for seed in range(3):
