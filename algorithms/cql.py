@@ -20,7 +20,10 @@ with gain 1 (CORL: 1e-2); the --bc-steps warm start maximizes the likelihood of 
 computed from the parameters before the step, as in CORL.
 With a classification value head (--value-head, rlzoo.heads) the TD term is the head's loss on the dataset
 action's logits, and the logsumexp and every other Q work on the head's values (the expectation over bins), so
-the conservative term pushes the values down, with its gradient through the softmax.
+the conservative term pushes the values down, with its gradient through the softmax. That gradient on a logit
+is p_i (c_i - Q), which grows with the bins' spacing while the cross-entropy's stays O(1), so the term is
+divided by the bin width: measured in bins, cql_alpha keeps its balance against the TD term whatever the
+support (values cannot go below v_min, where the push stops).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Config(heads.HeadOptions, offline.OfflineConfig):
 def make_networks(config: Config, act_dim: int):
     hidden = tuple(config.hidden_dims)
     actor = networks.TanhGaussianActor(act_dim, hidden)
-    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.make_head(config).out_dim})
+    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.num_outputs(config)})
     return actor, critic
 
 
@@ -129,6 +132,7 @@ def make_update(config: Config):
     """One CQL step (actor, temperature, critics, Lagrange weight, targets) on a minibatch, for one seed."""
     n, max_action = config.cql_n_actions, config.max_action
     head = heads.make_head(config)
+    cql_scale = 1.0 if head.kind == "mse" else 1.0 / head.bin_width  # the gap in bins for a classification head
 
     def sample(key, mean, log_std):
         """a = max_action * tanh(u), u ~ N(mean, std), and its log density."""
@@ -187,7 +191,7 @@ def make_update(config: Config):
                 cql_loss = alpha_prime * config.cql_alpha * (gap - config.cql_target_action_gap)
             else:
                 cql_loss = config.cql_alpha * gap
-            return td_loss + cql_loss.sum(), (td_loss, gap, q_data.mean())
+            return td_loss + cql_scale * cql_loss.sum(), (td_loss, gap, q_data.mean())
 
         (q_loss, (td_loss, gap, q_mean)), critic_grads = jax.value_and_grad(critic_loss, has_aux=True)(
             critic.params)

@@ -15,9 +15,11 @@ Observations are normalized with dataset statistics as in CORL (the paper does n
 Value heads (--value-head, rlzoo.heads): Q and V both use the head. The critics' TD regression becomes the
 head's loss against r + gamma V(s'). V's expectile regression becomes the head's loss weighted per sample by
 |tau - 1(Q - V < 0)| (V's current value, no gradient): for the squared error that is the expectile loss itself;
-for a classification head the weighted cross-entropy's fixed point is a distribution whose mean v satisfies
-tau E[(Q - v)+] = (1 - tau) E[(v - Q)+], which is the definition of the tau-expectile, so V still learns the
-upper expectile of Q. The support, if not given, comes from the (scaled) rewards and gamma.
+for a classification head the weighted cross-entropy's fixed point is the weighted mixture of the targets'
+distributions, whose mean v satisfies tau E[(Q - v)+] = (1 - tau) E[(v - Q)+], the definition of the
+tau-expectile, so V still learns the upper expectile of Q: exactly with two_hot (each target's distribution has
+the target as its mean), up to HL-Gauss's smoothing near the support's ends with hl_gauss, and in both cases of
+Q clipped to the support. The support, if not given, comes from the (scaled) rewards and gamma.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Config(heads.HeadOptions, offline.OfflineConfig):
 
 
 def make_networks(config: Config, act_dim: int):
-    hidden, out_dim = tuple(config.hidden_dims), heads.make_head(config).out_dim
+    hidden, out_dim = tuple(config.hidden_dims), heads.num_outputs(config)
     actor = networks.GaussianActor(act_dim, hidden)
     critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": out_dim})
     value = networks.ValueCritic(hidden, out_dim)

@@ -45,6 +45,7 @@ from rlzoo.qlearning import act_eps_greedy, q_lambda_returns
 from rlzoo.run import Run
 
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
+REWARD_RANGE = (0.0, 1.0)  # MinAtar's rewards are 0 or 1 per step: a classification head's default support
 
 
 @dataclass
@@ -92,8 +93,8 @@ class Config(heads.HeadOptions, RunConfig):
 
 
 def make_head(config: Config) -> heads.ValueHead:
-    """The value head; an unset support spans every return of MinAtar's rewards (0 or 1 per step)."""
-    return heads.make_head(config, heads.support_from_rewards(0.0, 1.0, config.gamma))
+    """The value head; an unset support spans every return of MinAtar's rewards: [0, 1 / (1 - gamma)]."""
+    return heads.make_head(config, REWARD_RANGE)
 
 
 def make_network(num_actions: int, obs_div_255: bool = False, num_bins: int = 1) -> QNetwork:
@@ -135,6 +136,7 @@ def make_learn(config: Config, network: QNetwork):
         action = batch["action"].reshape(-1, *([1] * (out.ndim - 1)))
         out_taken = jnp.take_along_axis(out, action, axis=1)[:, 0]
         weight = batch["valid"].astype(jnp.float32)
+        # 0.5 x the head's loss: the paper's 0.5 (Q - G)^2 with mse; a constant factor, also on the cross-entropy
         loss = 0.5 * jnp.sum(weight * head.loss(out_taken, batch["target"])) / jnp.maximum(weight.sum(), 1.0)
         return loss, head.value(out_taken).mean()
 
@@ -252,7 +254,7 @@ def check_config(config: Config) -> None:
 
 
 def main(config: Config) -> dict:
-    run = Run.start(config, "pqn", prepare=check_config)
+    run = Run.start(config, "pqn", prepare=check_config, complete=lambda c, _: heads.with_support(c, REWARD_RANGE))
     config = run.config
     network, init, train_chunk, evaluate_one = make_minatar(config)
     state = run.restore(jax.jit(jax.vmap(init))(run.keys))  # the envs are in the device state: continues exactly

@@ -92,11 +92,14 @@ class Config(heads.HeadOptions, RunConfig):
     """Cap of a greedy evaluation episode in agent steps (27k = the 108k-frame limit)."""
 
 
+def reward_range(config: Config) -> tuple[float, float] | None:
+    """Clipped rewards lie in [-1, 1] (a classification head's default support); raw scores have no such bound."""
+    return (-1.0, 1.0) if config.clip_rewards else None
+
+
 def make_head(config: Config) -> heads.ValueHead:
-    """The value head; with clipped rewards an unset support spans every return of rewards in [-1, 1], without
-    it --v-min and --v-max must be given."""
-    return heads.make_head(config, heads.support_from_rewards(-1.0, 1.0, config.gamma) if config.clip_rewards
-                           else None)
+    """The value head; without clipped rewards a classification head needs --v-min and --v-max."""
+    return heads.make_head(config, reward_range(config))
 
 
 def make_network(num_actions: int, num_bins: int = 1) -> QNetwork:
@@ -137,6 +140,7 @@ def make_learn(config: Config, network: QNetwork):
         action = batch["action"].reshape(-1, *([1] * (out.ndim - 1)))
         out_taken = jnp.take_along_axis(out, action, axis=1)[:, 0]
         weight = batch["valid"].astype(jnp.float32)
+        # 0.5 x the head's loss: the paper's 0.5 (Q - G)^2 with mse; a constant factor, also on the cross-entropy
         loss = 0.5 * jnp.sum(weight * head.loss(out_taken, batch["target"])) / jnp.maximum(weight.sum(), 1.0)
         return loss, head.value(out_taken).mean()
 
@@ -369,7 +373,8 @@ def check_config(config: Config) -> str:
 
 
 def main(config: Config) -> dict:
-    run = Run.start(config, "pqn", prepare=check_config)
+    run = Run.start(config, "pqn", prepare=check_config,
+                    complete=lambda c, _: heads.with_support(c, reward_range(c)))
     config, game = run.config, run.prepared
     envs, network, learn, act_all, eps_schedule, dims = make_atari(config, game, len(run.seeds))
     state = jax.jit(jax.vmap(lambda k: init_state(config, network, k, envs.obs_shape)))(run.keys)

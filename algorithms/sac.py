@@ -11,13 +11,14 @@ are written to a device-resident replay buffer and the same number of updates ru
 block). Seeds are a vmapped axis of the whole training state.
 
 With a classification value head (--value-head, rlzoo.heads) the critics are trained with the head's loss and
-every Q is the head's value; the support comes from Config.TASKS (the env's reward range over 1 - gamma) or
---v-min / --v-max.
+every Q is the head's value; the support comes from the task's reward range (Config.REWARD_RANGES) and gamma,
+or --v-min / --v-max.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from functools import partial
 from typing import ClassVar
 
@@ -41,16 +42,17 @@ from rlzoo.run import Run
 
 @dataclass
 class Config(heads.HeadOptions, RunConfig):
-    TASKS: ClassVar[dict] = {
-        # Supports of a classification value head, for gamma 0.99: per-step rewards seen between a random policy
-        # and envs/policies' expert (HalfCheetah -2.7..10.9, Hopper -0.6..4.3, Walker2d -1.3..9.6, Ant
-        # -2.7..7.9), widened by about half for better policies and the entropy bonus, divided by 1 - gamma.
-        "HalfCheetah-*": {"v_min": -400.0, "v_max": 1600.0},
-        "Hopper-*": {"v_min": -100.0, "v_max": 700.0},
-        "Walker2d-*": {"v_min": -200.0, "v_max": 1400.0},
-        "Ant-*": {"v_min": -400.0, "v_max": 1200.0},
+    REWARD_RANGES: ClassVar[dict] = {
+        # Per-step rewards seen between a random policy and envs/policies' expert (HalfCheetah -2.7..10.9, Hopper
+        # -0.6..4.3, Walker2d -1.3..9.6, Ant -2.7..7.9), widened by about half for better policies and the
+        # entropy bonus in SAC's soft values.
+        "HalfCheetah-*": (-4.0, 16.0),
+        "Hopper-*": (-1.0, 7.0),
+        "Walker2d-*": (-2.0, 14.0),
+        "Ant-*": (-4.0, 12.0),
     }
-    """Per-task defaults (a glob over --env ids -> options); flags on the command line override them."""
+    """Reward range per task (a glob over --env ids): a classification value head's default support is
+    derived from it and gamma (rlzoo.heads.support_from_rewards); other tasks need --v-min and --v-max."""
 
     env: str = "HalfCheetah-v5"
     """Gymnasium env id (MuJoCo v5)."""
@@ -92,10 +94,15 @@ class Config(heads.HeadOptions, RunConfig):
     run_dir/replay.npz (python -m envs.build_dataset builds medium-replay datasets from it)."""
 
 
+def reward_range(config: Config) -> tuple[float, float] | None:
+    """The task's reward range from Config.REWARD_RANGES, if it lists the task."""
+    return next((r for pattern, r in Config.REWARD_RANGES.items() if fnmatch(config.env, pattern)), None)
+
+
 def make_networks(config: Config, act_dim: int):
     actor = networks.TanhGaussianActor(act_dim, tuple(config.hidden_dims))
     critic = networks.Ensemble(networks.Critic, config.num_critics, {"hidden_dims": tuple(config.hidden_dims),
-                                                                     "out_dim": heads.make_head(config).out_dim})
+                                                                     "out_dim": heads.num_outputs(config)})
     return actor, critic
 
 
@@ -122,7 +129,7 @@ def init_state(config: Config, key: jax.Array, obs_dim: int, act_dim: int) -> di
 def make_update(config: Config, act_dim: int):
     """One SAC gradient step on a minibatch, for one seed."""
     target_entropy = -float(act_dim)
-    head = heads.make_head(config)
+    head = heads.make_head(config, reward_range(config))
 
     def update(state: dict, batch: dict) -> tuple[dict, dict]:
         actor, critic, log_alpha = state["actor"], state["critic"], state["log_alpha"]
@@ -208,7 +215,7 @@ def make_train(config: Config, act_dim: int):
 def check_config(config: Config) -> None:
     """Reject bad options before the run directory is created."""
     check_env_id(config.env)
-    heads.make_head(config)  # a classification head on a task without a support in TASKS needs --v-min/--v-max
+    heads.make_head(config, reward_range(config))  # a classification head off REWARD_RANGES needs --v-min/--v-max
     if config.update_every <= 0 or config.chunk % config.update_every or config.learning_starts % config.update_every:
         raise RlzooError(f"--chunk ({config.chunk}) and --learning-starts ({config.learning_starts}) must be "
                          f"multiples of --update-every ({config.update_every})")
@@ -235,7 +242,8 @@ def save_replay(path, replay: buffers.Replay, seeds: list[int]) -> None:
 
 
 def main(config: Config) -> dict:
-    run = Run.start(config, "sac", prepare=check_config)
+    run = Run.start(config, "sac", prepare=check_config,
+                    complete=lambda c, _: heads.with_support(c, reward_range(c)))
     config = run.config
     envs = HostVectorEnv(config.env, run.seeds)
     if not np.allclose(np.abs(envs.low), np.abs(envs.high)):

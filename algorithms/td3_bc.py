@@ -54,7 +54,7 @@ class Config(heads.HeadOptions, offline.OfflineConfig):
 def make_networks(config: Config, act_dim: int):
     hidden = tuple(config.hidden_dims)
     actor = networks.DeterministicActor(act_dim, hidden, config.max_action)
-    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.make_head(config).out_dim})
+    critic = networks.Ensemble(networks.Critic, 2, {"hidden_dims": hidden, "out_dim": heads.num_outputs(config)})
     return actor, critic
 
 

@@ -46,9 +46,12 @@ def run_name(row: dict) -> str:
     return Path(row["config"]).parent.name
 
 
-def minatar_runs(rows: list[dict], settings: str) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """{("pqn", head): {game: [score per seed]}} of the runs pqn-<game>-<settings>[-<head>] (no suffix: mse)."""
-    pattern = re.compile(rf"^pqn-(?P<game>[A-Za-z]+-MinAtar)-{re.escape(settings)}(-(?P<head>{'|'.join(HEADS)}))?$")
+def minatar_runs(rows: list[dict], settings: str, tag: str = "") -> dict[tuple[str, str], dict[str, list[float]]]:
+    """{("pqn", head): {game: [score per seed]}} of the runs pqn-<game>-<settings>[-<head>][-<tag>] (no head:
+    mse), as benchmarks.minatar names them."""
+    tail = f"-{re.escape(tag)}" if tag else ""
+    pattern = re.compile(
+        rf"^pqn-(?P<game>[A-Za-z]+-MinAtar)-{re.escape(settings)}(-(?P<head>{'|'.join(HEADS)}))?{tail}$")
     out: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
         m = pattern.match(run_name(row))
@@ -86,6 +89,7 @@ def aggregate(runs: dict, tasks: tuple[str, ...] | None, reps: int) -> list[dict
     out = []
     for (algo, head), per_task in sorted(runs.items(), key=lambda kv: (kv[0][0], HEADS.index(kv[0][1]))):
         if any(t not in per_task for t in all_tasks):
+            print(f"[heads] {algo} {head}: left out, no runs on {', '.join(t for t in all_tasks if t not in per_task)}")
             continue
         seeds = min(len(per_task[t]) for t in all_tasks)
         matrix = np.stack([np.asarray(per_task[t][:seeds]) for t in all_tasks], axis=1)
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scores", default=str(ROOT / "results" / "scores.csv"))
     p.add_argument("--out", default=str(ROOT / "results" / "heads"))
     p.add_argument("--minatar-settings", default="s0-n10-1064960-decay9994240")
+    p.add_argument("--minatar-tag", default="", help="the runs' --tag (e.g. gpu-h200)")
     p.add_argument("--offline-steps", type=int, default=200_000)
     p.add_argument("--reps", type=int, default=5000, help="bootstrap resamples")
     args = p.parse_args(argv)
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     norm = minatar_normalizer(rows)
     minatar = {k: {g: [s / norm[g] for s in v] for g, v in per.items() if g in norm}
-               for k, per in minatar_runs(rows, args.minatar_settings).items()}
+               for k, per in minatar_runs(rows, args.minatar_settings, args.minatar_tag).items()}
     agg = aggregate(minatar, GAMES, args.reps)
     if agg:
         write(agg, "minatar", f"PQN on MinAtar, {args.minatar_settings}: return / rlzoo's paper-length mse mean",

@@ -539,8 +539,9 @@ def compare_heads(args) -> list[dict]:
             values = [float(x["value"]) for x in timed[(algorithm, h)]]
             median = statistics.median(values)
             row = min(timed[(algorithm, h)], key=lambda x: abs(float(x["value"]) - median))
+            label = "value head mse; " if h == "mse" else ""  # the other heads' rows name theirs already
             row = {**row, "benchmark": "value_head_cost", "value": f"{median:.2f}", "notes": (
-                f"value head {h}; same-run comparison of heads, {len(values)} rounds in subprocesses, value = median "
+                f"{label}same-run comparison of value heads, {len(values)} rounds in subprocesses, value = median "
                 f"of {', '.join(f'{v:.1f}' for v in values)}; " + row["notes"])}
             if base is None:
                 base = row
@@ -557,8 +558,9 @@ def compare_heads(args) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    if args.against and args.compare_heads:
-        raise RlzooError("--against and --compare-heads are two kinds of A/B; run them one at a time.")
+    if args.against and (args.compare_heads or args.value_head != "mse"):
+        raise RlzooError("--against times both checkouts with their default (mse) value head: leave out "
+                         "--value-head and --compare-heads (another kind of A/B; run it on its own).")
     if args.against:
         return against(args)
     if args.compare_heads:

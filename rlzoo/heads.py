@@ -17,6 +17,7 @@ files build it once from their Config (`make_head(config)`) and close over it in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -44,16 +45,16 @@ class HeadOptions:
     num_bins: int = option(101, ">= 2")
     """Bins (atoms) of a classification head."""
     v_min: float | None = option(None, "any")
-    """Lower end of a classification head's support. Unset: min(r_min, r_min / (1 - gamma)) with r_min the
-    smallest (scaled) reward of the dataset (offline) or of the algorithm's per-task table (online), which bounds
-    the value of every policy; targets below it are clipped."""
+    """Lower end of a classification head's support (None: derived, and saved in config.json): min(r_min,
+    r_min / (1 - gamma)), r_min the smallest reward (offline: of the dataset, after --scale-rewards; online: of
+    the task, as the algorithm file states), which bounds every policy's value; lower targets are clipped."""
     v_max: float | None = option(None, "any")
-    """Upper end of the support. Unset: max(r_max, r_max / (1 - gamma)), as --v-min."""
+    """Upper end of the support (None: derived as --v-min's, max(r_max, r_max / (1 - gamma)))."""
     sigma_ratio: float = option(0.75, "> 0")
     """hl_gauss: the Gaussian's sigma in bin widths (the paper: 0.75)."""
     huber_delta: float = option(0.0, ">= 0")
-    """mse: 0 for the squared error, else a Huber loss with this threshold (equal to the squared error inside
-    it, linear outside)."""
+    """mse only: 0 for the squared error, else a Huber loss with this threshold (equal to the squared error
+    inside it, linear outside)."""
 
 
 def support_from_rewards(r_min: float, r_max: float, gamma: float) -> tuple[float, float]:
@@ -121,7 +122,8 @@ class ValueHead:
         targets are clipped to [v_min, v_max]."""
         y = jnp.clip(target, self.v_min, self.v_max)[..., None]
         if self.kind == "two_hot":
-            pos = (y[..., 0] - self.v_min) / self.bin_width
+            # float32 rounding can put a target at v_max a hair past the last atom: clip, or a mass goes negative
+            pos = jnp.clip((y[..., 0] - self.v_min) / self.bin_width, 0, self.num_bins - 1)
             lower = jnp.clip(jnp.floor(pos), 0, self.num_bins - 2)
             upper_mass = pos - lower
             lower = lower.astype(jnp.int32)
@@ -141,21 +143,35 @@ class ValueHead:
         if self.kind == "mse":
             if self.huber_delta > 0:
                 return 2.0 * optax.huber_loss(out, jax.lax.stop_gradient(target), delta=self.huber_delta)
-            return (out - target) ** 2
+            return (out - jax.lax.stop_gradient(target)) ** 2
         probs = jax.lax.stop_gradient(self.target_probs(target))
         return optax.softmax_cross_entropy(out, probs)
 
 
-def make_head(config, support: tuple[float, float] | None = None) -> ValueHead:
-    """The head `config`'s HeadOptions ask for. `support` is the default (v_min, v_max) where --v-min / --v-max
-    are unset (e.g. from the dataset's rewards); a classification head with neither is refused."""
-    v_min, v_max = config.v_min, config.v_max
-    if support is not None:
-        v_min = support[0] if v_min is None else v_min
-        v_max = support[1] if v_max is None else v_max
-    if config.value_head != "mse" and (v_min is None or v_max is None):
-        raise RlzooError(f"--value-head {config.value_head} needs a support: give --v-min and --v-max (the "
-                         "range the values can take, e.g. min and max reward divided by 1 - gamma).")
-    # the mse head has no support; its fields keep placeholders
-    return ValueHead(config.value_head, config.num_bins, -10.0 if v_min is None else float(v_min),
-                     10.0 if v_max is None else float(v_max), config.sigma_ratio, config.huber_delta)
+def with_support(config, reward_range: tuple[float, float] | None):
+    """`config` with a classification head's unset --v-min / --v-max derived from `reward_range` (r_min, r_max)
+    and config.gamma (`support_from_rewards`); other configs, and an unknown range, are returned as they are.
+    Algorithms give it to `Run.start(complete=...)`, so that config.json records the support a run used."""
+    if config.value_head == "mse" or reward_range is None or (config.v_min is not None and config.v_max is not None):
+        return config
+    v_min, v_max = support_from_rewards(*reward_range, config.gamma)
+    return dataclasses.replace(config, v_min=v_min if config.v_min is None else config.v_min,
+                               v_max=v_max if config.v_max is None else config.v_max)
+
+
+def num_outputs(config) -> int:
+    """Network outputs per value for `config`'s head (1, or the number of bins): all a network needs."""
+    return 1 if config.value_head == "mse" else config.num_bins
+
+
+def make_head(config, reward_range: tuple[float, float] | None = None) -> ValueHead:
+    """The head `config`'s HeadOptions ask for; an unset support is derived from `reward_range` as in
+    `with_support`, and a classification head with neither is refused."""
+    config = with_support(config, reward_range)
+    if config.value_head == "mse":  # no support: the fields keep placeholders
+        return ValueHead("mse", config.num_bins, huber_delta=config.huber_delta)
+    if config.v_min is None or config.v_max is None:
+        raise RlzooError(f"--value-head {config.value_head} needs a support here: give --v-min and --v-max (the "
+                         "range the values can take, e.g. the smallest and largest reward divided by 1 - gamma).")
+    return ValueHead(config.value_head, config.num_bins, float(config.v_min), float(config.v_max),
+                     config.sigma_ratio, config.huber_delta)

@@ -11,7 +11,6 @@ resume, and write the summary.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -108,12 +107,10 @@ def with_value_support(config: OfflineConfig, dataset: datasets.OfflineDataset) 
     """`config` with a classification value head's unset --v-min / --v-max derived from the rewards it trains on
     (after --scale-rewards) and its discount (`heads.support_from_rewards`); other configs are returned as
     they are."""
-    if getattr(config, "value_head", "mse") == "mse" or (config.v_min is not None and config.v_max is not None):
+    if getattr(config, "value_head", "mse") == "mse":
         return config
     rewards = dataset.rewards * (dataset.reward_scale() if config.scale_rewards else 1.0)
-    v_min, v_max = heads.support_from_rewards(float(rewards.min()), float(rewards.max()), config.gamma)
-    return dataclasses.replace(config, v_min=v_min if config.v_min is None else config.v_min,
-                               v_max=v_max if config.v_max is None else config.v_max)
+    return heads.with_support(config, (float(rewards.min()), float(rewards.max())))
 
 
 def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_train: Callable,

@@ -56,10 +56,19 @@ def test_two_hot_recovers_targets_exactly_on_two_neighbouring_atoms():
     y = jnp.linspace(-10.0, 10.0, 1237)
     probs = h.target_probs(y)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
-    assert int((probs > 0).sum(-1).max()) <= 2
+    assert float(probs.min()) >= 0.0 and int((probs > 0).sum(-1).max()) <= 2
     np.testing.assert_allclose(probs @ h.centers(), y, atol=1e-5)
     on_atom = h.target_probs(jnp.float32(h.centers()[7]))
     assert float(on_atom[7]) == pytest.approx(1.0, abs=1e-5)
+    # supports with arbitrary float ends (as offline datasets give): no negative mass at the edges either
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        lo = float(rng.uniform(-500, 0))
+        hi = lo + float(rng.uniform(1, 2000))
+        g = heads.ValueHead("two_hot", num_bins=int(rng.integers(2, 201)), v_min=lo, v_max=hi)
+        p = g.target_probs(jnp.array([lo, hi, 2 * hi, lo - 1.0, (lo + hi) / 2], jnp.float32))
+        assert float(p.min()) >= 0.0
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", CLASSIFICATION)
@@ -67,10 +76,9 @@ def test_targets_clip_at_the_support_edges(kind):
     h = head(kind)
     for beyond, edge in ((25.0, 10.0), (-1e6, -10.0)):
         np.testing.assert_array_equal(h.target_probs(jnp.float32(beyond)), h.target_probs(jnp.float32(edge)))
-    # logits that put all mass on the last bin give (about) the top of the support, never more
+    # logits that put all mass on the last bin give the last centre (two_hot: v_max itself)
     logits = jnp.full(51, -1e4).at[-1].set(0.0)
     assert float(h.value(logits)) == pytest.approx(float(h.centers()[-1]), abs=1e-4)
-    assert float(h.value(logits)) <= 10.0
 
 
 def test_value_of_softmax_logits_is_the_expectation_and_loss_is_cross_entropy():
@@ -80,8 +88,10 @@ def test_value_of_softmax_logits_is_the_expectation_and_loss_is_cross_entropy():
     target = jnp.array([-3.0, 0.0, 2.5, 9.9])
     expected = -(h.target_probs(target) * jax.nn.log_softmax(logits)).sum(-1)
     np.testing.assert_allclose(h.loss(logits, target), expected, rtol=1e-5)
-    # no gradient flows into the target
-    assert float(jax.grad(lambda t: h.loss(logits, t).sum())(target).__abs__().max()) == 0.0
+    # no head lets gradient into the target
+    for g, out in ((h, logits), (head("two_hot"), logits), (heads.ValueHead(), logits[:, 0]),
+                   (heads.ValueHead(huber_delta=1.0), logits[:, 0])):
+        assert float(jnp.abs(jax.grad(lambda t, g=g, out=out: g.loss(out, t).sum())(target)).max()) == 0.0
 
 
 def test_mse_head_is_the_identity_and_the_squared_error_and_huber_is_linear_outside_delta():
@@ -111,6 +121,12 @@ def test_bad_head_settings_are_refused_with_what_to_do():
         heads.ValueHead("l2")
     with pytest.raises(RlzooError, match="needs a support"):
         heads.make_head(heads.HeadOptions(value_head="two_hot"))
+    # the mse head needs no support: gamma 1 stays allowed (PQN's range is [0, 1]); a classification head there
+    # needs the support given
+    assert pqn.make_head(pqn.Config(gamma=1.0)).kind == "mse"
+    with pytest.raises(RlzooError, match="--gamma 1.0"):
+        pqn.make_head(pqn.Config(gamma=1.0, value_head="hl_gauss"))
+    assert pqn.make_head(pqn.Config(gamma=1.0, value_head="hl_gauss", v_min=0.0, v_max=50.0)).v_max == 50.0
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -244,7 +260,8 @@ def test_pqn_trains_a_chunk_with_each_head(kind):
     default head, those it gave before value heads)."""
     config = pqn.Config(value_head=kind, num_envs=16, num_steps=8, num_minibatches=4, chunk=256, total_steps=256)
     h = pqn.make_head(config)
-    assert (h.v_min, h.v_max) == pytest.approx((0.0, 100.0))
+    if kind != "mse":
+        assert (h.v_min, h.v_max) == pytest.approx((0.0, 100.0))
     network, init, train_chunk, _ = pqn.make_minatar(config)
     state = jax.jit(init)(jax.random.PRNGKey(0))
     out = network.apply(state["train"].params, state["env"]["obs"])
@@ -281,6 +298,9 @@ def test_offline_support_comes_from_the_scaled_rewards_and_is_saved(pendulum_sto
     assert (saved["v_min"], saved["v_max"]) == pytest.approx(expected)
     assert saved["value_head"] == "hl_gauss" and saved["num_bins"] == 31
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 200
+    train = list(csv.DictReader((run_dir / "train.csv").open()))
+    q = [float(r["q_mean"]) for r in train]
+    assert all(expected[0] <= v <= expected[1] for v in q) and all(np.isfinite(float(r["critic_loss"])) for r in train)
 
 
 def test_sac_classification_head_needs_a_support_off_its_table(jax_cache_dir, tmp_path):
@@ -290,7 +310,7 @@ def test_sac_classification_head_needs_a_support_off_its_table(jax_cache_dir, tm
                           timeout=300)
     assert_clean_failure(proc, "--value-head two_hot needs a support", "--v-min")
     assert not (tmp_path / "run").exists()
-    assert sac.Config.TASKS["HalfCheetah-*"]["v_max"] > 0
+    assert sac.reward_range(sac.Config(env="HalfCheetah-v5")) == (-4.0, 16.0)
 
 
 def test_heads_report_aggregates_each_family_per_head(tmp_path, capsys):
