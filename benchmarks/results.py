@@ -13,7 +13,25 @@ from pathlib import Path
 from rlzoo.errors import RlzooError
 
 SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
-                  "commit", "date", "config", "jax"]
+                  "commit", "date", "config", "jax", "ran_on"]
+
+
+def ran_on(summary: dict) -> str:
+    """Where a run ran, `<launcher>@<host>` (e.g. ray@node-3, slurm@gpu017, direct@laptop); '' for runs recorded
+    before summaries named it."""
+    return f"{summary.get('launcher', 'direct')}@{summary['host']}" if summary.get("host") else ""
+
+
+def upgrade(path: Path, header: list[str]) -> bool:
+    """Give a scores CSV of the format before `ran_on` that column (empty: not recorded then); False if `header`
+    is not that format."""
+    if header != SCORES_COLUMNS[:-1]:
+        return False
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([SCORES_COLUMNS] + [row + [""] for row in rows[1:]])
+    return True
 
 
 def append_scores(path: Path, summary: dict, config_ref: str) -> None:
@@ -25,7 +43,7 @@ def append_scores(path: Path, summary: dict, config_ref: str) -> None:
     if not new:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
-        if header != SCORES_COLUMNS:
+        if header != SCORES_COLUMNS and not upgrade(path, header):
             raise RlzooError(
                 f"{path} has the columns {', '.join(header)}, not those of a scores CSV ({', '.join(SCORES_COLUMNS)}): "
                 "it is another file or an older format. Move it aside (or name another file) and record again."
@@ -37,4 +55,5 @@ def append_scores(path: Path, summary: dict, config_ref: str) -> None:
         for seed, score in summary["final_scores"].items():
             writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
                              round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
-                             summary["commit"], summary["date"], config_ref, summary.get("jax", "")])
+                             summary["commit"], summary["date"], config_ref, summary.get("jax", ""),
+                             ran_on(summary)])
