@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import offline_report
-from benchmarks.launch import ROOT, algorithm_module, start_or_resume_command
+from benchmarks.launch import ROOT, algorithm_module, run_commands
 from benchmarks.record_run import already_recorded, record, short_steps
+from benchmarks.sweep_task import run_point
 from rlzoo.checkpoint import has_checkpoint
 from rlzoo.errors import RlzooError
 
@@ -153,25 +152,29 @@ def check_same_flags(job: Job) -> None:
         )
 
 
-def command(job: Job, args: argparse.Namespace) -> list[str]:
-    """The algorithm process of one run: a fresh start, or --resume of an interrupted one."""
+def commands(job: Job, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The algorithm process of one run: (fresh start, --resume of an interrupted one); whoever runs it picks."""
     fresh = ["--env", job.dataset, "--seed", str(args.seed), "--num-seeds", str(args.num_seeds),
              "--total-steps", str(args.total_steps)]
-    return start_or_resume_command(job.algo, job.run_dir, fresh) + ["--quiet", *job.extra]
+    tail = ["--quiet", *job.extra] + (["--wandb"] if getattr(args, "wandb", False) else [])
+    start, resume = run_commands(job.algo, job.run_dir, fresh)
+    return start + tail, resume + tail
 
 
-def execute(job: Job, cmd: list[str]) -> tuple[int, float]:
-    """Run one algorithm process with its output appended to <run dir>/harness.log."""
+def prepare(job: Job) -> None:
+    """The run directory with the harness's record of the flags it was started with (harness.json)."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     saved = job.run_dir / "harness.json"
     if not saved.exists():
         saved.write_text(json.dumps({"algorithm": job.algo, "dataset": job.dataset, "extra": job.extra}, indent=2))
-    t0 = time.perf_counter()
-    with (job.run_dir / "harness.log").open("a") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    return rc, time.perf_counter() - t0
+
+
+def execute(job: Job, args: argparse.Namespace, launcher: str = "local") -> tuple[int, float]:
+    """Run one algorithm process here, its output appended to <run dir>/harness.log (sweep_task.run_point, what
+    every sweep backend runs); its summary names `launcher` and this host."""
+    prepare(job)
+    out = run_point(*commands(job, args), str(job.run_dir), str(ROOT), {"RLZOO_LAUNCHER": launcher})
+    return out["rc"], out["wall_s"]
 
 
 def log_tail(job: Job, lines: int = 12) -> str:
@@ -209,12 +212,15 @@ class Sweep:
         print(f"{prefix}final scores: {report_scores(job)}", flush=True)
         self.done += 1
 
-    def start(self, i: int, job: Job) -> tuple[int, float]:
-        """Run one algorithm process (fresh or resumed) to its end."""
+    def announce(self, i: int, job: Job, where: str = "") -> None:
         how = "resuming from its newest checkpoint" if job.resumable else "starting"
-        print(f"[{i}/{len(self.jobs)}] {job.algo} on {job.dataset} ({job.source} data): {how}; "
+        print(f"[{i}/{len(self.jobs)}] {job.algo} on {job.dataset} ({job.source} data): {how}{where}; "
               f"log {job.run_dir}/harness.log", flush=True)
-        return execute(job, command(job, self.args))
+
+    def start(self, i: int, job: Job) -> tuple[int, float]:
+        """Run one algorithm process (fresh or resumed) to its end, here."""
+        self.announce(i, job)
+        return execute(job, self.args)
 
     def ended(self, i: int, job: Job, rc: int, wall: float) -> None:
         """Record a run whose process exited cleanly with its summary, or report it failed."""
@@ -226,14 +232,23 @@ class Sweep:
               f"{log_tail(job)}", flush=True)
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    jobs = plan(args)
+def run_locally(sweep: Sweep, pending: list[tuple[int, Job]]):
+    """(index, job, exit code, seconds) of each pending run as it ends, --jobs of them at a time on this machine."""
+    pool = ThreadPoolExecutor(max_workers=sweep.args.jobs or 1)
+    try:
+        futures = {pool.submit(sweep.start, i, job): (i, job) for i, job in pending}
+        for future in as_completed(futures):
+            yield (*futures[future], *future.result())
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the running algorithm processes too (they keep their checkpoints); start no queued run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def run_jobs(jobs: list[Job], args: argparse.Namespace, runner=run_locally) -> int:
+    """Record the finished runs, have `runner(sweep, pending)` run the others, record each as it ends."""
     sweep = Sweep(jobs, args)
-    print(
-        f"[offline] {len(jobs)} runs: {', '.join(args.algos)} × {len(jobs) // len(args.algos)} datasets, seeds "
-        f"{args.seed}..{args.seed + args.num_seeds - 1} (vmapped), {args.total_steps:,} steps; runs in "
-        f"{Path(args.runs_root).expanduser()}, results in {args.results}"
-    )
     pending = []
     for i, job in enumerate(jobs, 1):
         if job.finished:
@@ -243,16 +258,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             sweep.recorded(i, job, quiet=True)
         else:
             pending.append((i, job))
-    pool = ThreadPoolExecutor(max_workers=args.jobs)
-    try:
-        futures = {pool.submit(sweep.start, i, job): (i, job) for i, job in pending}
-        for future in as_completed(futures):
-            sweep.ended(*futures[future], *future.result())
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the running algorithm processes too (they keep their checkpoints); start no queued run.
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+    for i, job, rc, wall in runner(sweep, pending) if pending else ():
+        sweep.ended(i, job, rc, wall)
     failed = sweep.failed
     print(
         f"[offline] {sweep.done} of {len(jobs)} runs finished and recorded in {sweep.scores_csv}"
@@ -261,6 +268,16 @@ def run_sweep(args: argparse.Namespace) -> int:
         + f". Report: python -m benchmarks.offline report --results {args.results}"
     )
     return 1 if failed else 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    jobs = plan(args)
+    print(
+        f"[offline] {len(jobs)} runs: {', '.join(args.algos)} × {len(jobs) // len(args.algos)} datasets, seeds "
+        f"{args.seed}..{args.seed + args.num_seeds - 1} (vmapped), {args.total_steps:,} steps; runs in "
+        f"{Path(args.runs_root).expanduser()}, results in {args.results}"
+    )
+    return run_jobs(jobs, args)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -294,6 +311,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--tag", default="", help="suffix of the run names, for sweeps with other algorithm flags")
     r.add_argument("--runs-root", default="~/rlzoo-runs/offline", help="where run directories go")
     r.add_argument("--results", default=str(ROOT / "results"), help="results folder (scores.csv, curves/)")
+    from benchmarks import sweep
+
+    sweep.add_arguments(sub.add_parser(
+        "sweep",
+        help="run (or resume) a grid from a configs/*.toml file here, on Ray or on SLURM, and record it (sweep.py)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=sweep.__doc__.split("\n\n")[0],
+    ))
     offline_report.add_arguments(sub.add_parser(
         "report",
         help="table, learning curves and aggregate plots from results/scores.csv (benchmarks/offline_report.py)",
@@ -301,7 +326,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ))
     args = parser.parse_args(argv)
     if extra and args.command != "run":
-        parser.error("flags after `--` are passed to the algorithms and only make sense with `run`")
+        parser.error("flags after `--` are passed to the algorithms and only make sense with `run` (a sweep takes "
+                     "them from its file's [flags])")
     args.extra = extra
     return args
 
@@ -309,6 +335,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command == "sweep":
+            from benchmarks import sweep
+
+            return sweep.run(args)
         return run_sweep(args) if args.command == "run" else offline_report.report(args)
     except RlzooError as err:
         print(
