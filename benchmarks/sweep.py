@@ -262,17 +262,17 @@ def run_on_slurm(sweep: offline.Sweep, pending: list[tuple[int, offline.Job]]):
     """The points as one SLURM job array (submitit; --partition, --time-min, --gpus-per-point, at most --jobs
     running at once); a point that times out or is preempted is requeued and resumes from its checkpoint."""
     args = sweep.args
-    try:
-        import cloudpickle
-        import submitit
-    except ImportError:
-        raise RlzooError(f"--backend slurm needs submitit, which is not installed here: {INSTALL}.") from None
     if args.slurm_cluster is None and shutil.which("sbatch") is None:
         raise RlzooError(
             "--backend slurm: this machine has no SLURM (no sbatch on PATH). Run the command on the "
             "cluster's login node, or add --slurm-cluster local to try the same submission here "
             "(submitit's local executor)."
         )
+    try:
+        import cloudpickle
+        import submitit
+    except ImportError:
+        raise RlzooError(f"--backend slurm needs submitit, which is not installed here: {INSTALL}.") from None
     cloudpickle.register_pickle_by_value(sweep_task)
     folder = Path(args.runs_root).expanduser() / "submitit" / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster=args.slurm_cluster)

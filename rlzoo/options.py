@@ -106,7 +106,7 @@ class RunConfig:
     resume: str | None = None
     """Resume the run in this directory from its newest checkpoint (its saved hyperparameters are used)."""
     wandb: bool = False
-    """Log to Weights & Biases, one run per seed grouped by run name."""
+    """Log to Weights & Biases: one run per seed, grouped by the run directory's name."""
     wandb_project: str = "rlzoo"
     """Weights & Biases project."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"

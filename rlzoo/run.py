@@ -99,13 +99,15 @@ class Run:
         return state
 
     def make_logger(self, score_name: str, extra_config: dict | None = None) -> RunLogger:
-        """The run's progress bar, CSVs and optional wandb run, named `<algorithm>-<env>`; `extra_config` (e.g.
-        the dataset's summary) is recorded beside the hyperparameters."""
+        """The run's progress bar and CSVs, named `<algorithm>-<env>`, and optional wandb runs, one per seed in a
+        group named by the run directory (so each point of a sweep is its own group); `extra_config` (e.g. the
+        dataset's summary) is recorded beside the hyperparameters."""
         cfg = self.config
         self.logger = RunLogger(self.run_dir, f"{self.algorithm}-{cfg.env}", cfg.num_seeds, self.seeds,
                                 cfg.total_steps, self.start_step, score_name,
                                 config={**dataclasses.asdict(cfg), **(extra_config or {})}, use_wandb=cfg.wandb,
-                                wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode, quiet=cfg.quiet)
+                                wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode, quiet=cfg.quiet,
+                                group=self.run_dir.resolve().name)
         return self.logger
 
     def train(self, state, chunk: Callable, evaluate: Callable, score_name: str, extra_config: dict | None = None):
