@@ -12,6 +12,8 @@
     # flags after `--` go to every algorithm process unchanged
     python -m benchmarks.offline run --algos iql td3_bc --datasets hopper-medium -- --eval-every 10000
     python -m benchmarks.offline run ... --jobs 2        # two runs at a time (one CPU core each)
+    # a grid from a file under configs/, here, on a Ray cluster or on SLURM (benchmarks/sweep.py)
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml --backend ray --address auto
     # table, learning curves and rliable aggregates from results/scores.csv (benchmarks/offline_report.py)
     python -m benchmarks.offline report
 
