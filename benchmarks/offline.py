@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
+import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -171,12 +173,25 @@ def prepare(job: Job) -> None:
         saved.write_text(json.dumps({"algorithm": job.algo, "dataset": job.dataset, "extra": job.extra}, indent=2))
 
 
-def execute(job: Job, args: argparse.Namespace, launcher: str = "local") -> tuple[int, float]:
+def execute(job: Job, args: argparse.Namespace, env: dict | None = None) -> tuple[int, float]:
     """Run one algorithm process here, its output appended to <run dir>/harness.log (sweep_task.run_point, what
-    every sweep backend runs); its summary names `launcher` and this host."""
+    every sweep backend runs), with `env` added to its environment; its summary names this host."""
     prepare(job)
-    out = run_point(*commands(job, args), str(job.run_dir), str(ROOT), {"RLZOO_LAUNCHER": launcher})
+    out = run_point(*commands(job, args), str(job.run_dir), str(ROOT), {"RLZOO_LAUNCHER": "local", **(env or {})})
     return out["rc"], out["wall_s"]
+
+
+def local_gpus() -> list[str]:
+    """The GPUs processes started here may use, found without starting JAX in this process (which would take GPU
+    memory): CUDA_VISIBLE_DEVICES when set, else the GPUs `nvidia-smi -L` lists; [] without any."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 def log_tail(job: Job, lines: int = 12) -> str:
@@ -219,10 +234,18 @@ class Sweep:
         print(f"[{i}/{len(self.jobs)}] {job.algo} on {job.dataset} ({job.source} data): {how}{where}; "
               f"log {job.run_dir}/harness.log", flush=True)
 
-    def start(self, i: int, job: Job) -> tuple[int, float]:
-        """Run one algorithm process (fresh or resumed) to its end, here."""
-        self.announce(i, job)
-        return execute(job, self.args)
+    def start(self, i: int, job: Job, gpus: queue.Queue | None = None) -> tuple[int, float]:
+        """Run one algorithm process (fresh or resumed) to its end, here; with `gpus`, on one GPU taken from it
+        (CUDA_VISIBLE_DEVICES) and put back after."""
+        if gpus is None:
+            self.announce(i, job)
+            return execute(job, self.args)
+        gpu = gpus.get()
+        try:
+            self.announce(i, job, f" on GPU {gpu}")
+            return execute(job, self.args, {"CUDA_VISIBLE_DEVICES": gpu})
+        finally:
+            gpus.put(gpu)
 
     def ended(self, i: int, job: Job, rc: int, wall: float) -> None:
         """Record a run whose process exited cleanly with its summary, or report it failed."""
@@ -235,10 +258,20 @@ class Sweep:
 
 
 def run_locally(sweep: Sweep, pending: list[tuple[int, Job]]):
-    """(index, job, exit code, seconds) of each pending run as it ends, --jobs of them at a time on this machine."""
-    pool = ThreadPoolExecutor(max_workers=sweep.args.jobs or 1)
+    """(index, job, exit code, seconds) of each pending run as it ends, --jobs of them at a time on this machine;
+    with several at a time and GPUs here, each run gets a GPU of its own (at most one run per GPU)."""
+    workers, gpus = sweep.args.jobs or 1, None
+    found = local_gpus() if workers > 1 else []
+    if found:
+        gpus = queue.Queue()
+        for gpu in found:
+            gpus.put(gpu)
+        if workers > len(found):
+            print(f"[offline] --jobs {workers} on {len(found)} GPUs: {len(found)} runs at a time, one per GPU")
+            workers = len(found)
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        futures = {pool.submit(sweep.start, i, job): (i, job) for i, job in pending}
+        futures = {pool.submit(sweep.start, i, job, gpus): (i, job) for i, job in pending}
         for future in as_completed(futures):
             yield (*futures[future], *future.result())
     except KeyboardInterrupt:

@@ -1,10 +1,10 @@
 """Sweeps: a grid of offline runs declared in a TOML file under configs/, run here, on a Ray cluster or on SLURM
 by the same command with one option (`python -m benchmarks.offline sweep`; benchmarks/README.md shows it).
 
-    python -m benchmarks.offline sweep configs/iql-hopper-expectile.toml                     # here, one at a time
-    python -m benchmarks.offline sweep configs/iql-hopper-expectile.toml --jobs 2            # here, two at a time
-    python -m benchmarks.offline sweep configs/iql-hopper-expectile.toml --backend ray --address auto
-    python -m benchmarks.offline sweep configs/iql-hopper-expectile.toml --backend slurm --partition gpu --time-min 240
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml                     # here, one at a time
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml --jobs 2            # here, two at a time
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml --backend ray --address auto
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml --backend slurm --partition gpu --time-min 240
 
 A point is one algorithm on one dataset with one value of each `[grid]` flag: one `algorithms/<algo>.py`
 process with its seeds vmapped, exactly what `offline run` starts, in a run directory named by the point
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import shutil
 import socket
@@ -321,8 +322,16 @@ def run(args: argparse.Namespace) -> int:
     """`offline sweep`: read the file, plan the points, run them with the chosen backend, record them."""
     if args.backend not in RUNNERS:
         raise RlzooError(f"unknown backend '{args.backend}'; use one of {', '.join(BACKENDS)}.")
-    if args.jobs is not None and args.jobs < 1:
-        raise RlzooError("--jobs must be at least 1 (leave it out for the backend's default).")
+    if args.jobs == "auto":  # as many at once as there are devices: the GPUs here, else the CPU cores
+        args.jobs = (len(offline.local_gpus()) or os.cpu_count() or 1) if args.backend == "local" else None
+    elif args.jobs is not None:
+        raw = args.jobs
+        args.jobs = int(raw) if str(raw).isdigit() else 0
+        if args.jobs < 1:
+            raise RlzooError(
+                f"--jobs {raw}: give a number of at least 1, or auto (as many points at once as "
+                "there are devices), or leave it out for the backend's default."
+            )
     grid = load(args.config)
     jobs = plan(grid, args)
     for key in ("seed", "num_seeds", "total_steps"):
@@ -342,13 +351,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="the sweep file, e.g. configs/iql-hopper-expectile.toml (keys: configs/README.md)")
+    p.add_argument("config", help="the sweep file, e.g. configs/iql-expectile-beta.toml (keys: configs/README.md)")
     p.add_argument("--backend", default="local", help=f"where the points run: {', '.join(BACKENDS)}")
     p.add_argument(
         "--jobs",
-        type=int,
         default=None,
-        help="points running at once (local: default 1, one CPU core each; ray and slurm: default all)",
+        help="points running at once: a number, or auto (local: one per GPU, else per CPU core); default local 1, "
+        "ray and slurm all",
     )
     p.add_argument(
         "--address",

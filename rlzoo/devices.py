@@ -44,7 +44,7 @@ def shard_seeds(state, data=None, pad: bool = True):
     copies of the last seed (each seed has its own key, so no real seed changes); `drop_padding` removes them
     from whatever leaves the device (metrics, evaluations, checkpoints). With fewer seeds than devices, each
     seed gets a device of its own and the rest stay idle. `pad=False` is for programs that feed the seeds
-    host-side inputs of their own (SAC's envs): they use the most devices that divide the seeds instead.
+    host-side inputs of their own (envs stepped on the host): they use the most devices that divide the seeds.
     Either way a one-line notice says what was done."""
     devices = jax.local_devices()
     if _device_limit and _device_limit < len(devices):

@@ -4,6 +4,7 @@ seed's result; bad input gets one paragraph."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -288,6 +290,7 @@ def test_bad_sweeps_get_one_paragraph(pendulum_store, tmp_path, capsys, monkeypa
     assert "must be a non-empty list" in refused(good + "[grid]\nbeta = 3.0\n")
     assert "'total_steps' is set by the sweep" in refused(good + "total_steps = 5\n")
     assert "unknown backend 'dask'" in refused(good, "--backend", "dask")
+    assert "--jobs many: give a number of at least 1, or auto" in refused(good, "--jobs", "many")
     err = refused(good, "--backend", "ray", "--address", f"127.0.0.1:{free_port()}")
     assert "nothing answers there" in err and "ray start --head" in err
     assert "this machine has no SLURM (no sbatch on PATH)" in refused(good, "--backend", "slurm")
@@ -392,3 +395,28 @@ def test_seeds_over_four_devices_padded_or_not(pendulum_store, jax_cache_dir, tm
                 err_msg=f"{name}, {seeds} seeds",
             )
     assert json.loads((padded / "summary.json").read_text())["final_scores"].keys() == {str(s) for s in range(6)}
+
+
+def test_points_run_here_at_once_each_get_a_gpu_of_their_own(tmp_path, capsys, monkeypatch):
+    """--jobs N on a machine with GPUs: each running point sees one GPU (CUDA_VISIBLE_DEVICES), never one another
+    point is using, and no more points run at once than there are GPUs."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    running, seen, lock = set(), [], threading.Lock()
+
+    def fake_execute(job, args, env=None):
+        gpu = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            assert gpu not in running
+            running.add(gpu)
+            seen.append(gpu)
+        time.sleep(0.05)
+        with lock:
+            running.discard(gpu)
+        return 0, 0.05
+
+    monkeypatch.setattr(offline, "execute", fake_execute)
+    jobs = [offline.Job("iql", "d", "local", tmp_path / f"r{i}", []) for i in range(5)]
+    sweep_ = offline.Sweep(jobs, argparse.Namespace(jobs=3, results=str(tmp_path / "results")))
+    ended = list(offline.run_locally(sweep_, list(enumerate(jobs, 1))))
+    assert sorted(i for i, *_ in ended) == [1, 2, 3, 4, 5] and set(seen) == {"3", "5"} and len(seen) == 5
+    assert "--jobs 3 on 2 GPUs: 2 runs at a time, one per GPU" in capsys.readouterr().out
