@@ -76,7 +76,8 @@ def start_ray_head(cpus: int, temp: Path) -> tuple[subprocess.Popen, str, float]
         f"--dashboard-agent-listen-port={ports[2]}",
     ]
     t0 = time.perf_counter()
-    head = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a head of its own, not one named there
+    head = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     while True:
         try:
             socket.create_connection(("127.0.0.1", ports[0]), timeout=1).close()
@@ -88,12 +89,15 @@ def start_ray_head(cpus: int, temp: Path) -> tuple[subprocess.Popen, str, float]
 
 
 def stop(head: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            break
-        time.sleep(5 if sig == signal.SIGTERM else 0)
+    """Stop the Ray head's process group: SIGTERM, and SIGKILL to what is left after 2 s."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and head.poll() is None:
+            time.sleep(0.1)
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     head.wait(timeout=30)
 
 

@@ -83,49 +83,13 @@ def ray_cluster():
     """A real Ray head node on 127.0.0.1 with two CPU slots (two points at a time), in its own temp dir and
     process group; stopped in teardown by signalling that group (no `ray stop`, which stops every Ray here)."""
     pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    port = free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    cmd = [
-        ray_bin,
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--num-gpus=0",
-        f"--temp-dir={temp}",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-    ]
-    head = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(0.2)
+    from benchmarks.sweep_speed import start_ray_head, stop
+
+    head, address, _ = start_ray_head(2, Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")))
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(wait if sig == signal.SIGTERM else 0)
-        head.wait(timeout=30)
+        stop(head)
 
 
 def test_a_sweep_gives_the_same_numbers_here_through_submitit_and_on_ray_killed_half_way(
