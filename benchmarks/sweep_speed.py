@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -194,11 +195,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         work = Path(tmp)
         seq = timed_sweep(args.config, work / "local-1", "local", 1)
         par = timed_sweep(args.config, work / f"local-{args.ray_cpus}", "local", args.ray_cpus)
-        head, address, start_s = start_ray_head(args.ray_cpus, Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")))
+        ray_temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths are limited
+        head, address, start_s = start_ray_head(args.ray_cpus, ray_temp)
         try:
             on_ray = timed_sweep(args.config, work / "ray", "ray", args.ray_cpus, address)
         finally:
             stop(head)
+            shutil.rmtree(ray_temp, ignore_errors=True)
     load_end = os.getloadavg()
     info = provenance.info()
     same = "yes" if seq["scores"] == par["scores"] == on_ray["scores"] else "no"

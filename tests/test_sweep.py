@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,11 +86,13 @@ def ray_cluster():
     pytest.importorskip("ray")
     from benchmarks.sweep_speed import start_ray_head, stop
 
-    head, address, _ = start_ray_head(2, Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")))
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    head, address, _ = start_ray_head(2, temp)
     try:
         yield address
     finally:
         stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_sweep_gives_the_same_numbers_here_through_submitit_and_on_ray_killed_half_way(
