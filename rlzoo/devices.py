@@ -54,21 +54,28 @@ def shard_seeds(state, data=None, pad: bool = True):
         return state, data
     notice = f"[rlzoo] {num_seeds} seeds sharded over {len(devices)} devices"
     if num_seeds < len(devices):
-        notice = (f"[rlzoo] {num_seeds} seeds on {len(devices)} devices: one seed per device, "
-                  f"{len(devices) - num_seeds} devices idle")
+        notice = (
+            f"[rlzoo] {num_seeds} seeds on {len(devices)} devices: one seed per device, "
+            f"{len(devices) - num_seeds} devices idle"
+        )
         devices = devices[:num_seeds]
     elif num_seeds % len(devices) and not pad:
         use = max(d for d in range(1, len(devices)) if num_seeds % d == 0)
-        notice = (f"[rlzoo] {num_seeds} seeds do not divide over {len(devices)} devices and this program cannot "
-                  f"pad its seed axis: sharded over {use} of them")
+        notice = (
+            f"[rlzoo] {num_seeds} seeds do not divide over {len(devices)} devices and this program cannot "
+            f"pad its seed axis: sharded over {use} of them"
+        )
         devices = devices[:use]
     elif num_seeds % len(devices):
         total = -(-num_seeds // len(devices)) * len(devices)
-        state = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[-1:], total - num_seeds, 0)]),
-                                       jax.device_get(state))
-        notice = (f"[rlzoo] {num_seeds} seeds do not divide over {len(devices)} devices: the seed axis is padded "
-                  f"with {total - num_seeds} copies of the last seed (their results are dropped), "
-                  f"{total // len(devices)} per device")
+        state = jax.tree_util.tree_map(
+            lambda x: np.concatenate([x, np.repeat(x[-1:], total - num_seeds, 0)]), jax.device_get(state)
+        )
+        notice = (
+            f"[rlzoo] {num_seeds} seeds do not divide over {len(devices)} devices: the seed axis is padded "
+            f"with {total - num_seeds} copies of the last seed (their results are dropped), "
+            f"{total // len(devices)} per device"
+        )
     print(notice)
     if len(devices) == 1:
         return state, data
