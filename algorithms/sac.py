@@ -249,7 +249,8 @@ def main(config: Config) -> dict:
     if not np.allclose(np.abs(envs.low), np.abs(envs.high)):
         print("[rlzoo] note: asymmetric action bounds; actions are rescaled from [-1, 1]")
     state = jax.vmap(partial(init_state, config, obs_dim=envs.obs_dim, act_dim=envs.act_dim))(run.keys)
-    state, _ = shard_seeds(run.restore(state, host={"envs": envs}))  # the envs resume exactly, physics and RNGs
+    # the envs resume exactly, physics and RNGs; they step exactly these seeds, so the seed axis is not padded
+    state, _ = shard_seeds(run.restore(state, host={"envs": envs}), pad=False)
     act, learn = make_train(config, envs.act_dim)
     actor, _ = make_networks(config, envs.act_dim)
     low, high = jnp.asarray(envs.low), jnp.asarray(envs.high)

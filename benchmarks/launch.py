@@ -33,10 +33,15 @@ def algorithm_module(name: str):
     return importlib.import_module(f"algorithms.{name}")
 
 
+def run_commands(algorithm: str, run_dir: str | Path, fresh_args: list[str]) -> tuple[list[str], list[str]]:
+    """(fresh start with `fresh_args`, `--resume`) command lines of algorithms/<algorithm>.py's run in `run_dir`,
+    for a process that decides between them where it runs (a sweep point on another machine)."""
+    cmd = [sys.executable, str(ALGORITHMS_DIR / f"{algorithm}.py")]
+    return [*cmd, *fresh_args, "--run-dir", str(run_dir)], [*cmd, "--resume", str(run_dir)]
+
+
 def start_or_resume_command(algorithm: str, run_dir: str | Path, fresh_args: list[str]) -> list[str]:
     """Command line of algorithms/<algorithm>.py's run in `run_dir`: `--resume` when the directory holds a
     checkpoint, else a fresh start with `fresh_args`. Running a harness again thus continues its runs."""
-    cmd = [sys.executable, str(ALGORITHMS_DIR / f"{algorithm}.py")]
-    if has_checkpoint(run_dir):
-        return cmd + ["--resume", str(run_dir)]
-    return cmd + [*fresh_args, "--run-dir", str(run_dir)]
+    fresh, resume = run_commands(algorithm, run_dir, fresh_args)
+    return resume if has_checkpoint(run_dir) else fresh

@@ -12,6 +12,8 @@
     # flags after `--` go to every algorithm process unchanged
     python -m benchmarks.offline run --algos iql td3_bc --datasets hopper-medium -- --eval-every 10000
     python -m benchmarks.offline run ... --jobs 2        # two runs at a time (one CPU core each)
+    # a grid from a file under configs/, here, on a Ray cluster or on SLURM (benchmarks/sweep.py)
+    python -m benchmarks.offline sweep configs/iql-expectile-beta.toml --backend ray --address auto
     # table, learning curves and rliable aggregates from results/scores.csv (benchmarks/offline_report.py)
     python -m benchmarks.offline report
 
@@ -31,10 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import offline_report
-from benchmarks.launch import ROOT, algorithm_module, start_or_resume_command
+from benchmarks.launch import ROOT, algorithm_module, run_commands
 from benchmarks.record_run import already_recorded, record, short_steps
+from benchmarks.sweep_task import run_point
 from rlzoo.checkpoint import has_checkpoint
 from rlzoo.errors import RlzooError
 
@@ -153,25 +156,42 @@ def check_same_flags(job: Job) -> None:
         )
 
 
-def command(job: Job, args: argparse.Namespace) -> list[str]:
-    """The algorithm process of one run: a fresh start, or --resume of an interrupted one."""
+def commands(job: Job, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The algorithm process of one run: (fresh start, --resume of an interrupted one); whoever runs it picks."""
     fresh = ["--env", job.dataset, "--seed", str(args.seed), "--num-seeds", str(args.num_seeds),
              "--total-steps", str(args.total_steps)]
-    return start_or_resume_command(job.algo, job.run_dir, fresh) + ["--quiet", *job.extra]
+    tail = ["--quiet", *job.extra] + (["--wandb"] if getattr(args, "wandb", False) else [])
+    start, resume = run_commands(job.algo, job.run_dir, fresh)
+    return start + tail, resume + tail
 
 
-def execute(job: Job, cmd: list[str]) -> tuple[int, float]:
-    """Run one algorithm process with its output appended to <run dir>/harness.log."""
+def prepare(job: Job) -> None:
+    """The run directory with the harness's record of the flags it was started with (harness.json)."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     saved = job.run_dir / "harness.json"
     if not saved.exists():
         saved.write_text(json.dumps({"algorithm": job.algo, "dataset": job.dataset, "extra": job.extra}, indent=2))
-    t0 = time.perf_counter()
-    with (job.run_dir / "harness.log").open("a") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    return rc, time.perf_counter() - t0
+
+
+def execute(job: Job, args: argparse.Namespace, env: dict | None = None) -> tuple[int, float]:
+    """Run one algorithm process here, its output appended to <run dir>/harness.log (sweep_task.run_point, what
+    every sweep backend runs), with `env` added to its environment; its summary names this host."""
+    prepare(job)
+    out = run_point(*commands(job, args), str(job.run_dir), str(ROOT), {"RLZOO_LAUNCHER": "local", **(env or {})})
+    return out["rc"], out["wall_s"]
+
+
+def local_gpus() -> list[str]:
+    """The GPUs processes started here may use, found without starting JAX in this process (which would take GPU
+    memory): CUDA_VISIBLE_DEVICES when set, else the GPUs `nvidia-smi -L` lists; [] without any."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 def log_tail(job: Job, lines: int = 12) -> str:
@@ -209,12 +229,23 @@ class Sweep:
         print(f"{prefix}final scores: {report_scores(job)}", flush=True)
         self.done += 1
 
-    def start(self, i: int, job: Job) -> tuple[int, float]:
-        """Run one algorithm process (fresh or resumed) to its end."""
+    def announce(self, i: int, job: Job, where: str = "") -> None:
         how = "resuming from its newest checkpoint" if job.resumable else "starting"
-        print(f"[{i}/{len(self.jobs)}] {job.algo} on {job.dataset} ({job.source} data): {how}; "
+        print(f"[{i}/{len(self.jobs)}] {job.algo} on {job.dataset} ({job.source} data): {how}{where}; "
               f"log {job.run_dir}/harness.log", flush=True)
-        return execute(job, command(job, self.args))
+
+    def start(self, i: int, job: Job, gpus: queue.Queue | None = None) -> tuple[int, float]:
+        """Run one algorithm process (fresh or resumed) to its end, here; with `gpus`, on one GPU taken from it
+        (CUDA_VISIBLE_DEVICES) and put back after."""
+        if gpus is None:
+            self.announce(i, job)
+            return execute(job, self.args)
+        gpu = gpus.get()
+        try:
+            self.announce(i, job, f" on GPU {gpu}")
+            return execute(job, self.args, {"CUDA_VISIBLE_DEVICES": gpu})
+        finally:
+            gpus.put(gpu)
 
     def ended(self, i: int, job: Job, rc: int, wall: float) -> None:
         """Record a run whose process exited cleanly with its summary, or report it failed."""
@@ -226,14 +257,33 @@ class Sweep:
               f"{log_tail(job)}", flush=True)
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    jobs = plan(args)
+def run_locally(sweep: Sweep, pending: list[tuple[int, Job]]):
+    """(index, job, exit code, seconds) of each pending run as it ends, --jobs of them at a time on this machine;
+    with several at a time and GPUs here, each run gets a GPU of its own (at most one run per GPU)."""
+    workers, gpus = sweep.args.jobs or 1, None
+    found = local_gpus() if workers > 1 else []
+    if found:
+        gpus = queue.Queue()
+        for gpu in found:
+            gpus.put(gpu)
+        if workers > len(found):
+            print(f"[offline] --jobs {workers} on {len(found)} GPUs: {len(found)} runs at a time, one per GPU")
+            workers = len(found)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(sweep.start, i, job, gpus): (i, job) for i, job in pending}
+        for future in as_completed(futures):
+            yield (*futures[future], *future.result())
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the running algorithm processes too (they keep their checkpoints); start no queued run.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def run_jobs(jobs: list[Job], args: argparse.Namespace, runner=run_locally) -> int:
+    """Record the finished runs, have `runner(sweep, pending)` run the others, record each as it ends."""
     sweep = Sweep(jobs, args)
-    print(
-        f"[offline] {len(jobs)} runs: {', '.join(args.algos)} × {len(jobs) // len(args.algos)} datasets, seeds "
-        f"{args.seed}..{args.seed + args.num_seeds - 1} (vmapped), {args.total_steps:,} steps; runs in "
-        f"{Path(args.runs_root).expanduser()}, results in {args.results}"
-    )
     pending = []
     for i, job in enumerate(jobs, 1):
         if job.finished:
@@ -243,16 +293,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             sweep.recorded(i, job, quiet=True)
         else:
             pending.append((i, job))
-    pool = ThreadPoolExecutor(max_workers=args.jobs)
-    try:
-        futures = {pool.submit(sweep.start, i, job): (i, job) for i, job in pending}
-        for future in as_completed(futures):
-            sweep.ended(*futures[future], *future.result())
-    except KeyboardInterrupt:
-        # Ctrl-C reaches the running algorithm processes too (they keep their checkpoints); start no queued run.
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
+    for i, job, rc, wall in runner(sweep, pending) if pending else ():
+        sweep.ended(i, job, rc, wall)
     failed = sweep.failed
     print(
         f"[offline] {sweep.done} of {len(jobs)} runs finished and recorded in {sweep.scores_csv}"
@@ -261,6 +303,16 @@ def run_sweep(args: argparse.Namespace) -> int:
         + f". Report: python -m benchmarks.offline report --results {args.results}"
     )
     return 1 if failed else 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    jobs = plan(args)
+    print(
+        f"[offline] {len(jobs)} runs: {', '.join(args.algos)} × {len(jobs) // len(args.algos)} datasets, seeds "
+        f"{args.seed}..{args.seed + args.num_seeds - 1} (vmapped), {args.total_steps:,} steps; runs in "
+        f"{Path(args.runs_root).expanduser()}, results in {args.results}"
+    )
+    return run_jobs(jobs, args)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -294,6 +346,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--tag", default="", help="suffix of the run names, for sweeps with other algorithm flags")
     r.add_argument("--runs-root", default="~/rlzoo-runs/offline", help="where run directories go")
     r.add_argument("--results", default=str(ROOT / "results"), help="results folder (scores.csv, curves/)")
+    from benchmarks import sweep
+
+    sweep.add_arguments(sub.add_parser(
+        "sweep",
+        help="run (or resume) a grid from a configs/*.toml file here, on Ray or on SLURM, and record it (sweep.py)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=sweep.__doc__.split("\n\n")[0],
+    ))
     offline_report.add_arguments(sub.add_parser(
         "report",
         help="table, learning curves and aggregate plots from results/scores.csv (benchmarks/offline_report.py)",
@@ -301,7 +361,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ))
     args = parser.parse_args(argv)
     if extra and args.command != "run":
-        parser.error("flags after `--` are passed to the algorithms and only make sense with `run`")
+        parser.error("flags after `--` are passed to the algorithms and only make sense with `run` (a sweep takes "
+                     "them from its file's [flags])")
     args.extra = extra
     return args
 
@@ -309,6 +370,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command == "sweep":
+            from benchmarks import sweep
+
+            return sweep.run(args)
         return run_sweep(args) if args.command == "run" else offline_report.report(args)
     except RlzooError as err:
         print(

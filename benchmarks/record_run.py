@@ -6,7 +6,7 @@ evaluation curve (eval.csv, curve.png, config.json, summary.json, dataset.json) 
 For runs started by hand (the harnesses record their own runs through `record`). The rows are built
 from the run's summary.json (benchmarks/results.py), so commit, date, device and wall time are the run's own.
 Recording is idempotent: a run whose rows are already in the scores CSV (same algorithm, task,
-steps, finish date and seeds) is not appended again, and a curves folder holding another run's
+steps, finish date, seeds and scores) is not appended again, and a curves folder holding another run's
 files is never overwritten (the new one gets a -2, -3, ... suffix). benchmarks/offline.py, online.py,
 minatar.py and atari.py record their runs through `record` once the run's process has exited.
 """
@@ -33,14 +33,16 @@ def short_steps(steps: int) -> str:
 
 
 def recorded_seeds(scores_csv: Path, summary: dict) -> set[str]:
-    """The seeds of this finished run (algorithm, task, steps, date) that `scores_csv` already holds a row of."""
+    """The seeds of this finished run (algorithm, task, steps, date, and each seed's score: sweep points that
+    differ only in hyperparameters can finish in the same second) that `scores_csv` already holds a row of."""
     if not scores_csv.exists():
         return set()
-    seeds = {str(s) for s in summary["final_scores"]}
+    scores = {str(s): round(v, 3) for s, v in summary["final_scores"].items()}
     key = (summary["algorithm"], summary["task"], str(summary["steps"]), summary["date"])
     with scores_csv.open(newline="") as f:
         return {row["seed"] for row in csv.DictReader(f)
-                if (row["algorithm"], row["task"], row["steps"], row["date"]) == key and row["seed"] in seeds}
+                if (row["algorithm"], row["task"], row["steps"], row["date"]) == key and row["seed"] in scores
+                and float(row["score"]) == scores[row["seed"]]}
 
 
 def already_recorded(scores_csv: Path, summary: dict) -> bool:

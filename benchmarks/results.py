@@ -13,7 +13,13 @@ from pathlib import Path
 from rlzoo.errors import RlzooError
 
 SCORES_COLUMNS = ["algorithm", "task", "data_source", "seed", "steps", "score", "score_kind", "wall_s", "device",
-                  "commit", "date", "config", "jax"]
+                  "commit", "date", "config", "jax", "ran_on"]
+
+
+def ran_on(summary: dict) -> str:
+    """Where a run ran, `<launcher>@<host>` (e.g. ray@node-3, slurm@gpu017, direct@laptop); '' for runs recorded
+    before summaries named it."""
+    return f"{summary.get('launcher', 'direct')}@{summary['host']}" if summary.get("host") else ""
 
 
 def append_scores(path: Path, summary: dict, config_ref: str) -> None:
@@ -37,4 +43,5 @@ def append_scores(path: Path, summary: dict, config_ref: str) -> None:
         for seed, score in summary["final_scores"].items():
             writer.writerow([summary["algorithm"], summary["task"], summary["data_source"], seed, summary["steps"],
                              round(score, 3), "last", round(summary["wall_s"], 1), summary["device"],
-                             summary["commit"], summary["date"], config_ref, summary.get("jax", "")])
+                             summary["commit"], summary["date"], config_ref, summary.get("jax", ""),
+                             ran_on(summary)])

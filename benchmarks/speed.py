@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time each algorithm with mse and with these heads, rounds interleaved (see --rounds)")
     p.add_argument("--xla-multithread", action="store_true",
                    help="leave XLA's CPU intra-op threading on (RLZOO_CPU_THREADS=1 before importing rlzoo)")
+    p.add_argument("--num-devices", type=int, default=None,
+                   help="spread the seeds over this many devices (on CPU: the processor split into as many XLA "
+                        "devices, as an algorithm's --num-devices does); seeds that do not divide are padded")
     p.add_argument("--pin-cores", default="",
                    help="comma-separated CPU cores to run on (os.sched_setaffinity before JAX starts; XLA's threads "
                         "inherit it), e.g. 0 to time one core alone")
@@ -109,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "rounds interleaved, each call in a subprocess, and record this one's ratio to it")
     p.add_argument("--rounds", type=int, default=3, help="with --against: rounds, each timing both checkouts")
     args = p.parse_args(argv)
-    if min(args.num_seeds, args.updates, args.repeats, args.batch_size, args.rounds) < 1:
-        p.error("--num-seeds, --updates, --repeats, --batch-size and --rounds must be positive")
+    if min(args.num_seeds, args.updates, args.repeats, args.batch_size, args.rounds, args.num_devices or 1) < 1:
+        p.error("--num-seeds, --updates, --repeats, --batch-size, --rounds and --num-devices must be positive")
     if (args.baseline_value is None) != (not args.baseline_name):
         p.error("--baseline-name and --baseline-value go together")
     if args.baseline_value is not None and args.baseline_value <= 0:
@@ -220,9 +223,11 @@ def bench_offline(mod, args, keys, notes: list[str]):
     steps_per_update = getattr(config, "policy_freq", 1)
     one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=steps_per_update, batch_size=args.batch_size,
                                     **head_options(args)))
-    # Sharded over several devices, the cost analysis describes one device's share of the seeds.
-    seeds_per_program = args.num_seeds / len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
-    flops = xla_flops(one, state, data) / seeds_per_program / steps_per_update
+    # Sharded over several devices, the cost analysis describes one device's share of the (padded) seeds.
+    devices = len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
+    padded = jax.tree_util.tree_leaves(state)[0].shape[0]
+    flops = xla_flops(one, state, data) / (padded / devices) / steps_per_update
+    notes.append(f"seeds over {devices} device(s)" + (f", padded to {padded}" if padded != args.num_seeds else ""))
     notes.append(f"synthetic dataset {args.dataset_size} rows (obs {OBS_DIM}, act {ACT_DIM}) on device; "
                  f"scan unroll {config.scan_unroll}; "
                  "call = make_train(config)(states, data), batch sampled in the scan")
@@ -362,7 +367,7 @@ def setup_process(args) -> tuple:
     # The CPU XLA_FLAGS every algorithm's command line sets, before jax's backend starts.
     from rlzoo.devices import configure_cpu
 
-    configure_cpu()
+    configure_cpu(args.num_devices)
 
     warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
     return load, os.environ.get("XLA_FLAGS", "")

@@ -115,6 +115,7 @@ def run_cli(main: Callable[[T], object], config_cls: type[T]) -> None:
     try:
         shown = with_ranges_in_help(config_cls)
         config = tyro.cli(shown, default=task_defaults(shown, sys.argv[1:]))
+        configure_cpu(getattr(config, "num_devices", None))  # --num-devices, still before the first computation
         main(config)
     except RlzooError as err:
         print(error_paragraph(err), file=sys.stderr)

@@ -47,9 +47,12 @@ class RunLogger:
         wandb_project: str = "rlzoo",
         wandb_mode: str = "auto",
         quiet: bool = False,
+        group: str | None = None,
     ):
+        """`group`: the W&B group of this run's seeds (one W&B run each, named <group>-seed<s>); default `name`."""
         self.run_dir = Path(run_dir)
         self.name, self.num_seeds, self.seeds = name, num_seeds, seeds
+        self.group = group or name
         self.score_name = score_name
         self.train_csv, self.eval_csv = self.run_dir / "train.csv", self.run_dir / "eval.csv"
         for path in (self.train_csv, self.eval_csv):
@@ -70,7 +73,7 @@ class RunLogger:
         os.environ.setdefault("WANDB_DIR", str(self.run_dir))
         for seed in self.seeds:
             self.wandb_runs.append(
-                wandb.init(project=project, group=self.name, name=f"{self.name}-seed{seed}",
+                wandb.init(project=project, group=self.group, name=f"{self.group}-seed{seed}",
                            config={**config, "seed": seed}, mode=mode, dir=str(self.run_dir),
                            reinit="create_new")
             )

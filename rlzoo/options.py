@@ -106,15 +106,19 @@ class RunConfig:
     resume: str | None = None
     """Resume the run in this directory from its newest checkpoint (its saved hyperparameters are used)."""
     wandb: bool = False
-    """Log to Weights & Biases, one run per seed grouped by run name."""
+    """Log to Weights & Biases: one run per seed, grouped by the run directory's name."""
     wandb_project: str = "rlzoo"
     """Weights & Biases project."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """online, offline or disabled; auto = online if WANDB_API_KEY is set, else offline."""
     quiet: bool = False
     """No progress bar."""
+    num_devices: int | None = option(None, ">= 1")
+    """Local devices to spread the seeds over (default: all; on CPU, RLZOO_CPU_DEVICES or 1). On CPU it splits the
+    processor into this many XLA devices; seeds that do not divide over them are padded, not run on one."""
 
 
 # Options that say where and how a run reports, not what it computes (config.json records them too): a
 # resumed run takes them from its command line, and comparisons of hyperparameters ignore them.
-HOST_OPTIONS = frozenset({"run_dir", "resume", "quiet", "wandb", "wandb_mode", "wandb_project", "algorithm"})
+HOST_OPTIONS = frozenset({"run_dir", "resume", "quiet", "wandb", "wandb_mode", "wandb_project", "algorithm",
+                          "num_devices"})

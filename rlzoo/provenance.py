@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -81,4 +82,7 @@ def info() -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
+        "host": socket.gethostname(),
+        # what started the process: "direct" when typed, else what its launcher names itself (a sweep's backend)
+        "launcher": os.environ.get("RLZOO_LAUNCHER", "direct"),
     }

@@ -26,7 +26,7 @@ import numpy as np
 
 from rlzoo import provenance, rundir
 from rlzoo.checkpoint import Checkpointer, save_params
-from rlzoo.devices import seed_keys
+from rlzoo.devices import drop_padding, seed_keys
 from rlzoo.errors import NonFiniteLossError, RlzooError
 from rlzoo.logger import RunLogger
 from rlzoo.options import RunConfig, check_option_ranges
@@ -105,39 +105,44 @@ class Run:
         return state
 
     def make_logger(self, score_name: str, extra_config: dict | None = None) -> RunLogger:
-        """The run's progress bar, CSVs and optional wandb run, named `<algorithm>-<env>`; `extra_config` (e.g.
-        the dataset's summary) is recorded beside the hyperparameters."""
+        """The run's progress bar and CSVs, named `<algorithm>-<env>`, and optional wandb runs, one per seed in a
+        group named by the run directory (so each point of a sweep is its own group); `extra_config` (e.g. the
+        dataset's summary) is recorded beside the hyperparameters."""
         cfg = self.config
         self.logger = RunLogger(self.run_dir, f"{self.algorithm}-{cfg.env}", cfg.num_seeds, self.seeds,
                                 cfg.total_steps, self.start_step, score_name,
                                 config={**dataclasses.asdict(cfg), **(extra_config or {})}, use_wandb=cfg.wandb,
-                                wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode, quiet=cfg.quiet)
+                                wandb_project=cfg.wandb_project, wandb_mode=cfg.wandb_mode, quiet=cfg.quiet,
+                                group=self.run_dir.resolve().name)
         return self.logger
 
     def train(self, state, chunk: Callable, evaluate: Callable, score_name: str, extra_config: dict | None = None):
         """Advance `state` chunk by chunk to total_steps, evaluating, logging, checking for NaN and
-        checkpointing (with the host objects' states beside the device state)."""
+        checkpointing (with the host objects' states beside the device state). A seed axis that `shard_seeds`
+        padded keeps only this run's seeds in everything that leaves the device: metrics, what `evaluate` sees,
+        checkpoints, and the state returned."""
         logger = self.logger or self.make_logger(score_name, extra_config)
         cfg = self.config
+        real = lambda tree: drop_padding(tree, len(self.seeds))
         t_start = time.perf_counter()
         while self.step < cfg.total_steps:
             state, metrics = chunk(state)
-            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            metrics = {k: np.asarray(v) for k, v in real(jax.device_get(metrics)).items()}
             self._check_finite(metrics, self.step)
             self.step = step = self.step + cfg.chunk
             logger.log_train(step, {k: v.mean(axis=-1) for k, v in metrics.items()})
             if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                logger.log_eval(step, *evaluate(state))
+                logger.log_eval(step, *evaluate(real(state)))
             if step % cfg.checkpoint_every == 0 or step == cfg.total_steps:
                 self._check_state_finite(state, step)
                 self._train_s = time.perf_counter() - t_start
                 meta = {"step": step, "host": {k: thing.get_state() for k, thing in self.host.items()},
                         "wall_s": self.wall_s(), "commits": self.commits()}
-                self.checkpointer.save(step, state, meta)
+                self.checkpointer.save(step, real(state), meta)
             logger.advance(step)
         self.checkpointer.wait()
         self._train_s = time.perf_counter() - t_start
-        return state
+        return real(state)
 
     def wall_s(self) -> float:
         """Training time of this run so far, earlier processes (up to the checkpoint resumed from) included."""

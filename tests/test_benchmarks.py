@@ -38,14 +38,22 @@ def test_append_scores_writes_one_row_per_seed_and_refuses_another_format(tmp_pa
     append_scores(path, {**summary, "final_scores": {1: -120.04}}, "cfg.json")
     rows = [line.split(",") for line in path.read_text().splitlines()]
     assert rows[0] == SCORES_COLUMNS
-    assert rows[1][0] == "sac" and rows[1][-1] == "0.10.2" and rows[1][5] == "-150.0"
+    assert rows[1][0] == "sac" and rows[1][-2] == "0.10.2" and rows[1][5] == "-150.0"
+    assert rows[1][-1] == ""  # a summary that names no host (written before summaries did)
     assert rows[2][3] == "1" and rows[2][5] == "-120.04" and len(rows) == 3
-    # A file of another schema (e.g. an older one without the jax column) is refused, not appended to.
+    append_scores(path, {**summary, "final_scores": {2: 1.0}, "host": "node7", "launcher": "ray"}, "cfg.json")
+    assert path.read_text().splitlines()[-1].endswith(",0.10.2,ray@node7")
+    # The format before ran_on gets the column (empty in its rows); another schema (e.g. an older one without the
+    # jax column) is refused, not appended to.
+    before = tmp_path / "before.csv"
+    before.write_text(",".join(SCORES_COLUMNS[:-1]) + "\nsac,x\n")
+    append_scores(before, summary, "cfg.json")
+    assert before.read_text().splitlines()[:2] == [",".join(SCORES_COLUMNS), "sac,x,"]
     old = tmp_path / "old.csv"
-    old.write_text(",".join(SCORES_COLUMNS[:-1]) + "\n")
+    old.write_text(",".join(SCORES_COLUMNS[:-2]) + "\n")
     with pytest.raises(RlzooError, match="not those of a scores CSV"):
         append_scores(old, summary, "cfg.json")
-    assert old.read_text() == ",".join(SCORES_COLUMNS[:-1]) + "\n"
+    assert old.read_text() == ",".join(SCORES_COLUMNS[:-2]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- speed
