@@ -133,7 +133,7 @@ def collect(args) -> None:
             unfinished.append([game, int(max(steps)), round(float(mean[-1]), 3), len(seeds)])
     axes[0, 0].set_ylabel("greedy return (128 episodes per seed)")
     fig.suptitle("PQN on MinAtar (rlzoo, gymnax" + (", observations divided by 255" if args.obs_div_255 else "")
-                 + (f", {args.value_head} value head" if args.value_head != "mse" else "")
+                 + (f", {args.value_head} value head" if getattr(args, "value_head", "mse") != "mse" else "")
                  + (f", {args.tag}" if args.tag else "") + ")")
     fig.tight_layout()
     fig.savefig(CURVES / f"pqn-minatar-{settings(args)}.png", dpi=110)

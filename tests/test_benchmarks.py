@@ -43,17 +43,13 @@ def test_append_scores_writes_one_row_per_seed_and_refuses_another_format(tmp_pa
     assert rows[2][3] == "1" and rows[2][5] == "-120.04" and len(rows) == 3
     append_scores(path, {**summary, "final_scores": {2: 1.0}, "host": "node7", "launcher": "ray"}, "cfg.json")
     assert path.read_text().splitlines()[-1].endswith(",0.10.2,ray@node7")
-    # The format before ran_on gets the column (empty in its rows); another schema (e.g. an older one without the
-    # jax column) is refused, not appended to.
-    before = tmp_path / "before.csv"
-    before.write_text(",".join(SCORES_COLUMNS[:-1]) + "\nsac,x\n")
-    append_scores(before, summary, "cfg.json")
-    assert before.read_text().splitlines()[:2] == [",".join(SCORES_COLUMNS), "sac,x,"]
+    # Another schema (e.g. an older one without the ran_on or jax column) is refused, not appended to.
     old = tmp_path / "old.csv"
-    old.write_text(",".join(SCORES_COLUMNS[:-2]) + "\n")
-    with pytest.raises(RlzooError, match="not those of a scores CSV"):
-        append_scores(old, summary, "cfg.json")
-    assert old.read_text() == ",".join(SCORES_COLUMNS[:-2]) + "\n"
+    for columns in (SCORES_COLUMNS[:-1], SCORES_COLUMNS[:-2]):
+        old.write_text(",".join(columns) + "\n")
+        with pytest.raises(RlzooError, match="not those of a scores CSV"):
+            append_scores(old, summary, "cfg.json")
+        assert old.read_text() == ",".join(columns) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- speed
