@@ -369,3 +369,55 @@ def test_copied_file_trains(pendulum_store, jax_cache_dir, tmp_path):
     assert summary["steps"] == 200 and summary["algorithm"] == "riql"
     evals = np.atleast_1d(np.genfromtxt(summaries[0].parent / "eval.csv", delimiter=",", names=True))
     assert list(evals["step"]) == [200] and np.isfinite(evals["return_mean"]).all()
+
+
+def test_a_resumed_run_refuses_other_corrupted_data(pendulum, tmp_path):
+    clean = pendulum
+    datasets.pin_to_run(clean, tmp_path, resuming=False)
+    datasets.pin_to_run(clean, tmp_path, resuming=True)
+    bad = corruption.corrupt(clean, options(corruption_target="actions"), progress=False)
+    with pytest.raises(RlzooError, match="corruption changed"):
+        datasets.pin_to_run(bad, tmp_path, resuming=True)
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+
+
+def test_corruption_benchmark_runs_records_and_reports(pendulum_store, jax_cache_dir, tmp_path):
+    """A tiny `python -m benchmarks.corruption run` (2 settings x 2 algorithms x 1 seed x 200 steps on the
+    Pendulum data) into a temporary results folder, then `report`: the table names each setting and the plot is
+    drawn; nothing is written into the repository's results/."""
+    from conftest import assert_figure
+
+    store = tmp_path / "store"
+    shutil.copytree(pendulum_store, store)
+    env = cli_env(jax_cache_dir, store)
+    results = tmp_path / "results"
+    before = sorted((REPO / "results").rglob("*")) if (REPO / "results").exists() else []
+    small = ["--max-action", "2.0", "--hidden-dims", "32", "32", "--batch-size", "64", "--eval-episodes", "1",
+             "--chunk", "200", "--checkpoint-every", "200", "--eval-every", "200"]
+    cmd = [sys.executable, "-m", "benchmarks.corruption", "run", "--algos", "iql", "riql", "--datasets", PENDULUM_ID,
+           "--settings", "clean", "random-rewards", "--num-seeds", "1", "--total-steps", "200", "--runs-root",
+           str(tmp_path / "runs"), "--results", str(results), "--", *small, "--no-download"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(names) == 4 and all(n.endswith(("-clean", "-random-rewards")) for n in names), names
+    rows = list(csv_rows(results / "scores.csv"))
+    assert sorted(r["algorithm"] for r in rows) == ["iql", "iql", "riql", "riql"]
+    rep = subprocess.run([sys.executable, "-m", "benchmarks.corruption", "report", "--results", str(results),
+                          "--reps", "100"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    table = (results / "table.md").read_text()
+    assert re.search(r"\| " + re.escape(PENDULUM_ID) + r" \| clean \| [-\d.]+ ± [\d.]+ \(1\) \| [-\d.]+ ± ", table)
+    assert f"| {PENDULUM_ID} | random-rewards |" in table and "RIQL's mean over 1 corrupted settings" in table
+    assert_figure(results / "aggregate.png")
+    after = sorted((REPO / "results").rglob("*")) if (REPO / "results").exists() else []
+    assert after == before
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with path.open(newline="") as f:
+        yield from csv.DictReader(f)
