@@ -95,6 +95,10 @@ def warm_cache(dataset: str, setting: str, extra: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    given = [t for t in args.extra if t.split("=", 1)[0] in ("--corruption-target", "--corruption-mode")]
+    if given:
+        raise RlzooError(f"{given[0].split('=', 1)[0]} is set by each setting; choose settings with --settings "
+                         f"({', '.join(SETTINGS)}) and pass only other flags after `--`.")
     groups = plan(args)
     failed = 0
     for i, ((setting, algos), dsets) in enumerate(groups.items(), 1):

@@ -437,3 +437,20 @@ def csv_rows(path: Path):
 
     with path.open(newline="") as f:
         yield from csv.DictReader(f)
+
+
+def test_the_corruption_table_is_the_issues_minimum_and_refuses_setting_flags():
+    from benchmarks import corruption as bench
+
+    groups = bench.plan(bench.parse_args(["run"]))
+    runs = {(a, d, s) for (s, algos), dsets in groups.items() for a in algos for d in dsets}
+    assert len(runs) == 2 * 5 * 3 + 4 * 2 == 38
+    assert {s for _, d, s in runs if d == "halfcheetah-medium-replay"} == {"clean", *(f"random-{t}" for t in
+                                                                                   corruption.TARGETS)}
+    assert {a for a, _, s in runs if s.startswith("adversarial")} == {"iql", "riql"}
+    assert bench.setting_flags("adversarial-dynamics") == ["--corruption-target", "dynamics", "--corruption-mode",
+                                                           "adversarial"]
+    subset = bench.plan(bench.parse_args(["run", "--algos", "riql", "--settings", "random-rewards"]))
+    assert subset == {("random-rewards", ("riql",)): ["halfcheetah-medium-replay", "walker2d-medium-replay"]}
+    with pytest.raises(RlzooError, match="--corruption-target is set by each setting"):
+        bench.run(bench.parse_args(["run", "--", "--corruption-target", "actions"]))
