@@ -6,15 +6,17 @@ offline algorithm's dataset the paper's way, rlzoo.corruption):
   1. observation normalization with the mean and std of observations and next observations together (+1e-3), of
      the data trained on (corrupted or not), as the authors' code (--obs-stats-with-next);
   2. a Huber loss for Q (not V, whose expectile loss stays squared) toward r + gamma (1 - terminal) V(s'), the
-     targets clamped to [-100, 1000] (--q-target-clip; the authors' `_update_q`): --huber-delta is the authors'
-     threshold 1/sigma^2. Their loss is huber_delta(u) / delta; the mse head's is 2 huber_delta(u) (the squared
-     error inside delta), a constant factor 2 delta that Adam's normalization takes out (up to its eps);
+     targets clamped to [-100, 1000] (--q-target-clip; in the authors' code `_update_q` clamps r + gamma V(s')
+     before the loss): --huber-delta is the authors' threshold 1/sigma^2. Their loss is huber_delta(u) / delta;
+     the mse head's is 2 huber_delta(u) (the squared error inside delta), a constant factor 2 delta that Adam's
+     normalization takes out (up to its eps);
   3. an ensemble of --num-critics Q's (networks.Ensemble, all trained on the same target) whose alpha-quantile
      over members replaces IQL's min as V's expectile target and as the Q in the actor's advantage
      exp(beta (Q_alpha(s, a) - V(s))), computed as the authors' torch.quantile: linear interpolation between the
      sorted members at position alpha (N - 1) (jnp.quantile, method "linear"), so alpha = 0 is the minimum.
 Everything else is rlzoo's IQL: expectile 0.7, beta 3.0, weights clipped at 100, lr 3e-4 with the actor's
-cosine-decayed, V updated first, then the actor with V before its step, then the critics toward the updated V.
+cosine-decayed, V updated first, then the actor with V before its step, then the critics toward the updated V
+(the authors' code takes V(s') before V's step; IQL's order is kept so that RIQL differs from IQL only as above).
 As the authors' code, rewards are not scaled (their `modify_reward` is never called) and the actor is
 deterministic (tanh MLP) with the advantage-weighted squared error to the dataset action as its loss
 (--no-deterministic-actor: IQL's Gaussian and log-likelihood).
@@ -70,6 +72,11 @@ _TABLE = {
 
 @dataclass
 class Config(heads.HeadOptions, offline.OfflineConfig):
+    """RIQL (robust IQL). Per-setting defaults: --huber-delta, --quantile and --num-critics follow the authors'
+    table for the task (--env: halfcheetah-*, walker2d-*, hopper-*) AND the corruption (--corruption-mode,
+    --corruption-target), e.g. walker2d-medium-replay with random reward corruption starts from quantile 0.1 and
+    huber-delta 1/9; the run prints which were applied, and flags override them."""
+
     TASK_KEY: ClassVar[str] = "{env}/{corruption_mode}/{corruption_target}"
     TASKS: ClassVar[dict] = {
         f"{task}-*/{mode}/{target}": _setting(*row)

@@ -124,6 +124,9 @@ def with_ranges_in_help(config_cls: type[T]) -> type[T]:
 
     hints = typing.get_type_hints(config_cls)
     namespace: dict = {"__annotations__": {}, "__module__": config_cls.__module__}
+    doc = config_cls.__doc__ or ""
+    if doc and not doc.startswith(config_cls.__name__ + "("):  # the Config's own docstring, not dataclass's default
+        namespace["__doc__"] = doc
     for field in dataclasses.fields(config_cls):
         spec = field.metadata.get(RANGE_KEY)
         if not spec or spec == "any":

@@ -334,6 +334,7 @@ def test_help_documents_every_option_from_a_copied_file(jax_cache_dir, tmp_path)
         "--corruption-rate": "0.3", "--corruption-range": "1.0", "--corruption-target": "none",
         "--corruption-mode": "random", "--obs-stats-with-next": "True", "--scale-rewards": "False"})
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", proc.stdout).split())
+    assert "Per-setting defaults: --huber-delta, --quantile and --num-critics follow" in flat  # the Config's doc
     for f in dataclasses.fields(riql.Config):
         spec = f.metadata.get("rlzoo_range")
         if spec and spec != "any":
