@@ -27,10 +27,10 @@ adversarial corruption than the paper's; results say so.
 
 Everything is deterministic given --corruption-seed (independent of the training seeds, so every seed and every
 algorithm trains on one corrupted copy). The corrupted rows and their new values are cached in
-<Minari store>/../rlzoo-corrupted/<dataset>/<settings hash>.npz (with the attacker's parameters beside them as
-attacker-<hash>.msgpack), written atomically; the settings hash covers the clean data's own hash, so a rebuilt
-dataset never meets a stale copy. The run's dataset record (dataset.json) names the settings, the number of
-corrupted rows and the sha256 of their index array.
+<Minari store>/../rlzoo-corrupted/<dataset>/<target>-<mode>-<settings hash>.npz (with the attacker's parameters
+beside them as attacker-<hash>.msgpack), written atomically; the settings hash covers the clean data's own hash,
+so a rebuilt dataset never meets a stale copy. The run's dataset record (dataset.json) names the settings, the
+number of corrupted rows and the sha256 of their index array.
 """
 
 from __future__ import annotations
