@@ -7,12 +7,18 @@ own `TASKS` table, and bad input printed as one paragraph instead of a traceback
         ...
     if __name__ == "__main__":
         run_cli(main, Config)
+
+A table's names are globs over the task (--env) by default. A Config whose per-task values also depend on other
+options names them in a `TASK_KEY` format string, e.g. `TASK_KEY: ClassVar[str] = "{env}/{corruption_mode}"`:
+the globs then match that string, filled with the command line's values (or the defaults), e.g.
+"hopper-*/adversarial".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import string
 import sys
 import textwrap
 from collections.abc import Callable
@@ -36,10 +42,27 @@ def task_names(env: str) -> list[str]:
     return names
 
 
-def task_settings(config_cls: type, env: str) -> dict:
-    """The options `config_cls.TASKS` sets for `env`: every table whose name (a glob over task names, e.g.
-    "hopper-medium" or "hopper-*") matches, later tables overriding earlier ones."""
+def task_keys(config_cls: type, env: str, options: dict | None = None) -> list[str]:
+    """The strings `config_cls.TASKS`'s globs are matched against: each task name of `env`, put into the Config's
+    `TASK_KEY` format (default "{env}") with the other options it names taken from `options` (else defaults)."""
+    key = getattr(config_cls, "TASK_KEY", "{env}")
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    names = [name for _, name, _, _ in string.Formatter().parse(key) if name]
+    unknown = sorted(set(names) - set(defaults))
+    if unknown:
+        raise RlzooError(f"{config_cls.__module__}.{config_cls.__qualname__}.TASK_KEY {key!r} names "
+                         f"{', '.join(unknown)}, which is not an option of that Config. Fix it in the algorithm's "
+                         "file.")
+    values = {n: (options or {}).get(n, defaults[n]) for n in names if n != "env"}
+    return [key.format(**{**values, "env": name}) for name in task_names(env)]
+
+
+def task_settings(config_cls: type, env: str, options: dict | None = None) -> dict:
+    """The options `config_cls.TASKS` sets for `env` (and `options`, when the Config's TASK_KEY names others):
+    every table whose name (a glob over task keys, e.g. "hopper-medium" or "hopper-*") matches, later tables
+    overriding earlier ones."""
     fields = {f.name for f in dataclasses.fields(config_cls)}
+    keys = task_keys(config_cls, env, options)
     settings = {}
     for pattern, values in getattr(config_cls, "TASKS", {}).items():
         unknown = sorted(set(values) - fields)
@@ -47,17 +70,23 @@ def task_settings(config_cls: type, env: str) -> dict:
             raise RlzooError(f"{config_cls.__module__}.{config_cls.__qualname__}.TASKS['{pattern}'] sets "
                              f"{', '.join(unknown)}, which is not an option of that Config; its options are "
                              f"{', '.join(sorted(fields))}. Fix the table in the algorithm's file.")
-        if any(fnmatchcase(name, pattern) for name in task_names(env)):
+        if any(fnmatchcase(name, pattern) for name in keys):
             settings.update(values)
     return settings
 
 
 def env_in(argv: list[str], default: str) -> str:
     """The value of --env on a command line (or `default`)."""
+    return flag_in(argv, "env", default)
+
+
+def flag_in(argv: list[str], name: str, default):
+    """The value of option `name` (e.g. corruption_mode, as --corruption-mode) on a command line (or `default`)."""
+    flag = "--" + name.replace("_", "-")
     for i, arg in enumerate(argv):
-        if arg == "--env" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--env="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return default
 
@@ -68,12 +97,14 @@ def task_defaults(config_cls: type[T], argv: list[str]) -> T | None:
     if not getattr(config_cls, "TASKS", None):
         return None
     env = env_in(argv, config_cls.env)
-    settings = task_settings(config_cls, env)
+    options = {f.name: flag_in(argv, f.name, f.default) for f in dataclasses.fields(config_cls)}
+    settings = task_settings(config_cls, env, options)
     if not settings:
         return None
     if not {"--resume", "--help", "-h"} & set(argv):
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-        print(f"[rlzoo] per-task defaults for {env} (the algorithm's TASKS table; flags override them): {shown}")
+        print(f"[rlzoo] per-task defaults for {task_keys(config_cls, env, options)[0]} (the algorithm's TASKS table; "
+              f"flags override them): {shown}")
     return config_cls(**settings)
 
 
@@ -93,6 +124,9 @@ def with_ranges_in_help(config_cls: type[T]) -> type[T]:
 
     hints = typing.get_type_hints(config_cls)
     namespace: dict = {"__annotations__": {}, "__module__": config_cls.__module__}
+    doc = config_cls.__doc__ or ""
+    if doc and not doc.startswith(config_cls.__name__ + "("):  # the Config's own docstring, not dataclass's default
+        namespace["__doc__"] = doc
     for field in dataclasses.fields(config_cls):
         spec = field.metadata.get(RANGE_KEY)
         if not spec or spec == "any":

@@ -224,6 +224,7 @@ class OfflineDataset:
     ref_min_score: float | None
     ref_max_score: float | None
     metadata: dict = field(default_factory=dict)
+    episode_lengths: np.ndarray | None = None  # transitions per episode, in order (None: not recorded)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -237,9 +238,18 @@ class OfflineDataset:
             )
         return normalize(returns, self.ref_min_score, self.ref_max_score)
 
-    def observation_stats(self, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and std (+eps) of the observations, for state normalization."""
-        return self.observations.mean(0), self.observations.std(0) + eps
+    def observation_stats(self, eps: float = 1e-3, with_next: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std (+eps) of the observations, for state normalization; `with_next`: of the
+        observations and next observations together (RIQL's code)."""
+        obs = np.concatenate([self.observations, self.next_observations]) if with_next else self.observations
+        return obs.mean(0), obs.std(0) + eps
+
+    def returns_of(self, rewards: np.ndarray) -> np.ndarray:
+        """Each episode's return under other per-transition `rewards` (e.g. corrupted ones)."""
+        if self.episode_lengths is None or int(np.sum(self.episode_lengths)) != len(rewards):
+            raise RlzooError(f"dataset '{self.name}' records no episode lengths, so its returns cannot be recomputed")
+        episode = np.repeat(np.arange(len(self.episode_lengths)), self.episode_lengths)
+        return np.bincount(episode, weights=np.asarray(rewards, np.float64), minlength=len(self.episode_lengths))
 
     @property
     def complete_returns(self) -> np.ndarray:
@@ -279,6 +289,7 @@ class OfflineDataset:
             "ref_min_score": self.ref_min_score,
             "ref_max_score": self.ref_max_score,
             "parts": self.metadata.get("part_summaries", []),
+            "corruption": self.metadata.get("corruption"),
         }
 
 
@@ -407,6 +418,7 @@ def _read_minari(dataset_id: str, name: str) -> dict:
         "terminals": np.concatenate(term),
         "timeouts": np.concatenate(trunc),
         "episode_returns": np.asarray(returns, dtype=np.float64),
+        "episode_lengths": np.asarray([length for _, length in ends], dtype=np.int64),
         # CORL's rule (return_reward_range): an episode is complete when it terminated or ran to the time limit.
         "episode_complete": np.asarray([terminated or time_limit is None or length >= time_limit
                                         for terminated, length in ends], dtype=bool),
@@ -427,6 +439,8 @@ def pin_to_run(dataset: OfflineDataset, run_dir: Path, resuming: bool) -> None:
         saved = json.loads(path.read_text())
         now = dataset.summary
         changed = [k for k in ("dataset_ids", "transitions", "episodes") if saved.get(k, now[k]) != now[k]]
+        if (saved.get("corruption") or {}).get("indices_sha256") != (now["corruption"] or {}).get("indices_sha256"):
+            changed.append("corruption")
         numbers = ("ref_min_score", "ref_max_score", "return_mean")  # return_mean identifies the data itself
         changed += [k for k in numbers
                     if saved.get(k) is not None and now[k] is not None and not np.isclose(saved[k], now[k], rtol=1e-9)]

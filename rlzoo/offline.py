@@ -4,7 +4,8 @@ An offline algorithm file supplies only its math: `init_state(config, key, obs_d
 seed's state, with an `"actor"` TrainState and a `"key"`), `make_update(config)` -> `update(state,
 batch)` for one seed, and `make_policy(config, act_dim)` -> `policy(actor_params, obs) -> action` on
 normalized observations. `train` does the rest: resolve and load the dataset (naming a locally built
-stand-in loudly), normalize observations and scale rewards as the config asks, put the data on the
+stand-in loudly), corrupt it if --corruption-target asks (rlzoo.corruption; evaluation stays in the clean env),
+normalize observations and scale rewards as the config asks, put the data on the
 device, vmap the seeds, sample minibatches inside one jitted scan per chunk, evaluate, log, checkpoint,
 resume, and write the summary.
 """
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlzoo import buffers, datasets, heads
+from rlzoo import buffers, corruption, datasets, heads
 from rlzoo.devices import shard_seeds
 from rlzoo.errors import RlzooError
 from rlzoo.evaluation import Evaluator
@@ -29,7 +30,7 @@ from rlzoo.run import Run
 
 
 @dataclass
-class OfflineConfig(RunConfig):
+class OfflineConfig(RunConfig, corruption.CorruptionOptions):
     """Options of every offline algorithm; algorithm files add their hyperparameters."""
 
     env: str = "halfcheetah-medium"
@@ -40,6 +41,9 @@ class OfflineConfig(RunConfig):
     """Minibatch size."""
     normalize_obs: bool = True
     """Normalize observations with the dataset's mean and std (+1e-3), in training and at evaluation."""
+    obs_stats_with_next: bool = False
+    """Compute the normalization's mean and std over observations and next observations together (RIQL's code)
+    rather than over observations only (CORL); either way of the data trained on, corrupted or not."""
     scale_rewards: bool = False
     """Scale rewards by 1000 / (max - min return of complete episodes) of the dataset (IQL's MuJoCo setting)."""
     download: bool = True
@@ -85,8 +89,8 @@ def make_train(update: Callable, config: OfflineConfig, batches_per_update: int 
 
 
 def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
-    """Load the dataset and check the config against it before the run directory exists, so that bad input
-    leaves nothing behind."""
+    """Load the dataset, check the config against it and corrupt it as --corruption-* asks (from the cache when
+    it is there) before the run directory exists, so that bad input leaves nothing behind."""
     dataset = datasets.load(config.env, download=config.download)
     dataset.normalized_score(0.0)  # fails now, not at the first evaluation, if reference scores are missing
     env = gym.make(dataset.env_id)
@@ -100,7 +104,7 @@ def load_dataset(config: OfflineConfig) -> datasets.OfflineDataset:
     if not np.isclose(bound, config.max_action):
         raise RlzooError(f"--max-action {config.max_action} does not match {dataset.env_id}, whose actions are "
                          f"bounded by {bound:g}: run again with --max-action {bound:g}.")
-    return dataset
+    return corruption.corrupt(dataset, config, max_action=config.max_action, progress=not config.quiet)
 
 
 def with_value_support(config: OfflineConfig, dataset: datasets.OfflineDataset) -> OfflineConfig:
@@ -132,7 +136,8 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
-    obs_mean, obs_std = dataset.observation_stats() if config.normalize_obs else (0.0, 1.0)
+    obs_mean, obs_std = (dataset.observation_stats(with_next=config.obs_stats_with_next) if config.normalize_obs
+                         else (0.0, 1.0))
     reward_scale = dataset.reward_scale() if config.scale_rewards else 1.0
     data = jax.device_put(dataset.transitions(obs_mean, obs_std, reward_scale))
     obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
