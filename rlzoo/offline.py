@@ -129,10 +129,11 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
         """Load the dataset and build the training program (which checks e.g. --chunk against the update)
         before the run directory exists."""
         dataset = load_dataset(c)
-        return dataset, make_train(with_value_support(c, dataset))
+        c = with_value_support(c, dataset)
+        return dataset, c, make_train(c)
 
-    run = Run.start(config, algorithm, prepare=prepare, complete=lambda c, p: with_value_support(c, p[0]))
-    config, (dataset, train_chunk) = run.config, run.prepared
+    run = Run.start(config, algorithm, prepare=prepare, complete=lambda c, prepared: prepared[1])
+    config, (dataset, _, train_chunk) = run.config, run.prepared
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
