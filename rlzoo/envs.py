@@ -58,6 +58,8 @@ def _time_limit(env: gym.Env):
 class HostVectorEnv:
     """`n` independent envs; `step(actions)` returns float32 batches and restarts finished episodes."""
 
+    KEEP_FINISHED = 1000  # newest finished-episode returns kept per env until `pop_finished`
+
     def __init__(self, env_id: str, seeds: list[int]):
         check_env_id(env_id)
         self.envs = [gym.make(env_id) for _ in seeds]
@@ -69,6 +71,8 @@ class HostVectorEnv:
         self.episode_return = np.zeros(len(seeds))
         self.episode_length = np.zeros(len(seeds), dtype=np.int64)
         self.last_return = np.full(len(seeds), np.nan)
+        self.ended = np.zeros(len(seeds), bool)  # the last step ended the episode (terminated or truncated)
+        self.finished: list[list[float]] = [[] for _ in seeds]  # returns of episodes ended since `pop_finished`
 
     def scale_action(self, unit_action: np.ndarray) -> np.ndarray:
         """Map actions from [-1, 1] (what the policy outputs) to the env's bounds."""
@@ -86,14 +90,21 @@ class HostVectorEnv:
             self.episode_return[i] += r
             self.episode_length[i] += 1
             reset_obs[i] = o
+            self.ended[i] = terminated or truncated
             if terminated or truncated:
                 self.last_return[i] = self.episode_return[i]
+                self.finished[i] = [*self.finished[i][-(self.KEEP_FINISHED - 1):], float(self.episode_return[i])]
                 self.episode_return[i], self.episode_length[i] = 0.0, 0
                 reset_obs[i] = env.reset()[0]
         batch = {"observations": self.obs, "actions": unit_actions.astype(np.float32), "rewards": rewards,
                  "next_observations": next_obs, "dones": dones}
         self.obs = reset_obs
         return batch
+
+    def pop_finished(self) -> list[list[float]]:
+        """Per env, the returns of the episodes ended since the last call."""
+        finished, self.finished = self.finished, [[] for _ in self.envs]
+        return finished
 
     # ---- exact save / restore (MuJoCo physics, or a classic-control env's `state`) ----
     def get_state(self) -> dict:
@@ -113,7 +124,8 @@ class HostVectorEnv:
                 entry["state"] = np.asarray(u.state).tolist()
             envs.append(entry)
         return {"envs": envs, "obs": self.obs.tolist(), "episode_return": self.episode_return.tolist(),
-                "episode_length": self.episode_length.tolist(), "last_return": self.last_return.tolist()}
+                "episode_length": self.episode_length.tolist(), "last_return": self.last_return.tolist(),
+                "ended": self.ended.tolist(), "finished": self.finished}
 
     def set_state(self, state: dict) -> None:
         import mujoco
@@ -132,6 +144,8 @@ class HostVectorEnv:
         self.episode_return = np.asarray(state["episode_return"], np.float64)
         self.episode_length = np.asarray(state["episode_length"], np.int64)
         self.last_return = np.asarray(state["last_return"], np.float64)
+        self.ended = np.asarray(state.get("ended", np.zeros(len(self.envs))), bool)
+        self.finished = [list(f) for f in state.get("finished", [[] for _ in self.envs])]
 
     def close(self) -> None:
         for env in self.envs:

@@ -52,3 +52,31 @@ class Evaluator:
 
     def close(self) -> None:
         self.envs.close()
+
+
+class TrainingReturns:
+    """The score of streaming algorithms: per seed, the mean undiscounted return of the training episodes that
+    ended since the last report. Chunks `add` the sums and counts of the episodes they ended (and the last
+    return, reported when none ended); `report()` is an evaluation function's (returns [seeds, 1], scores).
+    Saved with every checkpoint (`get_state` / `set_state`) so that a resumed run reports the same numbers."""
+
+    def __init__(self, num_seeds: int):
+        self.total, self.count = np.zeros(num_seeds), np.zeros(num_seeds)
+        self.last = np.full(num_seeds, np.nan)
+
+    def add(self, total, count, last) -> None:
+        self.total += np.asarray(total, np.float64)
+        self.count += np.asarray(count, np.float64)
+        self.last = np.where(np.isfinite(last), np.asarray(last, np.float64), self.last)
+
+    def report(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.where(self.count > 0, self.total / np.maximum(self.count, 1), self.last)
+        self.total, self.count = np.zeros_like(self.total), np.zeros_like(self.count)
+        return mean[:, None], mean
+
+    def get_state(self) -> dict:
+        return {"total": self.total.tolist(), "count": self.count.tolist(), "last": self.last.tolist()}
+
+    def set_state(self, state: dict) -> None:
+        self.total, self.count = np.asarray(state["total"]), np.asarray(state["count"])
+        self.last = np.asarray(state["last"], np.float64)

@@ -22,20 +22,51 @@ def default_init(scale: float = np.sqrt(2.0)) -> Initializer:
     return nn.initializers.orthogonal(scale)
 
 
+def sparse_init(sparsity: float = 0.9) -> Initializer:
+    """Sparse initialization (stream-x): weights uniform in +-1/sqrt(fan_in), then in every output unit's incoming
+    weights ceil(sparsity x fan_in) entries, chosen at random, set to 0. fan_in is the product of all but the
+    last axis (a Dense kernel [in, out] or a conv kernel [kh, kw, C, F])."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        fan_in, fan_out = int(np.prod(shape[:-1])), shape[-1]
+        k_values, k_mask = jax.random.split(key)
+        bound = 1.0 / np.sqrt(fan_in)
+        w = jax.random.uniform(k_values, (fan_in, fan_out), dtype, -bound, bound)
+        num_zeros = int(np.ceil(sparsity * fan_in))
+        rank = jnp.argsort(jax.random.uniform(k_mask, (fan_in, fan_out)), axis=0).argsort(axis=0)
+        return jnp.where(rank < num_zeros, 0.0, w).astype(dtype).reshape(shape)
+
+    return init
+
+
+def free_layer_norm(x: jax.Array, axes: int | Sequence[int] = -1, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm without affine parameters: (x - mean) / sqrt(var + eps) over `axes`."""
+    mean = x.mean(axis=axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axis=axes, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
 class MLP(nn.Module):
-    """Dense layers with ReLU between them, then an optional linear output layer."""
+    """Dense layers, each followed by the activation (ReLU by default; with `layer_norm`, a LayerNorm without
+    parameters comes before it), then an optional linear output layer."""
 
     hidden_dims: Sequence[int]
     out_dim: int | None = None
     kernel_init: Initializer = default_init()
     out_init_scale: float = 1.0
+    layer_norm: bool = False
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    out_kernel_init: Initializer | None = None  # default: orthogonal with gain out_init_scale
+    bias_init: Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for width in self.hidden_dims:
-            x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init)(x))
+            x = nn.Dense(width, kernel_init=self.kernel_init, bias_init=self.bias_init)(x)
+            x = self.activation(free_layer_norm(x) if self.layer_norm else x)
         if self.out_dim is not None:
-            x = nn.Dense(self.out_dim, kernel_init=default_init(self.out_init_scale))(x)
+            x = nn.Dense(self.out_dim, kernel_init=self.out_kernel_init or default_init(self.out_init_scale),
+                         bias_init=self.bias_init)(x)
         return x
 
 
@@ -199,18 +230,27 @@ class QNetwork(nn.Module):
     channels_first: bool = False  # ale-py stacks frames first: [4, 84, 84]
     scale: float = 1.0
     num_bins: int = 1
+    # stream Q: sparse init everywhere, LayerNorms without parameters (a conv layer's over all its outputs), leaky ReLU
+    sparse: float | None = None
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = obs.astype(jnp.float32) * self.scale
         if self.channels_first:
             x = jnp.moveaxis(x, -3, -1)
+        sparse = self.sparse is not None
+        init = sparse_init(self.sparse) if sparse else nn.initializers.he_normal()
         for features, kernel, stride in self.convs:
-            x = PatchConv(features, (kernel, kernel), (stride, stride), kernel_init=nn.initializers.he_normal())(x)
-            x = nn.relu(nn.LayerNorm()(x))  # over channels, at every position
+            x = PatchConv(features, (kernel, kernel), (stride, stride), kernel_init=init)(x)
+            # over channels at every position; parameter-free, over the whole feature map, with sparse init
+            x = self.activation(free_layer_norm(x, (-3, -2, -1)) if sparse else nn.LayerNorm()(x))
         x = x.reshape(*x.shape[:-3], -1)
         for width in self.hidden:
-            x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=nn.initializers.he_normal())(x)))
+            x = nn.Dense(width, kernel_init=init)(x)
+            x = self.activation(free_layer_norm(x) if sparse else nn.LayerNorm()(x))
+        out_init = init if sparse else nn.initializers.lecun_normal()
         if self.num_bins == 1:
-            return nn.Dense(self.num_actions)(x)
-        return nn.Dense(self.num_actions * self.num_bins)(x).reshape(*x.shape[:-1], self.num_actions, self.num_bins)
+            return nn.Dense(self.num_actions, kernel_init=out_init)(x)
+        return nn.Dense(self.num_actions * self.num_bins, kernel_init=out_init)(x).reshape(
+            *x.shape[:-1], self.num_actions, self.num_bins)
