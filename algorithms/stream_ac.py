@@ -34,6 +34,7 @@ import optax
 
 from rlzoo import normalizers as norm
 from rlzoo.cli import run_cli
+from rlzoo.devices import synchronous_dispatch
 from rlzoo.envs import HostVectorEnv, check_env_id
 from rlzoo.errors import RlzooError
 from rlzoo.evaluation import TrainingReturns
@@ -187,6 +188,7 @@ def check_config(config: Config) -> None:
 
 
 def main(config: Config) -> dict:
+    synchronous_dispatch()  # one small jitted call per env step, whose result the host waits for
     run = Run.start(config, "stream_ac", prepare=check_config)
     config = run.config
     envs = HostVectorEnv(config.env, run.seeds)

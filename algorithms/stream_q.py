@@ -111,11 +111,11 @@ def make_agent(config: Config):
     def step(state: dict, _):
         key, k_explore, k_action, k_step, k_reset = jax.random.split(state["key"], 5)
         params, obs = state["params"], state["obs"]
-        q = network.apply(params, obs)
+        q, q_vjp = jax.vjp(lambda p: network.apply(p, obs), params)  # one forward pass for acting and learning
         greedy = jnp.argmax(q)
         explore = jax.random.uniform(k_explore) < epsilon(state["t"])
         action = jnp.where(explore, jax.random.randint(k_action, (), 0, env.num_actions), greedy)
-        neg_q_sa, grads = jax.value_and_grad(lambda p: -network.apply(p, obs)[action])(params)
+        neg_q_sa, (grads,) = -q[action], q_vjp(-jax.nn.one_hot(action, env.num_actions))  # grad of -Q(s, a)
         raw_next, env_state, reward, done, _ = env.step_env(k_step, state["env"], action, env_params)
         reward = reward.astype(jnp.float32)
         stats, next_obs = observe(state["obs_stats"], raw_next)

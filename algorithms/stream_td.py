@@ -28,6 +28,7 @@ import optax
 
 from rlzoo import normalizers as norm
 from rlzoo.cli import run_cli
+from rlzoo.devices import synchronous_dispatch
 from rlzoo.envs import HostVectorEnv, check_env_id
 from rlzoo.errors import RlzooError
 from rlzoo.networks import MLP, sample_tanh_gaussian, sparse_init
@@ -177,6 +178,7 @@ def check_config(config: Config) -> Path:
 
 
 def main(config: Config) -> dict:
+    synchronous_dispatch()  # one small jitted call per env step, whose result the host waits for
     run = Run.start(config, "stream_td", prepare=check_config)
     config = run.config
     envs = HostVectorEnv(config.env, run.seeds)
