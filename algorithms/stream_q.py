@@ -14,12 +14,20 @@ How it runs here: env, acting, normalizers and updates of a chunk run in one jit
 seeds (one env per seed, as the method intends); the host sees the device once per chunk. The score is the
 mean undiscounted return of the training episodes that ended since the previous report. Differences from the
 paper's code: gymnax's MinAtar (no sticky actions, 1,000-step episode limit, treated as an end).
+
+Atari (ALE/<Game>-v5) runs through ale-py on the host (rlzoo.atari: frame skip 4, 84x84 grayscale, 4 stacked
+frames, no sticky actions as in the paper's NoFrameskip games, a lost life ends the learning episode, rewards
+not clipped but scaled), one env per seed and one jitted update-and-act call per step; the network is the
+paper's: convolutions 32 8x8/5, 64 4x4/3, 64 3x3/2 and a 256-unit layer. Pixels are normalized with running
+per-pixel statistics of the newest frame, applied to the whole stack. A resumed Atari run restarts its games
+from fresh episodes (ale-py's state is not saved); everything else continues exactly.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -28,7 +36,9 @@ import numpy as np
 import optax
 
 from rlzoo import normalizers as norm
+from rlzoo.atari import AtariEnvs, atari_env_ids, atari_game
 from rlzoo.cli import run_cli
+from rlzoo.devices import synchronous_dispatch
 from rlzoo.errors import RlzooError, close_matches
 from rlzoo.evaluation import TrainingReturns
 from rlzoo.networks import QNetwork
@@ -41,8 +51,14 @@ MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvad
 
 @dataclass
 class Config(RunConfig):
+    TASKS: ClassVar[dict] = {
+        # the paper's Atari agent: 10M steps, epsilon over the first 5%, a 256-unit dense layer
+        "ALE/*": {"total_steps": 10_000_000, "eps_decay": 0.05, "hidden": 256, "chunk": 1000,
+                  "eval_every": 100_000, "checkpoint_every": 500_000},
+    }
     env: str = "Breakout-MinAtar"
-    """Asterix-MinAtar, Breakout-MinAtar, Freeway-MinAtar or SpaceInvaders-MinAtar (gymnax)."""
+    """Asterix-MinAtar, Breakout-MinAtar, Freeway-MinAtar or SpaceInvaders-MinAtar (gymnax), or an Atari game
+    ALE/<Game>-v5 (ale-py)."""
     total_steps: int = option(5_000_000, ">= 1")
     """Env steps per seed (the paper's code: 5M on MinAtar)."""
     chunk: int = option(10_000, ">= 1")
@@ -76,9 +92,21 @@ class Config(RunConfig):
 
 
 def make_network(config: Config, num_actions: int) -> QNetwork:
-    """The paper's MinAtar network: Conv 16 3x3, Dense 128, each + parameter-free LayerNorm + leaky ReLU."""
+    """The paper's networks, each layer + parameter-free LayerNorm + leaky ReLU: on MinAtar Conv 16 3x3 and
+    Dense 128; on Atari Conv 32 8x8/5, 64 4x4/3, 64 3x3/2 and Dense 256."""
+    if config.env.startswith("ALE/"):
+        return QNetwork(num_actions, convs=((32, 8, 5), (64, 4, 3), (64, 3, 2)), hidden=(config.hidden,),
+                        channels_first=True, sparse=config.sparsity, activation=nn.leaky_relu)
     return QNetwork(num_actions, convs=((16, 3, 1),), hidden=(config.hidden,), sparse=config.sparsity,
                     activation=nn.leaky_relu)
+
+
+def td_step(config: Config, tx, network: QNetwork, params, opt, neg_q_sa, grads, reward, done, next_obs, reset):
+    """The TD error of Q(s, a) (given as -Q(s, a) and its gradient) and one ObGD step along the trace."""
+    q_next = network.apply(params, next_obs).max()
+    delta = reward + config.gamma * (1.0 - done) * q_next + neg_q_sa
+    updates, opt = tx.update(grads, opt, delta=delta, reset=reset)
+    return optax.apply_updates(params, updates), opt, delta
 
 
 def make_agent(config: Config):
@@ -123,10 +151,8 @@ def make_agent(config: Config):
         if config.scale_rewards:
             reward_scale, scaled = norm.reward_scale(reward_scale, reward, done, config.gamma)
 
-        q_next = network.apply(params, next_obs).max()
-        delta = scaled + config.gamma * (1.0 - done) * q_next + neg_q_sa
-        updates, opt = tx.update(grads, state["opt"], delta=delta, reset=done | (action != greedy))
-        params = optax.apply_updates(params, updates)
+        params, opt, delta = td_step(config, tx, network, params, state["opt"], neg_q_sa, grads, scaled, done,
+                                     next_obs, done | (action != greedy))
 
         raw_reset, reset_state = env.reset_env(k_reset, env_params)
         reset_stats, reset_obs = observe(stats, raw_reset)
@@ -152,16 +178,118 @@ def make_agent(config: Config):
     return network, init, train_chunk
 
 
+def make_atari_agent(config: Config, num_actions: int, obs_shape: tuple[int, ...]):
+    """(network, init(key, raw_obs), step(state, raw_obs, reward, done, valid) -> (state, action)) for one seed:
+    learn from the step just taken (none when ale-py marks it invalid: the step that restarts a game), then act."""
+    network = make_network(config, num_actions)
+    tx = obgd(config.lr, config.gamma, config.lam, config.kappa)
+    epsilon = optax.linear_schedule(config.eps_start, config.eps_finish,
+                                    max(int(config.eps_decay * config.total_steps), 1))
+
+    def observe(stats, raw_obs):
+        """Running per-pixel statistics of the newest frame, applied to the whole stack [4, 84, 84]."""
+        frames = raw_obs.astype(jnp.float32)
+        if not config.normalize_obs:
+            return stats, frames
+        stats = norm.mean_var_update(stats, frames[-1])
+        return stats, (frames - stats.mean) / jnp.sqrt(norm.variance(stats) + 1e-8)
+
+    def act(params, obs, key, t):
+        k_explore, k_action = jax.random.split(key)
+        greedy = jnp.argmax(network.apply(params, obs))
+        explore = jax.random.uniform(k_explore) < epsilon(t)
+        return jnp.where(explore, jax.random.randint(k_action, (), 0, num_actions), greedy), greedy
+
+    def init(key: jax.Array, raw_obs: jax.Array) -> dict:
+        k_net, k_act, key = jax.random.split(key, 3)
+        stats, obs = observe(norm.mean_var_init(obs_shape[1:]), raw_obs)
+        params = network.init(k_net, obs)
+        action, greedy = act(params, obs, k_act, 0)
+        return {"params": params, "opt": tx.init(params), "obs_stats": stats, "reward_scale": norm.reward_scale_init(),
+                "obs": obs, "action": action, "greedy": greedy, "t": jnp.int32(1), "key": key}
+
+    def step(state: dict, raw_obs, reward, done, valid):
+        key, k_act = jax.random.split(state["key"])
+        params, action, obs = state["params"], state["action"], state["obs"]
+        stats, next_obs = observe(state["obs_stats"], raw_obs)
+        reward_scale, scaled = state["reward_scale"], reward
+        if config.scale_rewards:
+            reward_scale, scaled = norm.reward_scale(reward_scale, reward, done, config.gamma)
+        neg_q_sa, grads = jax.value_and_grad(lambda p: -network.apply(p, obs)[action])(params)
+        new_params, opt, delta = td_step(config, tx, network, params, state["opt"], neg_q_sa, grads, scaled, done,
+                                         next_obs, done | (action != state["greedy"]))
+        # a restarting game's step teaches nothing: keep the parameters, start the traces afresh
+        new_params = norm.where_tree(valid, new_params, params)
+        opt = opt._replace(trace=norm.where_tree(valid, opt.trace, jax.tree_util.tree_map(jnp.zeros_like, opt.trace)))
+        reward_scale = norm.where_tree(valid, reward_scale, state["reward_scale"])
+        next_action, greedy = act(new_params, next_obs, k_act, state["t"])
+        return {**state, "params": new_params, "opt": opt, "obs_stats": stats, "reward_scale": reward_scale,
+                "obs": next_obs, "action": next_action, "greedy": greedy, "t": state["t"] + 1, "key": key}, \
+            (next_action, jnp.abs(delta) * valid, opt.step_size)
+
+    return network, init, step, epsilon
+
+
 def check_config(config: Config) -> None:
+    if config.env.startswith("ALE/"):
+        if config.env not in atari_env_ids():
+            matches = close_matches(config.env, atari_env_ids())
+            raise RlzooError(f"unknown Atari game '{config.env}' for stream Q. "
+                             + (f"Close matches: {', '.join(matches)}. " if matches else "")
+                             + "Atari games are named ALE/<Game>-v5, e.g. ALE/Breakout-v5.")
+        return
     if config.env not in MINATAR:
-        matches = close_matches(config.env, MINATAR)
+        matches = close_matches(config.env, [*MINATAR, "ALE/Breakout-v5"])
         raise RlzooError(f"unknown environment '{config.env}' for stream Q. "
                          + (f"Close matches: {', '.join(matches)}. " if matches else "")
-                         + f"It takes one of {', '.join(MINATAR)} (gymnax).")
+                         + f"It takes one of {', '.join(MINATAR)} (gymnax), or an Atari game ALE/<Game>-v5.")
+
+
+def atari_main(run: Run) -> dict:
+    """Stream Q on Atari: the games on the host, one jitted update-and-act call per env step for all seeds."""
+    config = run.config
+    envs = AtariEnvs(atari_game(config.env), len(run.seeds), config.seed, clip_rewards=False, episodic_life=True,
+                     sticky_actions=0.0)
+    raw_obs = envs.reset()
+    network, init, step, epsilon = make_atari_agent(config, envs.num_actions, envs.obs_shape)
+    returns = TrainingReturns(config.num_seeds)
+    state = run.restore(jax.jit(jax.vmap(init))(run.keys, jnp.asarray(raw_obs)), host={"returns": returns},
+                        note=" (Atari games restart from fresh episodes)")
+    step = jax.jit(jax.vmap(step), donate_argnums=0)
+    score = np.zeros(config.num_seeds)
+
+    def chunk(state):
+        action = np.asarray(state["action"])
+        total, count, last = np.zeros_like(score), np.zeros_like(score), np.full_like(score, np.nan)
+        abs_td, sizes = 0.0, 0.0
+        for _ in range(config.chunk):
+            obs, _, done, valid, raw_reward, game_over = envs.step(action)
+            reward = np.where(valid, raw_reward, 0.0).astype(np.float32)  # rewards scaled on the device
+            state, (action, delta, size) = step(state, obs, reward, done, valid)
+            action = np.asarray(action)
+            score[:] += raw_reward
+            total += np.where(game_over, score, 0.0)
+            count += game_over
+            last = np.where(game_over, score, last)
+            score[game_over] = 0.0
+            abs_td, sizes = abs_td + np.asarray(delta), sizes + np.asarray(size)
+        returns.add(total, count, last)
+        return state, {"abs_td_error": jnp.asarray(abs_td / config.chunk)[:, None],
+                       "step_size": jnp.asarray(sizes / config.chunk)[:, None],
+                       "epsilon": jnp.full((config.num_seeds, 1), epsilon(state["t"][0])),
+                       "episode_return": jnp.asarray(np.nan_to_num(returns.last))[:, None]}
+
+    state = run.train(state, chunk, lambda state: returns.report(), "return")
+    run.save_policy({"params": state["params"], "obs_stats": state["obs_stats"]._asdict()}, backend="atari")
+    return run.finish(task=config.env, data_source="online", close=[envs])
 
 
 def main(config: Config) -> dict:
+    if config.env.startswith("ALE/"):
+        synchronous_dispatch()  # one small jitted call per env step, whose result the host waits for
     run = Run.start(config, "stream_q", prepare=check_config)
+    if config.env.startswith("ALE/"):
+        return atari_main(run)
     config = run.config
     network, init, train_chunk = make_agent(config)
     returns = TrainingReturns(config.num_seeds)

@@ -179,6 +179,20 @@ def test_stream_q_beats_random_on_breakout(jax_cache_dir, tmp_path):
     assert final > 3 * random_mean and final > 2.0, (final, random_mean)
 
 
+def test_stream_q_atari_runs_on_ale(jax_cache_dir, tmp_path):
+    """The Atari path: two seeds' games on the host, the paper's network and 5% epsilon decay from TASKS."""
+    run_dir = tmp_path / "atari"
+    proc = run_algo("stream_q", ["--env", "ALE/Pong-v5", "--num-seeds", "2", "--total-steps", "1000", "--chunk",
+                                 "250", "--eval-every", "500", "--checkpoint-every", "1000", "--run-dir",
+                                 str(run_dir), "--quiet"], cli_env(jax_cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["eps_decay"] == 0.05 and config["hidden"] == 256
+    train = np.genfromtxt(run_dir / "train.csv", delimiter=",", names=True)
+    assert np.all(train["abs_td_error"] > 0) and np.all(np.isfinite(train["abs_td_error"]))
+    assert train["epsilon"][-1] == pytest.approx(0.01)  # 5% of 1000 steps
+
+
 def test_stream_td_prediction_error_falls(jax_cache_dir, tmp_path):
     """V of the committed medium Hopper policy: the Monte Carlo RMSE falls by half within 20k steps (measured
     95 -> 30 against a return spread of ~75)."""
@@ -193,6 +207,7 @@ def test_stream_td_prediction_error_falls(jax_cache_dir, tmp_path):
 
 @pytest.mark.parametrize("algo, args, needle", [
     ("stream_q", ["--env", "Breakout-MinAtr"], "unknown environment 'Breakout-MinAtr'"),
+    ("stream_q", ["--env", "ALE/Breakout-v9"], "unknown Atari game 'ALE/Breakout-v9'"),
     ("stream_ac", ["--env", "CartPole-v1"], "continuous (Box) action space"),
     ("stream_td", ["--env", "Hopper-v5", "--policy", "nowhere.npz"], "nowhere.npz"),
 ])
