@@ -42,6 +42,7 @@ from rlzoo.networks import MLP, sparse_init
 from rlzoo.optim import obgd
 from rlzoo.options import RunConfig, option
 from rlzoo.run import Run
+from rlzoo.stepping import PerStep
 
 
 @dataclass
@@ -198,16 +199,16 @@ def main(config: Config) -> dict:
     returns = TrainingReturns(config.num_seeds)
     state = jax.jit(jax.vmap(init))(run.keys, jnp.asarray(envs.obs))
     state = run.restore(state, host={"envs": envs, "returns": returns})
-    step = jax.jit(jax.vmap(step), donate_argnums=0)
+    step = PerStep(step, state)
     take = jax.jit(jax.vmap(take_metrics))
 
     def chunk(state):
         """config.chunk env steps: each one env step on the host and one jitted update-and-act call."""
-        action = np.asarray(state["action"])
+        action, carry = np.asarray(state["action"]), step.enter(state)
         for _ in range(config.chunk):
-            state, action = step(state, norm.pack_host_step(envs.step(action), envs))
+            carry, action = step(carry, norm.pack_host_step(envs.step(action), envs))
             action = np.asarray(action)
-        state, metrics = take(state)
+        state, metrics = take(step.leave(carry))
         finished = envs.pop_finished()
         returns.add([sum(f) for f in finished], [len(f) for f in finished], envs.last_return)
         metrics["episode_return"] = jnp.asarray(np.nan_to_num(envs.last_return))[:, None]

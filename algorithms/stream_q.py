@@ -45,6 +45,7 @@ from rlzoo.networks import QNetwork
 from rlzoo.optim import obgd
 from rlzoo.options import RunConfig, option
 from rlzoo.run import Run
+from rlzoo.stepping import PerStep
 
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
 
@@ -255,17 +256,17 @@ def atari_main(run: Run) -> dict:
     returns = TrainingReturns(config.num_seeds)
     state = run.restore(jax.jit(jax.vmap(init))(run.keys, jnp.asarray(raw_obs)), host={"returns": returns},
                         note=" (Atari games restart from fresh episodes)")
-    step = jax.jit(jax.vmap(step), donate_argnums=0)
+    step = PerStep(step, state)
     score = np.zeros(config.num_seeds)
 
     def chunk(state):
-        action = np.asarray(state["action"])
+        action, carry = np.asarray(state["action"]), step.enter(state)
         total, count, last = np.zeros_like(score), np.zeros_like(score), np.full_like(score, np.nan)
         abs_td, sizes = 0.0, 0.0
         for _ in range(config.chunk):
             obs, _, done, valid, raw_reward, game_over = envs.step(action)
             reward = np.where(valid, raw_reward, 0.0).astype(np.float32)  # rewards scaled on the device
-            state, (action, delta, size) = step(state, obs, reward, done, valid)
+            carry, (action, delta, size) = step(carry, obs, reward, done, valid)
             action = np.asarray(action)
             score[:] += raw_reward
             total += np.where(game_over, score, 0.0)
@@ -274,6 +275,7 @@ def atari_main(run: Run) -> dict:
             score[game_over] = 0.0
             abs_td, sizes = abs_td + np.asarray(delta), sizes + np.asarray(size)
         returns.add(total, count, last)
+        state = step.leave(carry)
         return state, {"abs_td_error": jnp.asarray(abs_td / config.chunk)[:, None],
                        "step_size": jnp.asarray(sizes / config.chunk)[:, None],
                        "epsilon": jnp.full((config.num_seeds, 1), epsilon(state["t"][0])),

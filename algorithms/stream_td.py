@@ -36,6 +36,7 @@ from rlzoo.optim import obgd
 from rlzoo.options import RunConfig, option
 from rlzoo.policies import load_sac_actor
 from rlzoo.run import Run
+from rlzoo.stepping import PerStep
 
 
 @dataclass
@@ -186,19 +187,19 @@ def main(config: Config) -> dict:
     errors = MonteCarloError(config.num_seeds, config.gamma)
     state = jax.jit(jax.vmap(init))(run.keys, jnp.asarray(envs.obs))
     state = run.restore(state, host={"envs": envs, "errors": errors})
-    step = jax.jit(jax.vmap(step), donate_argnums=0)
+    step = PerStep(step, state)
 
     def chunk(state):
-        action = np.asarray(state["action"])
+        action, carry = np.asarray(state["action"]), step.enter(state)
         abs_td, step_size = np.zeros(config.num_seeds), np.zeros(config.num_seeds)
         for _ in range(config.chunk):
             batch = envs.step(action)
-            state, (action, prediction, delta, size) = step(state, norm.pack_host_step(batch, envs))
+            carry, (action, prediction, delta, size) = step(carry, norm.pack_host_step(batch, envs))
             action, prediction = np.asarray(action), np.asarray(prediction)
             errors.add(prediction, batch["rewards"], envs.ended)
             abs_td += np.asarray(delta)
             step_size += np.asarray(size)
-        return state, {"abs_td_error": jnp.asarray(abs_td / config.chunk)[:, None],
+        return step.leave(carry), {"abs_td_error": jnp.asarray(abs_td / config.chunk)[:, None],
                        "step_size": jnp.asarray(step_size / config.chunk)[:, None],
                        "episode_return": jnp.asarray(np.nan_to_num(envs.last_return))[:, None]}
 

@@ -56,19 +56,20 @@ def ours_stream_ac(env_id: str, num_seeds: int, steps: int) -> float:
     from rlzoo import normalizers as norm
     from rlzoo.devices import seed_keys
     from rlzoo.envs import HostVectorEnv
+    from rlzoo.stepping import PerStep
 
     mod = algorithm_module("stream_ac")
     config = mod.Config(env=env_id, num_seeds=num_seeds)
     envs = HostVectorEnv(env_id, list(range(num_seeds)))
     init, step = mod.make_agent(config, envs.obs_dim, envs.act_dim)
     state = jax.jit(jax.vmap(init))(seed_keys(list(range(num_seeds))), jnp.asarray(envs.obs))
-    step = jax.jit(jax.vmap(step), donate_argnums=0)
-    action = np.asarray(state["action"])
+    step = PerStep(step, state)
+    action, carry = np.asarray(state["action"]), step.enter(state)
     t0 = 0.0
     for i in range(300 + steps):
         if i == 300:
             t0 = time.perf_counter()
-        state, action = step(state, norm.pack_host_step(envs.step(action), envs))
+        carry, action = step(carry, norm.pack_host_step(envs.step(action), envs))
         action = np.asarray(action)
     envs.close()
     return num_seeds * steps / (time.perf_counter() - t0)
