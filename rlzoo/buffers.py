@@ -30,16 +30,25 @@ def replay_init(example: Batch, capacity: int) -> Replay:
     return Replay(data=data, size=jnp.int32(0), ptr=jnp.int32(0))
 
 
-def replay_add(buffer: Replay, batch: Batch) -> Replay:
-    """Write the `n` rows of `batch` (leading axis n) at the pointer, wrapping around (FIFO)."""
+def replay_add(buffer: Replay, batch: Batch, mask: jax.Array | None = None) -> Replay:
+    """Write the `n` rows of `batch` (leading axis n) at the pointer, wrapping around (FIFO); at most the
+    capacity at once. With a boolean `mask` [n], only the rows where it is True are written, packed in their
+    order (e.g. the real steps of model rollouts, whose number varies): the others are dropped."""
     n = jax.tree_util.tree_leaves(batch)[0].shape[0]
     capacity = buffer.capacity
-    rows = (buffer.ptr + jnp.arange(n)) % capacity
-    data = jax.tree_util.tree_map(lambda store, x: store.at[rows].set(x.astype(store.dtype)), buffer.data, batch)
+    if mask is None:
+        rows, count, mode = (buffer.ptr + jnp.arange(n)) % capacity, n, None
+    else:
+        mask = jnp.asarray(mask, bool).reshape(n)
+        offset = jnp.cumsum(mask) - 1
+        rows = jnp.where(mask, (buffer.ptr + offset) % capacity, capacity)  # row `capacity` is out of range: dropped
+        count, mode = jnp.sum(mask, dtype=jnp.int32), "drop"
+    data = jax.tree_util.tree_map(lambda store, x: store.at[rows].set(x.astype(store.dtype), mode=mode),
+                                  buffer.data, batch)
     return Replay(
         data=data,
-        size=jnp.minimum(buffer.size + n, capacity).astype(jnp.int32),
-        ptr=((buffer.ptr + n) % capacity).astype(jnp.int32),
+        size=jnp.minimum(buffer.size + count, capacity).astype(jnp.int32),
+        ptr=((buffer.ptr + count) % capacity).astype(jnp.int32),
     )
 
 
