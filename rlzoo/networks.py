@@ -129,12 +129,15 @@ class Ensemble(nn.Module):
     """`n` independent copies of `module_cls(**kwargs)` evaluated in one vmapped call.
 
     Parameters carry a leading axis of size `n`; inputs are shared (broadcast), outputs get a leading
-    axis `n`. XLA turns the members' Dense layers into one batched matmul.
+    axis `n`. XLA turns the members' Dense layers into one batched matmul. `in_axes` (nn.vmap's, one entry
+    per input) gives members inputs of their own instead, e.g. (None, 0): a shared first input and a second
+    one with a leading axis `n`; the parameters are the same either way, so one set serves both.
     """
 
     module_cls: type[nn.Module]
     n: int
     kwargs: dict | None = None
+    in_axes: int | tuple | None = None
 
     @nn.compact
     def __call__(self, *args):
@@ -142,7 +145,7 @@ class Ensemble(nn.Module):
             self.module_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=None,
+            in_axes=self.in_axes,
             out_axes=0,
             axis_size=self.n,
         )
