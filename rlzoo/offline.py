@@ -117,29 +117,36 @@ def with_value_support(config: OfflineConfig, dataset: datasets.OfflineDataset) 
     return heads.with_support(config, (float(rewards.min()), float(rewards.max())))
 
 
+def data_transform(config: OfflineConfig, dataset: datasets.OfflineDataset) -> tuple:
+    """(obs_mean, obs_std, reward_scale) that turn the dataset into what the updates see: the normalization of
+    --normalize-obs (0 and 1 without it) and the factor of --scale-rewards (1 without it)."""
+    obs_mean, obs_std = (dataset.observation_stats(with_next=config.obs_stats_with_next) if config.normalize_obs
+                         else (0.0, 1.0))
+    return obs_mean, obs_std, dataset.reward_scale() if config.scale_rewards else 1.0
+
+
 def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_train: Callable,
-          make_policy: Callable) -> dict:
+          make_policy: Callable, with_dataset: bool = False) -> dict:
     """Run `algorithm` on `config.env` to `config.total_steps` (or resume it) and return the summary.
 
-    `make_train(config)` returns the jitted `train_chunk` (usually via `rlzoo.offline.make_train`);
-    `init_state(config, key, obs_dim=, act_dim=)` builds one seed's state; `make_policy(config, act_dim)`
-    gives the evaluation policy on normalized observations. All three get the run's config (the saved one
-    when resuming)."""
+    `make_train(config)` returns the jitted `train_chunk` (usually via `rlzoo.offline.make_train`); with
+    `with_dataset`, `make_train(config, dataset)` also gets the loaded (and corrupted) OfflineDataset, e.g. to
+    train a dynamics model on it (model-based algorithms). `init_state(config, key, obs_dim=, act_dim=)` builds
+    one seed's state; `make_policy(config, act_dim)` gives the evaluation policy on normalized observations.
+    All three get the run's config (the saved one when resuming)."""
     def prepare(c):
         """Load the dataset and build the training program (which checks e.g. --chunk against the update)
         before the run directory exists."""
         dataset = load_dataset(c)
         c = with_value_support(c, dataset)
-        return dataset, c, make_train(c)
+        return dataset, c, make_train(c, dataset) if with_dataset else make_train(c)
 
     run = Run.start(config, algorithm, prepare=prepare, complete=lambda c, prepared: prepared[1])
     config, (dataset, _, train_chunk) = run.config, run.prepared
     datasets.pin_to_run(dataset, run.run_dir, run.resuming)
     print(f"[rlzoo] {dataset.name}: {len(dataset):,} transitions, {len(dataset.episode_returns)} episodes, "
           f"source {dataset.source} ({', '.join(dataset.dataset_ids)}), evaluated on {dataset.env_id}")
-    obs_mean, obs_std = (dataset.observation_stats(with_next=config.obs_stats_with_next) if config.normalize_obs
-                         else (0.0, 1.0))
-    reward_scale = dataset.reward_scale() if config.scale_rewards else 1.0
+    obs_mean, obs_std, reward_scale = data_transform(config, dataset)
     data = jax.device_put(dataset.transitions(obs_mean, obs_std, reward_scale))
     obs_dim, act_dim = dataset.observations.shape[1], dataset.actions.shape[1]
 
