@@ -42,7 +42,7 @@ from rlzoo.networks import MLP, sparse_init
 from rlzoo.optim import obgd
 from rlzoo.options import RunConfig, option
 from rlzoo.run import Run
-from rlzoo.stepping import PerStep
+from rlzoo.stepping import PerStep, observe_host_step, pack_host_step, unpack_host_step
 
 
 @dataclass
@@ -134,12 +134,11 @@ def make_agent(config: Config, obs_dim: int, act_dim: int):
                 "sums": {"abs_td_error": zero, "actor_step": zero, "critic_step": zero, "entropy": zero, "n": zero}}
 
     def step(state: dict, packed: jax.Array) -> tuple[dict, jax.Array]:
-        host = norm.unpack_host_step(packed, obs_dim)
-        reward, ended = host["reward"], host["ended"]
-        stats, next_obs = observe(state["obs_stats"], host["next_obs"], state["t"] + 1)
-        reward_scale = state["reward_scale"]
-        if config.scale_rewards:
-            reward_scale, reward = norm.reward_scale(reward_scale, reward, ended, config.gamma)
+        host = unpack_host_step(packed, obs_dim)
+        ended = host["ended"]
+        seen = observe_host_step(state, host, config.gamma, config.normalize_obs, config.scale_rewards,
+                                 config.time_horizon)
+        reward, next_obs = seen["reward"], seen["next_obs"]
 
         obs, action = state["obs"], state["action"]
         v, critic_grads = jax.value_and_grad(lambda p: -value(p, obs))(state["critic"])
@@ -156,18 +155,15 @@ def make_agent(config: Config, obs_dim: int, act_dim: int):
         actor_params = optax.apply_updates(state["actor"], actor_updates)
         critic_params = optax.apply_updates(state["critic"], critic_updates)
 
-        # the next observation to act on: the reset one (added to the statistics, as every observation) after an end
-        reset_stats, reset_obs = observe(stats, host["reset_obs"], jnp.float32(0))
-        stats, obs = norm.where_tree(ended, (reset_stats, reset_obs), (stats, next_obs))
         key, k_act = jax.random.split(state["key"])
-        action = sample(actor_params, k_act, obs)
+        action = sample(actor_params, k_act, seen["obs"])  # after an episode's end, on the reset observation
         sums = state["sums"]
         sums = {"abs_td_error": sums["abs_td_error"] + jnp.abs(delta), "actor_step": sums["actor_step"]
                 + actor_opt.step_size, "critic_step": sums["critic_step"] + critic_opt.step_size,
                 "entropy": sums["entropy"] + entropy, "n": sums["n"] + 1.0}
         return {**state, "actor": actor_params, "actor_opt": actor_opt, "critic": critic_params,
-                "critic_opt": critic_opt, "obs_stats": stats, "reward_scale": reward_scale, "obs": obs,
-                "t": jnp.where(ended, 0.0, state["t"] + 1), "action": action, "key": key, "sums": sums}, action
+                "critic_opt": critic_opt, "obs_stats": seen["obs_stats"], "reward_scale": seen["reward_scale"],
+                "obs": seen["obs"], "t": seen["t"], "action": action, "key": key, "sums": sums}, action
 
     return init, step
 
@@ -206,7 +202,7 @@ def main(config: Config) -> dict:
         """config.chunk env steps: each one env step on the host and one jitted update-and-act call."""
         action, carry = np.asarray(state["action"]), step.enter(state)
         for _ in range(config.chunk):
-            carry, action = step(carry, norm.pack_host_step(envs.step(action), envs))
+            carry, action = step(carry, pack_host_step(envs.step(action), envs))
             action = np.asarray(action)
         state, metrics = take(step.leave(carry))
         finished = envs.pop_finished()

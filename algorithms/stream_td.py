@@ -36,7 +36,7 @@ from rlzoo.optim import obgd
 from rlzoo.options import RunConfig, option
 from rlzoo.policies import load_sac_actor
 from rlzoo.run import Run
-from rlzoo.stepping import PerStep
+from rlzoo.stepping import PerStep, observe_host_step, pack_host_step, unpack_host_step
 
 
 @dataclass
@@ -99,24 +99,20 @@ def make_agent(config: Config, obs_dim: int, act_dim: int, policy_path: Path):
                 "obs": obs, "t": jnp.float32(0), "action": act(k_act, raw_obs), "key": key}
 
     def step(state: dict, packed: jax.Array):
-        host = norm.unpack_host_step(packed, obs_dim)
+        host = unpack_host_step(packed, obs_dim)
         ended = host["ended"]
-        prediction = value(state["critic"], state["obs"]) * reward_unit(state["reward_scale"])
-        stats, next_obs = observe(state["obs_stats"], host["next_obs"], state["t"] + 1)
-        reward_scale, reward = state["reward_scale"], host["reward"]
-        if config.scale_rewards:
-            reward_scale, reward = norm.reward_scale(reward_scale, reward, ended, config.gamma)
         neg_v, grads = jax.value_and_grad(lambda p: -value(p, state["obs"]))(state["critic"])
-        delta = reward + config.gamma * (1.0 - ended) * value(state["critic"], next_obs) + neg_v
+        prediction = -neg_v * reward_unit(state["reward_scale"])  # V(s) before this step's update, in reward units
+        seen = observe_host_step(state, host, config.gamma, config.normalize_obs, config.scale_rewards,
+                                 config.time_horizon)
+        delta = seen["reward"] + config.gamma * (1.0 - ended) * value(state["critic"], seen["next_obs"]) + neg_v
         updates, opt = tx.update(grads, state["opt"], delta=delta, reset=ended)
-        reset_stats, reset_obs = observe(stats, host["reset_obs"], jnp.float32(0))
-        stats, obs = norm.where_tree(ended, (reset_stats, reset_obs), (stats, next_obs))
         raw_next = jnp.where(ended, host["reset_obs"], host["next_obs"])
         key, k_act = jax.random.split(state["key"])
         action = act(k_act, raw_next)
-        return {**state, "critic": optax.apply_updates(state["critic"], updates), "opt": opt, "obs_stats": stats,
-                "reward_scale": reward_scale, "obs": obs, "t": jnp.where(ended, 0.0, state["t"] + 1),
-                "action": action, "key": key}, (action, prediction, jnp.abs(delta), opt.step_size)
+        return {**state, "critic": optax.apply_updates(state["critic"], updates), "opt": opt,
+                "obs_stats": seen["obs_stats"], "reward_scale": seen["reward_scale"], "obs": seen["obs"],
+                "t": seen["t"], "action": action, "key": key}, (action, prediction, jnp.abs(delta), opt.step_size)
 
     return init, step
 
@@ -194,7 +190,7 @@ def main(config: Config) -> dict:
         abs_td, step_size = np.zeros(config.num_seeds), np.zeros(config.num_seeds)
         for _ in range(config.chunk):
             batch = envs.step(action)
-            carry, (action, prediction, delta, size) = step(carry, norm.pack_host_step(batch, envs))
+            carry, (action, prediction, delta, size) = step(carry, pack_host_step(batch, envs))
             action, prediction = np.asarray(action), np.asarray(prediction)
             errors.add(prediction, batch["rewards"], envs.ended)
             abs_td += np.asarray(delta)

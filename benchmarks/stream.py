@@ -53,10 +53,9 @@ def ours_stream_ac(env_id: str, num_seeds: int, steps: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from rlzoo import normalizers as norm
     from rlzoo.devices import seed_keys
     from rlzoo.envs import HostVectorEnv
-    from rlzoo.stepping import PerStep
+    from rlzoo.stepping import PerStep, pack_host_step
 
     mod = algorithm_module("stream_ac")
     config = mod.Config(env=env_id, num_seeds=num_seeds)
@@ -69,7 +68,7 @@ def ours_stream_ac(env_id: str, num_seeds: int, steps: int) -> float:
     for i in range(300 + steps):
         if i == 300:
             t0 = time.perf_counter()
-        carry, action = step(carry, norm.pack_host_step(envs.step(action), envs))
+        carry, action = step(carry, pack_host_step(envs.step(action), envs))
         action = np.asarray(action)
     envs.close()
     return num_seeds * steps / (time.perf_counter() - t0)

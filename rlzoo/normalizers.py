@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 class MeanVar(NamedTuple):
@@ -82,16 +81,3 @@ def observe(stats: MeanVar, raw_obs: jax.Array, t: jax.Array | None = None, norm
     if t is None:
         return stats, raw_obs
     return stats, jnp.concatenate([raw_obs, time_feature(t, horizon)[None]])
-
-
-def pack_host_step(batch: dict, envs) -> np.ndarray:
-    """One host env step (rlzoo.envs.HostVectorEnv) as one float32 array per env, [next obs, obs to act on next
-    (the reset one after an episode's end), reward, terminated, ended]: one transfer for a streaming update."""
-    return np.concatenate([batch["next_observations"], envs.obs, batch["rewards"][:, None], batch["dones"][:, None],
-                           envs.ended[:, None].astype(np.float32)], axis=1)
-
-
-def unpack_host_step(packed: jax.Array, obs_dim: int) -> dict:
-    """`pack_host_step`'s row of one env, inside the jitted update."""
-    return {"next_obs": packed[:obs_dim], "reset_obs": packed[obs_dim:2 * obs_dim], "reward": packed[2 * obs_dim],
-            "terminated": packed[2 * obs_dim + 1] > 0.5, "ended": packed[2 * obs_dim + 2] > 0.5}

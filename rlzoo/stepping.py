@@ -1,5 +1,7 @@
 """One jitted call per env step, for streaming algorithms whose envs run on the host (stream AC, stream TD,
-stream Q on Atari): `PerStep` jits and vmaps a one-seed `step(state, *inputs) -> (state, outputs)`.
+stream Q on Atari): `PerStep` jits and vmaps a one-seed `step(state, *inputs) -> (state, outputs)`;
+`pack_host_step` / `unpack_host_step` carry one MuJoCo step of rlzoo.envs.HostVectorEnv into it as one array, and
+`observe_host_step` turns it into what the agent learns from and acts on (rlzoo.normalizers).
 
 Such a call does little arithmetic, so much of its time is JAX's per-array cost of passing the state in and out
 (about 3 us per array on the project's 2-core CPU). With few seeds PerStep therefore carries the state's float
@@ -15,6 +17,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rlzoo import normalizers as norm
 
 FLAT_BELOW = 4  # seeds: flat state for fewer, a tree from here on
 
@@ -66,3 +70,34 @@ class PerStep:
 
     def __call__(self, carry, *inputs):
         return self._call(carry, *inputs)
+
+
+def pack_host_step(batch: dict, envs) -> np.ndarray:
+    """One host env step (rlzoo.envs.HostVectorEnv) as one float32 array per env, [next obs, obs to act on next
+    (the reset one after an episode's end), reward, terminated, ended]: one transfer for a streaming update."""
+    return np.concatenate([batch["next_observations"], envs.obs, batch["rewards"][:, None], batch["dones"][:, None],
+                           envs.ended[:, None].astype(np.float32)], axis=1)
+
+
+def unpack_host_step(packed: jax.Array, obs_dim: int) -> dict:
+    """`pack_host_step`'s row of one env, inside the jitted update."""
+    return {"next_obs": packed[:obs_dim], "reset_obs": packed[obs_dim:2 * obs_dim], "reward": packed[2 * obs_dim],
+            "terminated": packed[2 * obs_dim + 1] > 0.5, "ended": packed[2 * obs_dim + 2] > 0.5}
+
+
+def observe_host_step(state: dict, host: dict, gamma: float, normalize_obs: bool = True, scale_rewards: bool = True,
+                      horizon: int = 1000) -> dict:
+    """What a streaming agent takes from one host env step (`unpack_host_step`), given its state's "obs_stats",
+    "reward_scale" and "t": the next observation (normalized, time t + 1) its TD target bootstraps from, the reward
+    (scaled by the running return's std, restarting at an episode's end), and the observation to act on next: the
+    reset one (added to the statistics like every observation, time 0) after an end. Returns those as "next_obs",
+    "reward" and "obs" with the updated "obs_stats", "reward_scale" and "t"."""
+    ended = host["ended"]
+    stats, next_obs = norm.observe(state["obs_stats"], host["next_obs"], state["t"] + 1, normalize_obs, horizon)
+    reward_scale, reward = state["reward_scale"], host["reward"]
+    if scale_rewards:
+        reward_scale, reward = norm.reward_scale(reward_scale, reward, ended, gamma)
+    reset_stats, reset_obs = norm.observe(stats, host["reset_obs"], jnp.float32(0), normalize_obs, horizon)
+    stats, obs = norm.where_tree(ended, (reset_stats, reset_obs), (stats, next_obs))
+    return {"next_obs": next_obs, "reward": reward, "obs": obs, "obs_stats": stats, "reward_scale": reward_scale,
+            "t": jnp.where(ended, 0.0, state["t"] + 1)}
