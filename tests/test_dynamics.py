@@ -183,3 +183,24 @@ def test_saved_model_reloads_bit_exactly_and_other_data_or_shapes_are_refused(mi
     assert "trained on other data" in message and old in message and new in message and str(directory) in message
     _, fresh = dynamics.load_or_train(rebuilt, config, seed=1, retrain=True, progress=False)
     assert not fresh["reused"] and fresh["dataset"]["data_sha256"][:12] == new
+
+
+def test_model_error_benchmark_reconstructs_the_real_state_and_records(inverted_pendulum_store, monkeypatch, tmp_path):
+    """benchmarks.dynamics replays dataset actions in the real env from states set from observations: on
+    InvertedPendulum (observation = qpos and qvel) the replay matches the recorded next observations exactly."""
+    import csv
+
+    from benchmarks import dynamics as bench
+    from tests.conftest import INVERTED_PENDULUM_ID, assert_figure
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(inverted_pendulum_store))
+    bench.main(["error", "--datasets", INVERTED_PENDULUM_ID, "--starts", "20", "--horizon", "3", "--max-epochs", "2",
+                "--record", "--out", str(tmp_path)])
+    with (tmp_path / "model_error.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    replay = [r for r in rows if r["measure"] == "replay"]
+    assert len(replay) == 1 and float(replay[0]["obs_mse"]) < 1e-8 and int(replay[0]["n"]) == 20
+    rollout = {(int(r["k"]), r["mode"]): r for r in rows if r["measure"] == "rollout"}
+    assert set(rollout) == {(k, m) for k in (1, 2, 3) for m in ("sampled", "mean")}
+    assert all(float(r["obs_nmse"]) > 0 and r["commit"] and r["jax"] for r in rows)
+    assert_figure(tmp_path / "model_error.png")
