@@ -268,14 +268,16 @@ def dynamics_config(config: Config) -> dynamics.DynamicsConfig:
     return model_config
 
 
-def make_train(config: Config, dataset):
+def make_train(config: Config, dataset, model: dynamics.Dynamics | None = None):
     """`train_chunk(states, data)`: config.chunk // rollout_every epochs per seed in one jitted scan, seeds vmapped;
     each epoch adds model rollouts to the seed's buffer, then runs rollout_every updates on mixed batches. The
-    dynamics model of `dataset` is loaded, or trained and saved, here (before the run directory exists)."""
+    dynamics model of `dataset` is loaded, or trained and saved, here (before the run directory exists), unless
+    `model` is given (benchmarks.speed passes one)."""
     check_config(config)
     done_fn = termination(config, dataset)
-    model_config = dynamics_config(config)
-    model, _ = dynamics.load_or_train(dataset, model_config, seed=config.dynamics_seed, progress=not config.quiet)
+    if model is None:
+        model, _ = dynamics.load_or_train(dataset, dynamics_config(config), seed=config.dynamics_seed,
+                                          progress=not config.quiet)
     obs_mean, obs_std, reward_scale = offline.data_transform(config, dataset)
     obs_mean, obs_std = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
     act_dim = dataset.actions.shape[1]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import inspect
 import os
 import statistics
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--value-head", default="mse", choices=HEADS, help="the algorithm's value head (rlzoo.heads)")
     p.add_argument("--num-bins", type=int, default=101, help="bins of a classification value head")
+    p.add_argument("--num-critics", type=int, default=None,
+                   help="Q-ensemble size of an algorithm that has one (riql, ravl); default: the algorithm's")
     p.add_argument("--compare-heads", nargs="+", default=[], choices=HEADS[1:],
                    help="time each algorithm with mse and with these heads, rounds interleaved (see --rounds)")
     p.add_argument("--xla-multithread", action="store_true",
@@ -193,6 +196,43 @@ def is_offline(mod) -> bool:
     return hasattr(mod, "make_train") and "act_dim" not in inspect.signature(mod.make_train).parameters
 
 
+def is_model_based(mod) -> bool:
+    """A model-based offline algorithm's `make_train(config, dataset, model=None)` takes the dataset (whose
+    dynamics model it trains) and optionally the model itself."""
+    return "model" in inspect.signature(mod.make_train).parameters
+
+
+def ensemble_options(mod, args) -> dict:
+    """--num-critics for an algorithm with a Q-ensemble (a `num_critics` option); refused for the others."""
+    if args.num_critics is None:
+        return {}
+    if "num_critics" not in {f.name for f in dataclasses.fields(mod.Config)}:
+        raise RlzooError(f"{Path(mod.__file__).stem} has no Q-ensemble option (num_critics): leave out --num-critics")
+    return {"num_critics": args.num_critics}
+
+
+def model_based_train(mod, config, data: dict):
+    """`make_train(config, dataset, model)` on the synthetic data: a HalfCheetah-shaped OfflineDataset of it and
+    a dynamics ensemble of the default size fitted for one epoch on its first 5000 rows (what is timed is the
+    agent's updates and the model's rollouts, whose cost does not depend on how well the model fits)."""
+    import numpy as np
+
+    from rlzoo import datasets, dynamics
+
+    rows = {k: np.asarray(v) for k, v in data.items()}
+    n = len(rows["rewards"])
+    dataset = datasets.OfflineDataset(
+        name="synthetic", source="synthetic", dataset_ids=[], env_id="HalfCheetah-v5",
+        observations=rows["observations"], actions=rows["actions"], rewards=rows["rewards"],
+        next_observations=rows["next_observations"], terminals=rows["dones"], timeouts=np.zeros(n, np.float32),
+        episode_returns=np.zeros(1, np.float32), episode_complete=np.ones(1, bool), ref_min_score=None,
+        ref_max_score=None)
+    m = slice(0, 5000)
+    model, _ = dynamics.fit(rows["observations"][m], rows["actions"][m], rows["rewards"][m],
+                            rows["next_observations"][m], dynamics.DynamicsConfig(max_epochs=1), progress=False)
+    return mod.make_train(config, dataset, model=model)
+
+
 def offline_setup(mod, args, keys):
     """(config, jitted train_chunk, seeds' state, synthetic data) of an offline algorithm, as its `main` builds
     them: --num-seeds seeds, --updates updates per call."""
@@ -202,13 +242,14 @@ def offline_setup(mod, args, keys):
 
     if not is_offline(mod):
         raise RlzooError(f"{Path(mod.__file__).stem} is not an offline algorithm (make_train(config) -> "
-                         "train_chunk); use one of iql, td3_bc, cql")
+                         "train_chunk); use one of iql, td3_bc, cql, riql, ravl")
     config = mod.Config(num_seeds=args.num_seeds, chunk=args.updates, batch_size=args.batch_size,
-                        scan_unroll=args.scan_unroll, **head_options(args))
+                        scan_unroll=args.scan_unroll, **head_options(args), **ensemble_options(mod, args))
     data = synthetic_transitions(jax.random.PRNGKey(args.seed + 12345), args.dataset_size)
+    train = model_based_train(mod, config, data) if is_model_based(mod) else mod.make_train(config)
     state = jax.vmap(partial(mod.init_state, config, obs_dim=OBS_DIM, act_dim=ACT_DIM))(keys)
     state, data = shard_seeds(state, data)
-    return config, mod.make_train(config), state, data
+    return config, train, state, data
 
 
 def bench_offline(mod, args, keys, notes: list[str]):
@@ -221,8 +262,15 @@ def bench_offline(mod, args, keys, notes: list[str]):
     # update come from the same program built with a 1-update scan.
     # One update may take several gradient steps (TD3+BC: policy_freq critic steps per actor step).
     steps_per_update = getattr(config, "policy_freq", 1)
+    if hasattr(config, "num_critics"):
+        notes.append(f"Q-ensemble of {config.num_critics} critics")
+    if is_model_based(mod):  # a chunk is whole epochs (rollouts + rollout_every updates): FLOPs not counted
+        notes.append(f"each call {args.updates} updates with their "
+                     f"model rollouts ({config.rollout_batch} x {config.rollout_length} steps every "
+                     f"{config.rollout_every} updates); flops not counted")
+        return first, times, float("nan")
     one = mod.make_train(mod.Config(num_seeds=args.num_seeds, chunk=steps_per_update, batch_size=args.batch_size,
-                                    **head_options(args)))
+                                    **head_options(args), **ensemble_options(mod, args)))
     # Sharded over several devices, the cost analysis describes one device's share of the (padded) seeds.
     devices = len(jax.tree_util.tree_leaves(state)[0].sharding.device_set)
     padded = jax.tree_util.tree_leaves(state)[0].shape[0]
