@@ -5,7 +5,7 @@
     python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --value-head hl_gauss
     python -m benchmarks.minatar run --num-seeds 10 --total-steps 1064960 --value-head two_hot
     python -m benchmarks.offline run --algos iql td3_bc --datasets hopper-medium-replay walker2d-medium-replay \\
-        halfcheetah-medium-replay --num-seeds 3 --total-steps 200000 --tag heads-hl_gauss -- --value-head hl_gauss
+        halfcheetah-medium-replay --num-seeds 3 --total-steps 30000 --tag heads-hl_gauss -- --value-head hl_gauss
     (and the same with --tag heads-mse -- --value-head mse)
     # the comparison
     python -m benchmarks.heads
@@ -16,7 +16,8 @@ Families: `minatar` (PQN, the four games; runs named pqn-<game>-<settings>-<head
 suffix, i.e. the earlier runs of the same settings, whose numbers the default head leaves unchanged), each
 game's return divided by rlzoo's 10-seed mse mean at the paper's length (the H200 runs of results/README.md)
 so that games of different scales aggregate; `offline` (IQL and TD3+BC on the
-medium-replay datasets; runs tagged heads-<head>), D4RL-normalized scores as recorded.
+medium-replay datasets; runs tagged heads-<head>), D4RL-normalized scores as recorded. The issue asks for 200k
+steps; 30k (--offline-steps, the default here) is what the 2-core CPU allowed for the 12 runs.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "heads"))
     p.add_argument("--minatar-settings", default="s0-n10-1064960-decay9994240")
     p.add_argument("--minatar-tag", default="", help="the runs' --tag (e.g. gpu-h200)")
-    p.add_argument("--offline-steps", type=int, default=200_000)
+    p.add_argument("--offline-steps", type=int, default=30_000, help="the offline runs' --total-steps")
     p.add_argument("--reps", type=int, default=5000, help="bootstrap resamples")
     args = p.parse_args(argv)
     rows = load_scores(Path(args.scores))

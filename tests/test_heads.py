@@ -343,7 +343,8 @@ def test_heads_report_aggregates_each_family_per_head(tmp_path, capsys):
         writer = csv.DictWriter(f, fieldnames=SCORES_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    report.main(["--scores", str(scores), "--out", str(tmp_path / "heads"), "--reps", "200"])
+    report.main(["--scores", str(scores), "--out", str(tmp_path / "heads"), "--reps", "200",
+                 "--offline-steps", "200000"])
     minatar = list(csv.DictReader((tmp_path / "heads" / "minatar.csv").open()))
     assert [r["head"] for r in minatar] == list(report.HEADS)
     for h, r in enumerate(minatar):
