@@ -52,6 +52,17 @@ def test_append_scores_writes_one_row_per_seed_and_refuses_another_format(tmp_pa
         assert old.read_text() == ",".join(columns) + "\n"
 
 
+def test_committed_scores_parse_as_one_complete_row_per_line():
+    """results/scores.csv, which the reports read: every record has every column, one line ending throughout."""
+    text = (REPO / "results" / "scores.csv").read_bytes()
+    assert b"\r" not in text.replace(b"\r\n", b"")
+    with (REPO / "results" / "scores.csv").open(newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader) == SCORES_COLUMNS
+        rows = list(reader)
+    assert rows and all(len(r) == len(SCORES_COLUMNS) and r[0] and r[SCORES_COLUMNS.index("config")] for r in rows)
+
+
 # ---------------------------------------------------------------------------------------------- speed
 
 
