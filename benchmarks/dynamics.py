@@ -89,22 +89,23 @@ def real_rollouts(env_id: str, data, starts: np.ndarray, horizon: int) -> dict[s
     return {"obs": obs, "rewards": rew, "alive": alive}
 
 
+def elite_mean(model: dynamics.Dynamics, obs, action):
+    """The elites' mean prediction of [s', r]."""
+    return dynamics.predict(model, obs, action)[0][model.elites].mean(0)
+
+
 @jax.jit
 def _model_rollouts(model: dynamics.Dynamics, start_obs, actions, key):
-    """Open-loop model rollouts of actions [H, N, A]: (sampled obs, sampled r, mean obs, mean r), each [H, N, ...]."""
-    num_elites = model.elites.shape[0]
+    """Open-loop model rollouts of actions [H, N, A]: (sampled obs, sampled r, mean obs, mean r), each [H, N, ...];
+    sampled as rlzoo.dynamics.rollout samples (a random elite per step and a Gaussian draw)."""
+    elites = dynamics.elite_params(model)
 
     def step(carry, a):
         s_obs, m_obs, key = carry
         key, k_member, k_noise = jax.random.split(key, 3)
-        mean, var = dynamics.predict(model, s_obs, a)
-        mean, var = mean[model.elites], var[model.elites]
-        member = jax.random.randint(k_member, (1, s_obs.shape[0], 1), 0, num_elites)
-        mu = jnp.take_along_axis(mean, member, axis=0)[0]
-        sd = jnp.sqrt(jnp.take_along_axis(var, member, axis=0)[0])
-        sample = mu + sd * jax.random.normal(k_noise, mu.shape)
-        m_pred = dynamics.predict(model, m_obs, a)[0][model.elites].mean(0)
-        return (sample[:, :-1], m_pred[:, :-1], key), (sample[:, :-1], sample[:, -1], m_pred[:, :-1], m_pred[:, -1])
+        s_next, s_r = dynamics.sample_step(model, elites, s_obs, a, k_member, k_noise)
+        m_pred = elite_mean(model, m_obs, a)
+        return (s_next, m_pred[:, :-1], key), (s_next, s_r, m_pred[:, :-1], m_pred[:, -1])
 
     _, out = jax.lax.scan(step, (start_obs, start_obs, key), actions)
     return out
@@ -130,8 +131,7 @@ def model_error(name: str, starts: int, horizon: int, seed: int, max_epochs: int
     rows = []
 
     _, hold = dynamics.holdout_split(len(data), config, record["seed"])
-    mean = np.asarray(dynamics.predict(model, jnp.asarray(data.observations[hold]),
-                                       jnp.asarray(data.actions[hold]))[0][model.elites].mean(0))
+    mean = np.asarray(elite_mean(model, jnp.asarray(data.observations[hold]), jnp.asarray(data.actions[hold])))
     rows.append({**base, "measure": "holdout", "k": 1, "mode": "mean",
                  **errors(mean[:, :-1], data.next_observations[hold], mean[:, -1], data.rewards[hold],
                           np.ones(len(hold), bool), obs_var)})

@@ -309,25 +309,36 @@ def rollout(model: Dynamics, policy_fn: Callable[[jax.Array, jax.Array], jax.Arr
     return _rollout(model, policy_fn, jnp.asarray(start_obs, jnp.float32), key, horizon, termination_fn)
 
 
+def elite_params(model: Dynamics) -> dict:
+    """The elites' parameters (member axis leading), what sampled model steps draw from."""
+    return jax.tree_util.tree_map(lambda p: p[model.elites], model.params)
+
+
+def sample_step(model: Dynamics, elites: dict, obs: jax.Array, action: jax.Array, k_member: jax.Array,
+                k_noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One sampled model step for each of the N rows: a random elite per row (`elites` = elite_params(model)) and
+    a draw from its Gaussian; (next observations [N, obs_dim], rewards [N])."""
+    x = (jnp.concatenate([obs, action], axis=-1) - model.input_mean) / model.input_std
+    mean, logvar = jax.vmap(lambda p: model.module.apply(p, x))(elites)  # [elites, N, obs_dim + 1]
+    member = jax.random.randint(k_member, (1, obs.shape[0], 1), 0, model.elites.shape[0])
+    mean = jnp.take_along_axis(mean, member, axis=0)[0]
+    logvar = jnp.take_along_axis(logvar, member, axis=0)[0]
+    sample = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_noise, mean.shape)
+    return obs + sample[:, :-1], sample[:, -1]
+
+
 @partial(jax.jit, static_argnames=("policy_fn", "horizon", "termination_fn"))
 def _rollout(model, policy_fn, start_obs, key, horizon, termination_fn):
     n = start_obs.shape[0]
-    elite_params = jax.tree_util.tree_map(lambda p: p[model.elites], model.params)
-    num_elites = model.elites.shape[0]
+    elites = elite_params(model)
 
     def step(carry, t):
         obs, alive, key = carry
         key, k_pi, k_member, k_noise = jax.random.split(key, 4)
         action = policy_fn(obs, k_pi).astype(jnp.float32)
-        x = (jnp.concatenate([obs, action], axis=-1) - model.input_mean) / model.input_std
-        mean, logvar = jax.vmap(lambda p: model.module.apply(p, x))(elite_params)  # [elites, N, obs_dim + 1]
-        member = jax.random.randint(k_member, (1, n, 1), 0, num_elites)
-        mean = jnp.take_along_axis(mean, member, axis=0)[0]
-        logvar = jnp.take_along_axis(logvar, member, axis=0)[0]
-        sample = mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_noise, mean.shape)
-        next_obs = obs + sample[:, :-1]
+        next_obs, reward = sample_step(model, elites, obs, action, k_member, k_noise)
         done = jnp.asarray(termination_fn(obs, action, next_obs), bool).reshape(n)
-        out = {"observations": obs, "actions": action, "rewards": sample[:, -1], "next_observations": next_obs,
+        out = {"observations": obs, "actions": action, "rewards": reward, "next_observations": next_obs,
                "dones": (done & alive).astype(jnp.float32), "mask": alive, "step": jnp.full((n,), t, jnp.int32)}
         alive_next = alive & ~done
         return (jnp.where(alive_next[:, None], next_obs, obs), alive_next, key), out
