@@ -66,7 +66,7 @@ FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
 
 
 @dataclass
-class Config(offline.OfflineConfig):
+class Config(offline.OfflineConfig, dynamics.ModelOptions):
     total_steps: int = option(3_000_000, ">= 1")
     """Gradient steps per seed (the paper: 3000 epochs x 1000 updates)."""
     chunk: int = option(1000, ">= 1")
@@ -107,18 +107,6 @@ class Config(offline.OfflineConfig):
     """Rollout-buffer rows drawn after each epoch for the edge-of-reach Q diagnostic."""
     normalize_obs: bool = False
     """Normalize observations with the dataset's mean and std (+1e-3); the authors' code does not."""
-    dynamics_members: int = option(7, ">= 1")
-    """Members of the dynamics ensemble (7)."""
-    dynamics_elites: int = option(5, ">= 1")
-    """Elites the rollouts sample from, a random one per step (5)."""
-    dynamics_hidden_dims: tuple[int, ...] = option((200, 200, 200, 200), ">= 1")
-    """Hidden layers of each dynamics member (4x200, SiLU)."""
-    dynamics_weight_decay: tuple[float, ...] = option((2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4), ">= 0")
-    """L2 coefficient per dynamics layer: one per hidden layer, then the output layer's."""
-    dynamics_max_epochs: int | None = option(None, ">= 1")
-    """Cap on the dynamics model's training epochs (None: early stopping only, as the references)."""
-    dynamics_seed: int = option(0, ">= 0")
-    """Seed of the dynamics model, which all agent seeds share (a saved model of the same data is reused)."""
 
 
 def make_networks(config: Config, act_dim: int):
@@ -256,18 +244,6 @@ def termination(config: Config, dataset) -> Callable:
                      f"with one of {', '.join(dynamics.TERMINATION_FNS)} ('never' for a task that never terminates).")
 
 
-def dynamics_config(config: Config) -> dynamics.DynamicsConfig:
-    model_config = dynamics.DynamicsConfig(
-        num_members=config.dynamics_members, num_elites=config.dynamics_elites,
-        hidden_dims=tuple(config.dynamics_hidden_dims), weight_decay=tuple(config.dynamics_weight_decay),
-        max_epochs=config.dynamics_max_epochs)
-    try:
-        model_config.check()
-    except RlzooError as err:
-        raise RlzooError(f"the dynamics options (--dynamics-*): {err}") from None
-    return model_config
-
-
 def make_train(config: Config, dataset, model: dynamics.Dynamics | None = None):
     """`train_chunk(states, data)`: config.chunk // rollout_every epochs per seed in one jitted scan, seeds vmapped;
     each epoch adds model rollouts to the seed's buffer, then runs rollout_every updates on mixed batches. The
@@ -276,7 +252,7 @@ def make_train(config: Config, dataset, model: dynamics.Dynamics | None = None):
     check_config(config)
     done_fn = termination(config, dataset)
     if model is None:
-        model, _ = dynamics.load_or_train(dataset, dynamics_config(config), seed=config.dynamics_seed,
+        model, _ = dynamics.load_or_train(dataset, dynamics.options_config(config), seed=config.dynamics_seed,
                                           progress=not config.quiet)
     obs_mean, obs_std, reward_scale = offline.data_transform(config, dataset)
     obs_mean, obs_std = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)

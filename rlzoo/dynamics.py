@@ -99,6 +99,37 @@ class DynamicsConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+@dataclass
+class ModelOptions:
+    """The --dynamics-* options of a model-based algorithm (RAVL, MBRCSL): the ensemble that load_or_train trains or
+    reuses. `options_config` turns them into a DynamicsConfig."""
+
+    dynamics_members: int = option(7, ">= 1")
+    """Members of the dynamics ensemble (7)."""
+    dynamics_elites: int = option(5, ">= 1")
+    """Elites the rollouts sample from, a random one per step (5)."""
+    dynamics_hidden_dims: tuple[int, ...] = option((200, 200, 200, 200), ">= 1")
+    """Hidden layers of each dynamics member (4x200, SiLU)."""
+    dynamics_weight_decay: tuple[float, ...] = option((2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4), ">= 0")
+    """L2 coefficient per dynamics layer: one per hidden layer, then the output layer's."""
+    dynamics_max_epochs: int | None = option(None, ">= 1")
+    """Cap on the dynamics model's training epochs (None: early stopping only, as the references)."""
+    dynamics_seed: int = option(0, ">= 0")
+    """Seed of the dynamics model, which all agent seeds share (a saved model of the same data is reused)."""
+
+
+def options_config(options: ModelOptions) -> DynamicsConfig:
+    """The DynamicsConfig of an algorithm's --dynamics-* options; bad values get one paragraph naming the flags."""
+    config = DynamicsConfig(num_members=options.dynamics_members, num_elites=options.dynamics_elites,
+                            hidden_dims=tuple(options.dynamics_hidden_dims),
+                            weight_decay=tuple(options.dynamics_weight_decay), max_epochs=options.dynamics_max_epochs)
+    try:
+        config.check()
+    except RlzooError as err:
+        raise RlzooError(f"the dynamics options (--dynamics-*): {err}") from None
+    return config
+
+
 def _member_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """Truncated normal with std 1 / (2 sqrt(fan_in)) (OfflineRL-Kit's EnsembleLinear)."""
     return nn.initializers.truncated_normal(0.5 / np.sqrt(shape[0]))(key, shape, dtype)
@@ -377,7 +408,7 @@ def ant_terminates(obs: jax.Array, action: jax.Array, next_obs: jax.Array) -> ja
 
 
 TERMINATION_FNS = {"halfcheetah": never_terminates, "hopper": hopper_terminates, "walker2d": walker2d_terminates,
-                   "ant": ant_terminates, "never": never_terminates}
+                   "ant": ant_terminates, "pointmaze": never_terminates, "never": never_terminates}
 
 
 def termination_fn(name: str) -> Callable:

@@ -15,10 +15,13 @@ class Evaluator:
     """Runs `episodes` greedy episodes for each of `num_seeds` parameter sets in one vector env.
 
     `policy(params, obs) -> action` is written for one seed and a batch of observations; it is
-    vmapped over the seed axis of `params` and jitted once.
+    vmapped over the seed axis of `params` and jitted once. With `with_return`, it is
+    `policy(params, obs, ret) -> action`, `ret` [episodes] the return each episode has collected so far
+    (return-conditioned policies count their return-to-go down with it).
     """
 
-    def __init__(self, env_id: str, policy: Callable, seeds: list[int], episodes: int, evals_done: int = 0):
+    def __init__(self, env_id: str, policy: Callable, seeds: list[int], episodes: int, evals_done: int = 0,
+                 with_return: bool = False):
         """`seeds`: the training seeds (one parameter set each); episode e of the k-th evaluation of seed s
         resets the env with 1e6 + 1e4 k + s * episodes + e, so separate runs with different seeds, or the
         same seed inside different --num-seeds sweeps, play the same or disjoint episodes as they should.
@@ -31,6 +34,7 @@ class Evaluator:
         space = self.envs.single_action_space
         self.low, self.high = space.low, space.high
         self._act = jax.jit(jax.vmap(policy))
+        self.with_return = with_return
         self.calls = evals_done
 
     def __call__(self, params) -> np.ndarray:
@@ -44,7 +48,8 @@ class Evaluator:
         running = np.ones(n, dtype=bool)
         while running.any():
             batch = obs.astype(np.float32).reshape(self.num_seeds, self.episodes, -1)
-            action = np.asarray(self._act(params, batch)).reshape(n, -1)
+            args = (returns.astype(np.float32).reshape(self.num_seeds, self.episodes),) if self.with_return else ()
+            action = np.asarray(self._act(params, batch, *args)).reshape(n, -1)
             obs, reward, terminated, truncated, _ = self.envs.step(np.clip(action, self.low, self.high))
             returns += reward * running
             running &= ~(terminated | truncated)

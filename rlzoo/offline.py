@@ -126,14 +126,17 @@ def data_transform(config: OfflineConfig, dataset: datasets.OfflineDataset) -> t
 
 
 def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_train: Callable,
-          make_policy: Callable, with_dataset: bool = False) -> dict:
+          make_policy: Callable, with_dataset: bool = False, policy_params: Callable | None = None,
+          with_return: bool = False) -> dict:
     """Run `algorithm` on `config.env` to `config.total_steps` (or resume it) and return the summary.
 
     `make_train(config)` returns the jitted `train_chunk` (usually via `rlzoo.offline.make_train`); with
     `with_dataset`, `make_train(config, dataset)` also gets the loaded (and corrupted) OfflineDataset, e.g. to
     train a dynamics model on it (model-based algorithms). `init_state(config, key, obs_dim=, act_dim=)` builds
     one seed's state; `make_policy(config, act_dim)` gives the evaluation policy on normalized observations.
-    All three get the run's config (the saved one when resuming)."""
+    All three get the run's config (the saved one when resuming). `policy_params(state)` picks what the evaluation
+    policy gets from one seed's state (default: the actor's parameters); with `with_return` the policy also gets
+    the return its episode has collected so far, `policy(params, obs, ret)` (return-conditioned policies)."""
     def prepare(c):
         """Load the dataset and build the training program (which checks e.g. --chunk against the update)
         before the run directory exists."""
@@ -155,11 +158,13 @@ def train(config: OfflineConfig, algorithm: str, init_state: Callable, make_trai
 
     act = make_policy(config, act_dim)
     mean_j, std_j = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
-    policy = lambda params, obs: act(params, (obs - mean_j) / std_j)
-    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes, evals_done=run.evals_done)
+    policy = lambda params, obs, *ret: act(params, (obs - mean_j) / std_j, *ret)
+    evaluator = Evaluator(dataset.env_id, policy, run.seeds, config.eval_episodes, evals_done=run.evals_done,
+                          with_return=with_return)
+    policy_params = policy_params or (lambda state: state["actor"].params)
 
     def evaluate(state):
-        returns = evaluator(state["actor"].params)
+        returns = evaluator(policy_params(state))
         return returns, dataset.normalized_score(returns).mean(1)
 
     run.train(state, lambda s: train_chunk(s, data), evaluate, "normalized score", extra_config=dataset.summary)
