@@ -19,13 +19,13 @@ envs/references.py; the listed build: envs/listing.py. medium-expert needs no re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 import tyro
 
-from envs import listing
+from envs import listing, pointmaze
 from envs.builder import build
 from envs.recipes import BUILD_COMMAND, RECIPE_ENVS, RECIPES, expand, parts, unavailable
 from envs.references import refresh_refs
@@ -39,7 +39,8 @@ from rlzoo.errors import RlzooError
 @dataclass
 class Config:
     datasets: Annotated[tuple[str, ...], tyro.conf.Positional]
-    """D4RL-style aliases <task>-<kind> (halfcheetah-random, halfcheetah-medium, ...), or 'all'."""
+    """D4RL-style aliases <task>-<kind> (halfcheetah-random, halfcheetah-medium, ...), 'all', or the stitching
+    task pointmaze-stitch (envs/pointmaze.py)."""
     force: bool = False
     """Rebuild datasets that are already on disk."""
     steps: int | None = None
@@ -96,6 +97,12 @@ def main(config: Config) -> list[dict]:
     if not config.datasets:
         raise RlzooError(f"name the datasets to build, e.g. `{BUILD_COMMAND} halfcheetah-random`, or `all`; "
                          f"recipes exist for: {', '.join(sorted(RECIPES))}")
+    if pointmaze.ALIAS in config.datasets:  # the stitching task: its own scripted recipe (envs/pointmaze.py)
+        record = pointmaze.build(force=config.force)
+        if record is not None and config.record:
+            pointmaze.list_build(record)
+        rest = tuple(d for d in config.datasets if d != pointmaze.ALIAS)
+        return ([record] if record else []) + (main(replace(config, datasets=rest)) if rest else [])
     names = expand(config.datasets)
     check_options(config, names)
     if config.save_actions:

@@ -34,6 +34,8 @@ OFFICIAL_KINDS = ("random", "simple", "medium", "expert")
 # A composite dataset is the concatenation of its parts (D4RL's medium-expert = medium + expert).
 COMPOSITES = {"medium-expert": ("medium", "expert")}
 LOCAL_NAMESPACE = "rlzoo-local"
+# Locally built datasets of tasks with no official Minari counterpart: alias -> (task, kind, env id).
+LOCAL_TASKS = {"pointmaze-stitch": ("pointmaze", "stitch", "rlzoo/PointMaze-Stitch-v0")}
 # How a user builds a dataset of the local namespace (rlzoo's repository has the builder): the one pointer
 # upward that the missing-dataset paragraph must give, as text only.
 BUILD_COMMAND = "python -m envs.build_dataset"
@@ -41,7 +43,7 @@ BUILD_COMMAND = "python -m envs.build_dataset"
 
 def aliases() -> list[str]:
     """Every D4RL-style alias this project knows."""
-    return [f"{task}-{kind}" for task in MUJOCO_ENVS for kind in KINDS]
+    return [f"{task}-{kind}" for task in MUJOCO_ENVS for kind in KINDS] + list(LOCAL_TASKS)
 
 
 def split_alias(name: str) -> tuple[str, str] | None:
@@ -133,6 +135,14 @@ def resolve(name: str, download: bool = True) -> Resolved:
                 "or a D4RL-style name such as hopper-medium."
             )
         return _by_id(name, str(path))
+    if name in LOCAL_TASKS:
+        task, kind, env_id = LOCAL_TASKS[name]
+        lid = local_id(task, kind)
+        if on_disk(lid):
+            _announce_local(name, [lid])
+            return Resolved(name, [lid], "local", env_id, [f"{lid} (locally built)"])
+        raise RlzooError(f"dataset '{name}' is not built yet (it is built locally only, as {lid}); build it with: "
+                         f"{build_command(name)}  (it is written to the Minari store at {datasets_root()})")
     parsed = split_alias(name)
     if parsed is None:
         if "/" in name and name.rsplit("-v", 1)[-1].isdigit():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from rlzoo import pointmaze  # noqa: F401  (registers rlzoo/PointMaze-Stitch-v0)
 from rlzoo.errors import RlzooError, close_matches
 
 
