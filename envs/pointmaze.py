@@ -105,14 +105,14 @@ def collect(episodes_per_family: int = EPISODES_PER_FAMILY, seed: int = SEED) ->
     return out
 
 
-def reference_scores(seed: int = 10_000) -> tuple[float, float]:
-    """(mean return of uniform-random actions, mean return of the noise-free shortest path), REF_EPISODES each."""
+def reference_scores(episodes: int = REF_EPISODES, seed: int = 10_000) -> tuple[float, float]:
+    """(mean return of uniform-random actions, mean return of the noise-free shortest path), `episodes` each."""
     import gymnasium as gym
 
     env = gym.make(pm.ENV_ID)
     rng = np.random.default_rng(seed)
-    low = np.mean([run_episode(env, "random", rng, seed + i).rewards.sum() for i in range(REF_EPISODES)])
-    high = np.mean([run_episode(env, None, rng, seed + i).rewards.sum() for i in range(REF_EPISODES)])
+    low = np.mean([run_episode(env, "random", rng, seed + i).rewards.sum() for i in range(episodes)])
+    high = np.mean([run_episode(env, None, rng, seed + i).rewards.sum() for i in range(episodes)])
     env.close()
     return float(low), float(high)
 
@@ -132,8 +132,10 @@ def to_collected(episodes: list[Episode]) -> Collected:
     return Collected(buffers, returns, np.full(n, pm.HORIZON), np.zeros(n, bool), np.zeros(n, bool))
 
 
-def build(force: bool = False) -> dict | None:
-    """Collect and write the dataset into the Minari store (skipped when on disk, unless `force`)."""
+def build(force: bool = False, episodes_per_family: int = EPISODES_PER_FAMILY,
+          ref_episodes: int = REF_EPISODES) -> dict | None:
+    """Collect and write the dataset into the Minari store (skipped when on disk, unless `force`); other sizes
+    than the recipe's are for tests."""
     from envs.store import write_dataset
 
     path = datasets_root() / DATASET_ID
@@ -141,18 +143,18 @@ def build(force: bool = False) -> dict | None:
         say(f"{ALIAS}: already built at {path} (--force rebuilds it)")
         return None
     t0 = time.time()
-    episodes = collect()
-    ref_min, ref_max = reference_scores()
+    episodes = collect(episodes_per_family)
+    ref_min, ref_max = reference_scores(ref_episodes)
     collected = to_collected(episodes)
     returns = collected.returns
     record = {
         "dataset": ALIAS, "dataset_id": DATASET_ID, "env_id": pm.ENV_ID, "kind": "stitch", "seed": SEED,
         "episodes": len(episodes), "steps": int(sum(len(e.rewards) for e in episodes)),
-        "families": {f: EPISODES_PER_FAMILY for f in ("direct", "detour")},
+        "families": {f: episodes_per_family for f in ("direct", "detour")},
         "return_mean": float(returns.mean()), "return_std": float(returns.std()), "return_max": float(returns.max()),
         "ref_min_score": ref_min, "ref_max_score": ref_max,
-        "ref_min_source": f"uniform-random actions, mean of {REF_EPISODES} episodes",
-        "ref_max_source": f"the controller's noise-free shortest path, mean of {REF_EPISODES} episodes",
+        "ref_min_source": f"uniform-random actions, mean of {ref_episodes} episodes",
+        "ref_max_source": f"the controller's noise-free shortest path, mean of {ref_episodes} episodes",
         "build_command": "python -m envs.build_dataset pointmaze-stitch", "code": "envs/pointmaze.py",
         "collect_s": round(time.time() - t0, 1),
     }
