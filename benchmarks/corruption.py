@@ -35,13 +35,13 @@ import json
 import os
 import sys
 import textwrap
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import offline
+from benchmarks.aggregate import METRICS, interval_estimates
 from benchmarks.launch import ROOT
 from rlzoo.errors import RlzooError
 
@@ -136,21 +136,13 @@ def load_runs(results: Path) -> dict[tuple[str, str, str, int], list[float]]:
 
 def aggregate(per_task: dict[str, dict[str, list[float]]], reps: int) -> dict[str, dict]:
     """algorithm -> IQM / median / mean with 95% stratified bootstrap CIs over its [seeds, tasks] matrix."""
-    from rliable import library as rly
-    from rliable import metrics
-
-    func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
     out = {}
     for algo, tasks in per_task.items():
         seeds = min(len(v) for v in tasks.values())
         matrix = np.stack([np.asarray(v[:seeds]) for _, v in sorted(tasks.items())], axis=1)
-        with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable passes
-            warnings.simplefilter("ignore", FutureWarning)
-            points, ci = rly.get_interval_estimates({algo: matrix}, func, reps=reps,
-                                                    random_state=np.random.RandomState(0))
+        points, ci = interval_estimates(matrix, reps)
         out[algo] = {"tasks": len(tasks), "seeds": seeds,
-                     **{m: (float(points[algo][i]), float(ci[algo][0, i]), float(ci[algo][1, i]))
-                        for i, m in enumerate(("iqm", "median", "mean"))}}
+                     **{m: (float(points[i]), float(ci[0, i]), float(ci[1, i])) for i, m in enumerate(METRICS)}}
     return out
 
 

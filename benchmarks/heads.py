@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.aggregate import METRICS, interval_estimates
 from benchmarks.launch import ROOT
 
 HEADS = ("mse", "two_hot", "hl_gauss")
@@ -82,10 +82,6 @@ def offline_runs(rows: list[dict], steps: int) -> dict[tuple[str, str], dict[str
 def aggregate(runs: dict, tasks: tuple[str, ...] | None, reps: int) -> list[dict]:
     """One row per (algorithm, head) that has every task: IQM / median / mean over the [seeds, tasks] matrix
     with rliable's 95% stratified bootstrap CIs, and each task's mean."""
-    from rliable import library as rly
-    from rliable import metrics
-
-    func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
     all_tasks = tasks or tuple(sorted({t for per_task in runs.values() for t in per_task}))
     out = []
     for (algo, head), per_task in sorted(runs.items(), key=lambda kv: (kv[0][0], HEADS.index(kv[0][1]))):
@@ -94,14 +90,10 @@ def aggregate(runs: dict, tasks: tuple[str, ...] | None, reps: int) -> list[dict
             continue
         seeds = min(len(per_task[t]) for t in all_tasks)
         matrix = np.stack([np.asarray(per_task[t][:seeds]) for t in all_tasks], axis=1)
-        with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable 1.2 passes
-            warnings.simplefilter("ignore", FutureWarning)
-            np.random.seed(0)
-            points, ci = rly.get_interval_estimates({"x": matrix}, func, reps=reps,
-                                                    random_state=np.random.RandomState(0))
+        points, ci = interval_estimates(matrix, reps)
         row = {"algorithm": algo, "head": head, "seeds": seeds, "tasks": len(all_tasks)}
-        for m, name in enumerate(("iqm", "median", "mean")):
-            row.update({name: points["x"][m], f"{name}_ci_low": ci["x"][0, m], f"{name}_ci_high": ci["x"][1, m]})
+        for m, name in enumerate(METRICS):
+            row.update({name: points[m], f"{name}_ci_low": ci[0, m], f"{name}_ci_high": ci[1, m]})
         row.update({f"mean {t}": float(np.mean(per_task[t][:seeds])) for t in all_tasks})
         out.append(row)
     return out

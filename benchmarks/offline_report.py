@@ -380,11 +380,9 @@ def aggregate(grouped, reps: int) -> list[dict]:
     shared tasks gets a second entry over only them (task_set "common"; for an algorithm with no other
     tasks it equals its "all" entry). Tasks with more runs than others are cut to the smallest number of
     runs (lowest seeds first) so that the score matrix is runs × tasks."""
-    import warnings
-
     import numpy as np
-    from rliable import library as rly
-    from rliable import metrics
+
+    from benchmarks.aggregate import interval_estimates
 
     jobs = []
     for (source, steps, kind), algos in sorted(by_setting(grouped, lambda g: g["score"].to_numpy(float)).items()):
@@ -393,17 +391,11 @@ def aggregate(grouped, reps: int) -> list[dict]:
             jobs.append(((source, algo, steps, kind), tasks, "all"))
             if common and common <= set(tasks):
                 jobs.append(((source, algo, steps, kind), {t: tasks[t] for t in common}, "common"))
-    func = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
     out = []
     for (source, algo, steps, kind), tasks, task_set in jobs:
         runs = min(len(v) for v in tasks.values())
         matrix = np.stack([tasks[t][:runs] for t in sorted(tasks)], axis=1)  # [runs, tasks]
-        with warnings.catch_warnings():  # arch's FutureWarning about random_state, which rliable 1.2 passes
-            warnings.simplefilter("ignore", FutureWarning)
-            np.random.seed(0)  # arch's bootstrap also draws from numpy's global generator: a reproducible report
-            points, intervals = rly.get_interval_estimates(
-                {"x": matrix}, func, reps=reps, random_state=np.random.RandomState(0)
-            )
+        points, intervals = interval_estimates(matrix, reps)
         for m, name in enumerate(METRICS):
             out.append(
                 {
@@ -413,9 +405,9 @@ def aggregate(grouped, reps: int) -> list[dict]:
                     "score_kind": kind,
                     "task_set": task_set,
                     "metric": name,
-                    "value": float(points["x"][m]),
-                    "ci_low": float(intervals["x"][0, m]),
-                    "ci_high": float(intervals["x"][1, m]),
+                    "value": float(points[m]),
+                    "ci_low": float(intervals[0, m]),
+                    "ci_high": float(intervals[1, m]),
                     "tasks": len(tasks),
                     "runs_per_task": runs,
                     "reps": reps,
