@@ -138,3 +138,23 @@ def test_no_rollout_above_the_data_is_a_clear_error(pendulum_store, monkeypatch)
         mbrcsl.rcsl_data(config, ds, [0])
     with pytest.raises(RlzooError, match="--scale-rewards"):
         mbrcsl.make_train(dataclasses.replace(config, scale_rewards=True), ds)
+
+
+def test_stitch_report_tells_mbrcsl_from_plain_rcsl(tmp_path):
+    from benchmarks import stitch
+    from benchmarks.results import SCORES_COLUMNS
+
+    def row(run, seed, score, task="pointmaze-stitch", algo="mbrcsl"):
+        values = dict(algorithm=algo, task=task, data_source="local", seed=seed, steps=7000, score=score,
+                      score_kind="last", wall_s=1, device="cpu", commit="abc", date="2026-12-07",
+                      config=run + "/c.json")
+        return ",".join(str(values.get(c, "")) for c in SCORES_COLUMNS)
+
+    lines = [",".join(SCORES_COLUMNS)]
+    lines += [row("mbrcsl-pointmaze-stitch-s0-n3-7k", s, v) for s, v in enumerate((30.0, 40.0, 50.0))]
+    lines += [row("mbrcsl-pointmaze-stitch-s0-n3-7k-rcsl", s, v) for s, v in enumerate((10.0, 12.0, 14.0))]
+    lines += [row("iql-hopper-medium-s0-n3-7k", 0, 99.0, task="hopper-medium", algo="iql")]
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    rows = stitch.table(stitch.load(tmp_path / "scores.csv"), reps=200)
+    assert [(r["method"], r["seeds"], r["mean"]) for r in rows] == [("MBRCSL", 3, 40.0), ("RCSL (no model)", 3, 12.0)]
+    assert rows[0]["iqm_ci_low"] <= rows[0]["iqm"] <= rows[0]["iqm_ci_high"]
