@@ -36,7 +36,6 @@ error naming the options to change, rather than training on nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -175,19 +174,6 @@ def data_returns_to_go(dataset) -> np.ndarray:
     return total[episode] - (before - before[first][episode])
 
 
-def termination(config: Config, dataset) -> Callable:
-    if config.termination != "auto":
-        return dynamics.termination_fn(config.termination)
-    for name in (config.env, dataset.env_id):
-        try:
-            return dynamics.termination_fn(name)
-        except RlzooError:
-            pass
-    raise RlzooError(f"--termination auto finds no termination function for '{config.env}' (played in "
-                     f"{dataset.env_id}). Pass --termination with one of {', '.join(dynamics.TERMINATION_FNS)} "
-                     "('never' for a task that never terminates).")
-
-
 def horizon(config: Config, dataset) -> int:
     if config.rollout_length is not None:
         return config.rollout_length
@@ -211,7 +197,7 @@ def collect_rollouts(config: Config, dataset, model: dynamics.Dynamics, seeds: l
     params, nll = jax.jit(fit)(k_fit, data_obs, jnp.asarray(dataset.actions))
     net = MixturePolicy(dataset.actions.shape[1], config.behaviour_components, tuple(config.behaviour_hidden_dims))
     starts = jnp.asarray(dataset.observations[episode_starts(dataset)])
-    steps, done_fn = horizon(config, dataset), termination(config, dataset)
+    steps, done_fn = horizon(config, dataset), dynamics.termination_for(config.termination, config.env, dataset.env_id)
     n = config.rollout_batch * config.rollout_calls
 
     def one_seed(params, key):

@@ -49,7 +49,6 @@ per-dataset settings are not tabulated here (TASKS is empty): every task starts 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -230,27 +229,13 @@ def check_config(config: Config) -> None:
                          "members' action gradients pairwise. Raise --num-critics, or pass --eta 0.")
 
 
-def termination(config: Config, dataset) -> Callable:
-    """The rollouts' termination function: --termination's, or (auto) the one of the task --env or its env names."""
-    if config.termination != "auto":
-        return dynamics.termination_fn(config.termination)
-    for name in (config.env, dataset.env_id):
-        try:
-            return dynamics.termination_fn(name)
-        except RlzooError:
-            pass
-    raise RlzooError(f"--termination auto finds no termination function for '{config.env}' (played in "
-                     f"{dataset.env_id}), and the model's rollouts must know when an episode ends. Pass --termination "
-                     f"with one of {', '.join(dynamics.TERMINATION_FNS)} ('never' for a task that never terminates).")
-
-
 def make_train(config: Config, dataset, model: dynamics.Dynamics | None = None):
     """`train_chunk(states, data)`: config.chunk // rollout_every epochs per seed in one jitted scan, seeds vmapped;
     each epoch adds model rollouts to the seed's buffer, then runs rollout_every updates on mixed batches. The
     dynamics model of `dataset` is loaded, or trained and saved, here (before the run directory exists), unless
     `model` is given (benchmarks.speed passes one)."""
     check_config(config)
-    done_fn = termination(config, dataset)
+    done_fn = dynamics.termination_for(config.termination, config.env, dataset.env_id)
     if model is None:
         model, _ = dynamics.load_or_train(dataset, dynamics.options_config(config), seed=config.dynamics_seed,
                                           progress=not config.quiet)

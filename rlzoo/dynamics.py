@@ -424,6 +424,21 @@ def termination_fn(name: str) -> Callable:
     return TERMINATION_FNS[found[0]]
 
 
+def termination_for(choice: str, env: str, env_id: str) -> Callable:
+    """The rollouts' termination function of an algorithm's --termination: `choice` itself, or for "auto" the one
+    of the task the dataset name `env` or its env id `env_id` names."""
+    if choice != "auto":
+        return termination_fn(choice)
+    for name in (env, env_id):
+        try:
+            return termination_fn(name)
+        except RlzooError:
+            pass
+    raise RlzooError(f"--termination auto finds no termination function for '{env}' (played in {env_id}), and the "
+                     "model's rollouts must know when an episode ends. Pass --termination with one of "
+                     f"{', '.join(TERMINATION_FNS)} ('never' for a task that never terminates).")
+
+
 # ---- saving, loading, reuse --------------------------------------------------------------------------------------
 
 def dataset_identity(dataset) -> dict:
