@@ -54,7 +54,7 @@ from rlzoo.options import option
 
 
 @dataclass
-class Config(offline.OfflineConfig, dynamics.ModelOptions):
+class Config(dynamics.ModelOptions, offline.OfflineConfig):
     env: str = "pointmaze-stitch"
     """Dataset (the stitching task by default; any offline dataset works)."""
     total_steps: int = option(7000, ">= 1")

@@ -65,7 +65,7 @@ FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
 
 
 @dataclass
-class Config(offline.OfflineConfig, dynamics.ModelOptions):
+class Config(dynamics.ModelOptions, offline.OfflineConfig):
     total_steps: int = option(3_000_000, ">= 1")
     """Gradient steps per seed (the paper: 3000 epochs x 1000 updates)."""
     chunk: int = option(1000, ">= 1")

@@ -157,9 +157,10 @@ def resolve(name: str, download: bool = True) -> Resolved:
             f"unknown dataset '{name}'. "
             + (f"Close matches: {', '.join(matches)}. " if matches else "")
             + "Use a D4RL-style name <task>-<kind> with task in "
-            f"{{{', '.join(MUJOCO_ENVS)}}} and kind in {{{', '.join(KINDS)}}}, a Minari id such as "
-            "mujoco/hopper/medium-v0, or the path of a Minari dataset directory. Build a local dataset "
-            f"with: {build_command(next((m for m in matches if split_alias(m)), 'halfcheetah-medium'))}"
+            f"{{{', '.join(MUJOCO_ENVS)}}} and kind in {{{', '.join(KINDS)}}}, a locally built task "
+            f"({', '.join(LOCAL_TASKS)}), a Minari id such as mujoco/hopper/medium-v0, or the path of a Minari "
+            "dataset directory. Build a local dataset with: "
+            f"{build_command(next((m for m in matches if split_alias(m) or m in LOCAL_TASKS), 'halfcheetah-medium'))}"
         )
     task, kind = parsed
     env_id = MUJOCO_ENVS[task]
