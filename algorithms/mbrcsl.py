@@ -186,8 +186,9 @@ def horizon(config: Config, dataset) -> int:
 def collect_rollouts(config: Config, dataset, model: dynamics.Dynamics, seeds: list[int], progress: bool = True):
     """Steps 2-3 for every seed: fit its behaviour policy, roll out in the model, keep what beats the data.
 
-    Returns per seed a dict of the kept rollouts (observations, actions, rewards, mask [kept, H, ...], returns)
-    plus the counts, in raw (unnormalized) units."""
+    Returns per seed a dict of the kept rollouts (observations, actions, rewards, mask: [H, kept, ...]; returns:
+    [kept]) in raw (unnormalized) units, with the batches drawn, the behaviour fit's final NLL and the best return
+    any rollout reached."""
     obs_mean, obs_std, _ = offline.data_transform(config, dataset)
     obs_mean, obs_std = jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32)
     data_obs = (jnp.asarray(dataset.observations) - obs_mean) / obs_std
