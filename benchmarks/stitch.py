@@ -16,7 +16,8 @@ Reads the scores.csv rows of task pointmaze-stitch (the newest run per method an
 --record, results/stitch/scores.csv (per method: seeds, steps, IQM with its 95% stratified bootstrap CI, mean ± std
 of the normalized final score), results/stitch/scores.png (the IQMs and CIs beside the data's mean and best
 episode) and results/stitch/rollout.png (the maze, both data families, and the best model rollout that MBRCSL
-kept for seed 0, drawn again with the default options and the saved dynamics model). Without --record it prints.
+kept for seed 0 and its median one, drawn again with the default options and the saved dynamics model).
+Without --record it prints.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def plot(rows: list[dict], data_mean: float, data_best: float, path: Path) -> No
     ax.axvline(data_best, color="tab:red", ls="--", label=f"data's best episode {data_best:.1f}")
     ax.set_yticks(range(len(rows)), [f"{r['method']} ({r['steps']:,} steps)" for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel("normalized score, IQM over seeds (95% stratified bootstrap CI)")
+    ax.set_xlabel("normalized score: IQM over seeds, 95% bootstrap CI")
     ax.set_title(f"{TASK} (locally built), {rows[0]['seeds']} seeds", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -98,8 +99,9 @@ def plot(rows: list[dict], data_mean: float, data_best: float, path: Path) -> No
     plt.close(fig)
 
 
-def rollout_picture(path: Path) -> float:
-    """Draw the best rollout MBRCSL keeps for seed 0 (default options, the saved dynamics model); its return."""
+def rollout_picture(path: Path) -> tuple[float, float]:
+    """Draw the best and the median rollout MBRCSL keeps for seed 0 (default options, the saved dynamics model);
+    their model returns."""
     from algorithms import mbrcsl
     from envs import pointmaze
     from rlzoo import datasets, dynamics
@@ -108,12 +110,13 @@ def rollout_picture(path: Path) -> float:
     ds = datasets.load(TASK, download=False)
     model, _ = dynamics.load_or_train(ds, dynamics.options_config(config), seed=config.dynamics_seed)
     kept = mbrcsl.collect_rollouts(config, ds, model, [0], progress=False)[0]
-    best = int(np.argmax(kept["returns"]))
-    obs = kept["observations"][:, best]
-    xy = obs[kept["mask"][:, best], :2]
-    pointmaze.draw(str(path), per_family=25,
-                   extra=[(xy, f"best MBRCSL model rollout (return {kept['returns'][best]:.1f})")])
-    return float(kept["returns"][best])
+    order = np.argsort(kept["returns"])
+    best, median = int(order[-1]), int(order[len(order) // 2])
+    xy = lambda i: kept["observations"][kept["mask"][:, i], i, :2]
+    pointmaze.draw(str(path), per_family=25, extra=[
+        (xy(median), f"median kept model rollout (return {kept['returns'][median]:.1f})", "tab:purple"),
+        (xy(best), f"best kept model rollout (return {kept['returns'][best]:.1f})", "tab:green")])
+    return float(kept["returns"][best]), float(kept["returns"][median])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             w.writerows({**{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()},
                          "data_mean": f"{data_mean:.4g}", "data_best": f"{data_best:.4g}"} for r in rows)
         plot(rows, data_mean, data_best, out / "scores.png")
-        ret = rollout_picture(out / "rollout.png")
-        print(f"recorded in {out} (scores.csv, scores.png, rollout.png: best kept rollout's model return {ret:.1f})")
+        best, median = rollout_picture(out / "rollout.png")
+        print(f"recorded in {out} (scores.csv, scores.png, rollout.png: the kept rollouts' best and median model "
+              f"returns {best:.1f} and {median:.1f})")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def list_build(record: dict) -> None:
 
 
 def draw(path: str, episodes: list[Episode] | None = None, per_family: int = 25, extra=None) -> None:
-    """The maze with `per_family` trajectories of each family (and `extra`: [(xy [T, 2], label)] on top)."""
+    """The maze with `per_family` trajectories of each family (and `extra`: [(xy [T, 2], label, color)] on top)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,8 +202,8 @@ def draw(path: str, episodes: list[Episode] | None = None, per_family: int = 25,
             ax.plot(e.observations[:, 0], e.observations[:, 1], color=colors[e.family], alpha=0.35, lw=1,
                     label=e.family if shown[e.family] == 0 else None)
             shown[e.family] += 1
-    for xy, label in extra or []:
-        ax.plot(xy[:, 0], xy[:, 1], color="tab:green", lw=2.5, label=label)
+    for xy, label, color in extra or []:
+        ax.plot(xy[:, 0], xy[:, 1], color=color, lw=2.5, label=label)
     for cell, name in ((pm.START_CELL, "start"), (pm.GOAL_CELL, "goal"), (pm.JUNCTION_CELL, "junction")):
         x, y = pm.cell_xy(cell)
         ax.annotate(name, (x, y + 0.3), ha="center", fontsize=9)
@@ -214,7 +214,7 @@ def draw(path: str, episodes: list[Episode] | None = None, per_family: int = 25,
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{ALIAS} (locally built): both families")
+    ax.set_title(f"{ALIAS} (locally built): both families" + (" and model rollouts" if extra else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
