@@ -81,6 +81,7 @@ def test_speed_rows_name_their_benchmark_and_unit(jax_cache_dir, tmp_path):
     assert all(float(r["value"]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # ~40 s on the 2-core CI: two checkouts timed in rounds; a maintainer's tool, not a user path
 def test_speed_against_another_checkout_interleaves_rounds_and_records_the_ratio(jax_cache_dir, tmp_path):
     """--against: both checkouts (here the same one twice) timed in subprocesses, rounds interleaved; two rows,
     the other checkout's and this one's with the other's commit and value as its baseline and their ratio. A

@@ -315,6 +315,7 @@ def per_seed(run_dir: Path, name: str, seeds: int) -> np.ndarray:
     return np.stack([rows[n] for n in data.dtype.names])
 
 
+@pytest.mark.slow  # ~95 s on the 2-core CI; test_iql's two-device test keeps sharding itself in CI
 def test_seeds_over_four_devices_padded_or_not(pendulum_store, jax_cache_dir, tmp_path):
     """--num-devices 4 splits the CPU into four XLA devices. 4 seeds shard one per device; 6 seeds are padded
     to 8 with copies that are dropped: each seed's numbers are bit for bit those of an 8-seed run on the same
