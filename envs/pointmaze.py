@@ -28,7 +28,7 @@ import numpy as np
 from envs.collect import Collected
 from envs.shared import say
 from rlzoo import pointmaze as pm
-from rlzoo.datasets import datasets_root, local_id
+from rlzoo.datasets import build_command, datasets_root, local_id, normalize
 
 ALIAS = "pointmaze-stitch"
 DATASET_ID = local_id("pointmaze", "stitch")
@@ -155,16 +155,16 @@ def build(force: bool = False, episodes_per_family: int = EPISODES_PER_FAMILY,
         "ref_min_score": ref_min, "ref_max_score": ref_max,
         "ref_min_source": f"uniform-random actions, mean of {ref_episodes} episodes",
         "ref_max_source": f"the controller's noise-free shortest path, mean of {ref_episodes} episodes",
-        "build_command": "python -m envs.build_dataset pointmaze-stitch", "code": "envs/pointmaze.py",
+        "build_command": build_command(ALIAS), "code": "envs/pointmaze.py",
         "collect_s": round(time.time() - t0, 1),
     }
     description = (f"LOCALLY BUILT stitching task in the spirit of MBRCSL's PointMaze: {len(episodes)} episodes of "
                    f"{pm.HORIZON} steps from a scripted waypoint controller, two families (start -> junction and "
-                   f"stay; a detour that rests at the junction and runs out of time before the goal). "
+                   f"stay; a detour that rests at the junction, then stops in the corridor short of the goal). "
                    f"ref_min_score: {record['ref_min_source']}; ref_max_score: {record['ref_max_source']}.")
     write_dataset(DATASET_ID, pm.ENV_ID, collected, ref_min=ref_min, ref_max=ref_max, description=description,
                   algorithm_name="scripted waypoint controller (envs/pointmaze.py)", record=record)
-    norm = 100 * (returns - ref_min) / (ref_max - ref_min)
+    norm = normalize(returns, ref_min, ref_max)
     say(f"{ALIAS}: wrote {DATASET_ID} ({len(episodes)} episodes, return {returns.mean():.1f} +- {returns.std():.1f}, "
         f"best {returns.max():.1f}; normalized mean {norm.mean():.1f}, best {norm.max():.1f}; refs {ref_min:.1f} / "
         f"{ref_max:.1f})")
@@ -175,7 +175,7 @@ def list_build(record: dict) -> None:
     """List the build in results/datasets.csv (--record)."""
     from envs import listing
 
-    norm = 100 * (record["return_mean"] - record["ref_min_score"]) / (record["ref_max_score"] - record["ref_min_score"])
+    norm = float(normalize(record["return_mean"], record["ref_min_score"], record["ref_max_score"]))
     listing.upsert_row(listing.RESULTS_CSV, {**record, "source": "local", "policy": "envs/pointmaze.py (scripted)",
                                              "policy_sha256": "", "normalized_mean": norm})
     say(f"{ALIAS}: listed in {listing.RESULTS_CSV}")

@@ -22,7 +22,6 @@ START_CELL = (1, 2)
 GOAL_CELL = (2, 4)
 JUNCTION_CELL = (2, 2)
 HORIZON = 200
-START_NOISE = 0.25  # uniform +- noise on the start position (PointMaze's own reset noise)
 GOAL_RADIUS = 0.45  # PointMaze's success radius
 
 
@@ -34,11 +33,6 @@ def cell_xy(cell: tuple[int, int]) -> np.ndarray:
 
 def goal_xy() -> np.ndarray:
     return cell_xy(GOAL_CELL)
-
-
-def dense_reward(xy: np.ndarray) -> np.ndarray:
-    """PointMaze's dense reward at ball position(s) `xy` [..., 2]."""
-    return np.exp(-np.linalg.norm(np.asarray(xy) - goal_xy(), axis=-1))
 
 
 class PointMazeStitch(gym.Env):
@@ -55,7 +49,7 @@ class PointMazeStitch(gym.Env):
 
         # continuing_task with reset_target off: the episode never ends at the goal and the goal never moves.
         self.maze_env = PointMazeEnv(maze_map=MAZE, render_mode=render_mode, reward_type="dense",
-                                     continuing_task=True, reset_target=False)  # its default start noise is START_NOISE
+                                     continuing_task=True, reset_target=False)  # start noise: its default +-0.25
         self.render_mode = render_mode
         self.action_space = self.maze_env.action_space
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64)
